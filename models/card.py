@@ -1,0 +1,181 @@
+"""The model card: what a network expects as input and what its outputs mean.
+
+The card travels inside every checkpoint (and as ``card.json`` inside TorchScript files), so a
+mask can always be coloured, named and normalised exactly as the network was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+_HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+# A palette for cards that name no colours: distinct, readable on imagery (Tableau 10, then grey).
+_DEFAULT_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+
+
+class CardError(ValueError):
+    """A model card is missing fields or its fields disagree with each other."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to feed a network and to read its output.
+
+    Attributes:
+        classes: class names, one per output channel.
+        colors: one ``"#rrggbb"`` colour per class (used for palettes and legends).
+        bands: 1-based indices of the source bands to read, in the order the network wants
+            them; ``None`` means "the first ``in_channels`` bands".
+        in_channels: how many bands the network takes.
+        mean, std: per-band normalisation applied after dividing by ``scale``.
+        scale: pixel values are divided by this first (255 for 8-bit imagery).
+        resolution: native pixel size the network was trained at, or ``None``.
+        resolution_unit: ``"m"`` (metres per pixel, rasters) or ``"um"`` (µm per pixel, slides).
+        tile_size, overlap: suggested tiling for inference.
+    """
+
+    classes: tuple[str, ...]
+    colors: tuple[str, ...] = ()
+    in_channels: int = 3
+    bands: tuple[int, ...] | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    scale: float = 1.0
+    resolution: float | None = None
+    resolution_unit: str | None = None
+    tile_size: int = 512
+    overlap: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "classes", tuple(str(c) for c in self.classes))
+        if not self.colors:
+            set_(self, "colors", default_colours(len(self.classes)))
+        set_(self, "colors", tuple(str(c) for c in self.colors))
+        if self.bands is not None:
+            set_(self, "bands", tuple(int(b) for b in self.bands))
+        if not self.mean:
+            set_(self, "mean", (0.0,) * self.in_channels)
+        if not self.std:
+            set_(self, "std", (1.0,) * self.in_channels)
+        set_(self, "mean", tuple(float(m) for m in self.mean))
+        set_(self, "std", tuple(float(s) for s in self.std))
+        set_(self, "scale", float(self.scale))
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self) -> None:
+        """Raise :class:`CardError` naming the first inconsistency found."""
+        if not self.classes:
+            raise CardError("model card: 'classes' is empty")
+        if len(self.colors) != len(self.classes):
+            raise CardError(
+                f"model card: {len(self.colors)} colours for {len(self.classes)} classes"
+            )
+        bad = [c for c in self.colors if not _HEX_COLOUR.match(c)]
+        if bad:
+            raise CardError(f"model card: colour {bad[0]!r} is not of the form '#rrggbb'")
+        if self.in_channels < 1:
+            raise CardError("model card: 'in_channels' must be at least 1")
+        if self.bands is not None:
+            if len(self.bands) != self.in_channels:
+                raise CardError(
+                    f"model card: {len(self.bands)} band indices for {self.in_channels} input channels"
+                )
+            if min(self.bands) < 1:
+                raise CardError("model card: band indices are 1-based and must be >= 1")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != self.in_channels:
+                raise CardError(
+                    f"model card: {len(values)} '{name}' values for {self.in_channels} input channels"
+                )
+        if any(s == 0 for s in self.std):
+            raise CardError("model card: 'std' values must be non-zero")
+        if self.scale == 0:
+            raise CardError("model card: 'scale' must be non-zero")
+        if self.resolution is not None and self.resolution <= 0:
+            raise CardError("model card: 'resolution' must be positive")
+        if self.resolution_unit not in (None, "m", "um"):
+            raise CardError("model card: 'resolution_unit' must be 'm' or 'um'")
+        if self.tile_size < 1 or self.overlap < 0 or self.overlap >= self.tile_size:
+            raise CardError("model card: need tile_size >= 1 and 0 <= overlap < tile_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (lists, not tuples)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        """Build a card from a dict (a checkpoint's card, or a TorchScript ``card.json``).
+
+        Accepts the ``card.json`` spellings too: ``bands`` as a count or as a list of 1-based
+        band indices, ``mpp`` (µm/px) or ``resolution`` (m/px).
+        """
+        data = dict(data)
+        if "classes" not in data:
+            raise CardError("model card: field 'classes' is missing")
+        known = set(cls.__dataclass_fields__)
+        if "mpp" in data:
+            data["resolution"] = data.pop("mpp")
+            data["resolution_unit"] = "um"
+        elif data.get("resolution") is not None and "resolution_unit" not in data:
+            data["resolution_unit"] = "m"
+        bands = data.get("bands")
+        if isinstance(bands, int) and not isinstance(bands, bool):
+            data["in_channels"] = bands
+            data["bands"] = None
+        elif isinstance(bands, Sequence) and not isinstance(bands, str):
+            data.setdefault("in_channels", len(bands))
+        elif bands is not None:
+            raise CardError("model card: 'bands' must be a count or a list of band indices")
+        if "in_channels" not in data and data.get("mean"):
+            data["in_channels"] = len(data["mean"])
+        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs.setdefault("extra", {}).update(extra)
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # a field of the wrong type, e.g. classes=3
+            raise CardError(f"model card: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ModelCard":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CardError(f"model card: not valid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise CardError("model card: expected a JSON object")
+        return cls.from_dict(data)
+
+
+def default_colours(count: int) -> tuple[str, ...]:
+    """``count`` distinct colours, cycling a fixed palette."""
+    return tuple(_DEFAULT_COLOURS[i % len(_DEFAULT_COLOURS)] for i in range(count))
+
+
+def default_card(num_classes: int, in_channels: int) -> ModelCard:
+    """The card given to a network that brings none: no normalisation, classes numbered."""
+    return ModelCard(
+        classes=tuple(f"class_{i}" for i in range(num_classes)),
+        in_channels=in_channels,
+    )

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real sample images and small, fast models."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():  # CI clones the repo with shared/ beside it; fall back to the bundled copies
+    DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture
+def pointwise_model():
+    """A 1x1 convolution: each pixel's logits depend on that pixel only (the seam contract)."""
+
+    def make(bands: int = 3, classes: int = 4, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return torch.nn.Conv2d(bands, classes, kernel_size=1).eval()
+
+    return make
+
+
+def whole_image_logits(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
+    """The model run on the whole image at once: the reference the stitched result must equal."""
+    with torch.inference_mode():
+        x = torch.from_numpy(image.astype(np.float32))[None]
+        return model(x)[0].numpy()

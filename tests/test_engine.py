@@ -1,0 +1,170 @@
+"""The engine: seam-free stitching, nodata skipping, georeference, schedulers."""
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from tests.conftest import whole_image_logits
+from tiler import segment
+from tiler.blend import BLENDS
+
+
+def random_image(bands: int, height: int, width: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(bands, height, width)).astype(np.float32)
+
+
+@pytest.mark.parametrize("blend", BLENDS)
+@pytest.mark.parametrize(
+    "height, width, tile, overlap, chunk",
+    [
+        (100, 130, 32, 8, 40),    # many tiles, chunks not aligned to tiles
+        (64, 64, 64, 16, 64),     # exactly one tile
+        (37, 53, 64, 16, 1024),   # smaller than a tile: padded and cropped
+        (20, 200, 64, 0, 50),     # thinner than a tile along one axis, no overlap
+        (97, 61, 17, 16, 23),     # overlap of all but one pixel
+    ],
+)
+def test_stitched_logits_equal_whole_image_logits(pointwise_model, blend, height, width, tile, overlap, chunk):
+    model = pointwise_model(bands=3, classes=5)
+    image = random_image(3, height, width)
+    result = segment(image, model, tile_size=tile, overlap=overlap, blend=blend,
+                     batch_size=3, chunk_size=chunk, device="cpu")
+    logits = result.logits.compute()
+    assert logits.shape == (5, height, width) and logits.dtype == np.float32
+    np.testing.assert_allclose(logits, whole_image_logits(model, image), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(
+        result.labels.compute(), np.argmax(whole_image_logits(model, image), axis=0)
+    )
+
+
+def test_probabilities_are_a_softmax(pointwise_model):
+    model = pointwise_model(bands=1, classes=3)
+    image = random_image(1, 50, 40)
+    probabilities = segment(image, model, tile_size=32, overlap=8, device="cpu").probabilities.compute()
+    expected = torch.softmax(torch.from_numpy(whole_image_logits(model, image)), dim=0).numpy()
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a model and records how many tiles it was given."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tiles_seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles_seen += x.shape[0]
+        return self.inner(x)
+
+
+def write_geotiff(path, image: np.ndarray, nodata=None, transform=None, crs="EPSG:32618"):
+    bands, height, width = image.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype=image.dtype,
+                   crs=crs, transform=transform or from_origin(500000, 4000000, 10, 10),
+                   nodata=nodata, tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(image)
+
+
+def test_nodata_tiles_are_skipped_and_nodata_pixels_stay_nodata(tmp_path, pointwise_model):
+    image = np.random.default_rng(3).integers(1, 255, size=(3, 96, 96), dtype=np.uint8)
+    image[:, :, :48] = 0               # left half nodata: the tiles there are never run
+    image[:, 60:62, 70:72] = 0          # a few nodata pixels inside a valid tile
+    path = tmp_path / "half.tif"
+    write_geotiff(path, image, nodata=0)
+    model = CountingModel(pointwise_model(bands=3, classes=2))
+    result = segment(path, model, tile_size=32, overlap=0, batch_size=2, device="cpu")
+    labels = result.labels.compute()
+    assert model.tiles_seen - 1 == 9    # 1 tile for the class probe, 9 of the 18 tiles (left half skipped)
+    assert (labels[:, :48] == result.nodata).all()
+    assert (labels[60:62, 70:72] == result.nodata).all()
+    valid = (image != 0).all(axis=0)
+    assert (labels[valid] < 2).all()
+    assert np.isnan(result.logits.compute()[:, ~valid]).all()
+
+
+def test_georeference_comes_from_a_real_geotiff(data_dir, pointwise_model):
+    path = data_dir / "bahamas_rgb.tif"
+    result = segment(path, pointwise_model(bands=3, classes=2), tile_size=256, overlap=32, device="cpu")
+    with rasterio.open(path) as src:
+        assert result.crs == src.crs
+        assert result.transform == src.transform
+        assert result.shape == (src.height, src.width)
+    labels = result.labels.compute()
+    assert labels.shape == (718, 791)
+
+
+def test_seven_band_raster_with_band_selection(data_dir, pointwise_model):
+    path = data_dir / "landsat.tif"
+    model = pointwise_model(bands=3, classes=3)
+    result = segment(path, model, bands=[4, 3, 2], tile_size=128, overlap=16, device="cpu")
+    window = rasterio.windows.Window(300, 200, 70, 50)
+    with rasterio.open(path) as src:
+        pixels = src.read([4, 3, 2], window=window).astype(np.float32)
+    got = result.logits[:, 200:250, 300:370].compute()
+    np.testing.assert_allclose(got, whole_image_logits(model, pixels), rtol=1e-5, atol=1e-4)
+
+
+def test_one_band_raster(data_dir, pointwise_model):
+    model = pointwise_model(bands=1, classes=2)
+    result = segment(data_dir / "nuclei_img2d.tif", model, tile_size=128, overlap=32, device="cpu")
+    with rasterio.open(data_dir / "nuclei_img2d.tif") as src:
+        image = src.read().astype(np.float32)
+    np.testing.assert_array_equal(result.labels.compute(),
+                                  np.argmax(whole_image_logits(model, image), axis=0))
+    assert result.crs is None
+
+
+def test_distributed_cluster_gives_the_threaded_labels(data_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from models import PSPNet, ModelCard, save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "psp.pt"
+    card = ModelCard(classes=("a", "b", "c"), in_channels=3, scale=255.0, tile_size=64, overlap=16)
+    save_checkpoint(checkpoint, PSPNet(layers=18, classes=3, width=0.125).eval(), card)
+    path = data_dir / "rmnp-rgb.tif"
+    threaded = segment(path, checkpoint, batch_size=4, chunk_size=128, device="cpu")
+    expected = threaded.labels.compute(scheduler="threads")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        got = segment(path, checkpoint, batch_size=4, chunk_size=128, device="cpu").labels.compute()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tile_size": 32, "overlap": 32}, "overlap"),
+        ({"tile_size": 0}, "tile size"),
+        ({"batch_size": 0}, "batch size"),
+        ({"blend": "median"}, "unknown blend"),
+        ({"device": "tpu"}, "device"),
+        ({"bands": [1, 2]}, "band"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pointwise_model, kwargs, message):
+    image = random_image(3, 40, 40)
+    with pytest.raises(ValueError, match=message):
+        segment(image, pointwise_model(bands=3, classes=2), **kwargs)
+
+
+def test_unreadable_source_is_a_clear_error(tmp_path, pointwise_model):
+    text = tmp_path / "notes.tif"
+    text.write_text("not an image")
+    with pytest.raises(ValueError):
+        segment(text, pointwise_model())
+
+
+def test_nothing_runs_until_asked(pointwise_model):
+    model = CountingModel(pointwise_model(bands=3, classes=2))
+    result = segment(random_image(3, 64, 64), model, tile_size=32, overlap=0, device="cpu")
+    seen_after_build = model.tiles_seen
+    assert seen_after_build == 1  # the class probe only
+    with dask.config.set(scheduler="threads"):
+        result.labels.compute()
+    assert model.tiles_seen == seen_after_build + 4

@@ -1,0 +1,116 @@
+"""``tiler.segment``: the Python entry point (the CLI is a thin layer over it)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+
+from models import LoadedModel, ModelCard, default_card, load_checkpoint
+from tiler.engine import TilingOptions, build_logits
+from tiler.predictor import ModelSpec, check_precision, resolve_device
+from tiler.result import Segmentation
+from tiler.sources import open_source
+
+
+class SegmentError(ValueError):
+    """The arguments of :func:`segment` do not fit together."""
+
+
+def segment(
+    source: Any,
+    model: Any,
+    *,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    device: str = "auto",
+    bands: Sequence[int] | None = None,
+    level: int = 0,
+    precision: str = "fp32",
+    chunk_size: int = 1024,
+) -> Segmentation:
+    """Segment ``source`` with ``model``, lazily: nothing runs until a result is written.
+
+    Args:
+        source: a path (any GDAL raster, or a whole-slide TIFF), a numpy / dask array
+            ``(bands, H, W)`` or ``(H, W)``, an xarray DataArray, or an opened Source.
+        model: a segtile checkpoint or TorchScript path, a loaded checkpoint
+            (:func:`models.load_checkpoint`), or any ``torch.nn.Module`` mapping
+            ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as
+            float32 with no normalisation.
+        tile_size, overlap: the tiling; default to the model card's suggestion.
+        blend: ``gaussian``, ``cosine``, ``linear`` or ``constant``.
+        batch_size: tiles per model call.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:i``.
+        bands: 1-based band indices to read, in the model's order (default: the card's).
+        level: pyramid level to process (0 is full resolution).
+        precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
+        chunk_size: side of the output chunks that are stitched and written one at a time.
+
+    Returns:
+        a :class:`~tiler.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
+        (dask arrays), the georeference, the card, and writers.
+    """
+    check_precision(precision, resolve_device(device))
+    spec_kwargs = _model_spec_kwargs(model)
+    card: ModelCard | None = spec_kwargs.get("card")
+    if bands is None and card is not None:
+        bands = card.bands
+    opened = open_source(source, bands=bands)
+    if card is None:
+        card = _probe_card(spec_kwargs["module"], opened.count)
+    if opened.count != card.in_channels:
+        raise SegmentError(
+            f"the model takes {card.in_channels} band(s) but the image gives {opened.count}: "
+            "choose bands with bands=[...] (CLI: --bands 3,2,1)"
+        )
+    if not 0 <= level < len(opened.level_shapes):
+        raise SegmentError(f"level {level} does not exist: the image has {len(opened.level_shapes)} level(s)")
+    options = TilingOptions(
+        tile_size=card.tile_size if tile_size is None else tile_size,
+        overlap=card.overlap if overlap is None else overlap,
+        blend=blend, batch_size=batch_size, chunk_size=chunk_size,
+        level=level, device=device, precision=precision,
+    )
+    options.validate()
+    spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
+    logits = build_logits(opened, spec, options)
+    level0 = opened.level_shapes[0]
+    factor = level0[1] / opened.level_shapes[level][1]
+    georef = opened.georef.scaled(factor) if level else opened.georef
+    return Segmentation(logits, georef, card)
+
+
+def _model_spec_kwargs(model: Any) -> dict[str, Any]:
+    """The card, path and module a :class:`ModelSpec` is built from, whatever ``model`` is."""
+    if isinstance(model, (str, os.PathLike)):
+        loaded = load_checkpoint(model)
+        return {"card": loaded.card, "path": os.path.abspath(model)}
+    if isinstance(model, LoadedModel):
+        return {"card": model.card, "module": model.module}
+    if isinstance(model, torch.nn.Module):
+        return {"module": model}
+    raise SegmentError(
+        f"model must be a checkpoint path, a loaded checkpoint or a torch.nn.Module, not {type(model).__name__}"
+    )
+
+
+def _probe_card(module: torch.nn.Module, bands: int) -> ModelCard:
+    """A default card for a bare module: its class count is read off one small forward pass."""
+    probe = torch.zeros(1, bands, 64, 64)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            out = module(probe)
+    except Exception as exc:  # any failure of a user's network is reported in one line
+        raise SegmentError(f"the model failed on a {tuple(probe.shape)} input: {exc}") from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[2:] != probe.shape[2:]:
+        raise SegmentError("the model must map (N, bands, h, w) to (N, classes, h, w)")
+    return default_card(out.shape[1], bands)
+

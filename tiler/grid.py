@@ -1,0 +1,79 @@
+"""The tile plan: which windows of the image the model sees. Pure functions, no I/O.
+
+Tiles are ``tile_size`` square with ``overlap`` pixels shared between neighbours. Along each axis
+the last tile is shifted inward so that it ends exactly on the image edge and stays full size;
+only an image shorter than a tile gets a single tile that runs past its end (the engine pads it by
+reflection and crops the result back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+from rasterio.windows import Window
+
+
+class GridError(ValueError):
+    """Tile size or overlap are unusable."""
+
+
+def check_tiling(tile_size: int, overlap: int) -> None:
+    """Raise :class:`GridError` unless ``tile_size >= 1`` and ``0 <= overlap < tile_size``."""
+    if int(tile_size) != tile_size or tile_size < 1:
+        raise GridError(f"tile size must be a positive integer, got {tile_size}")
+    if int(overlap) != overlap or overlap < 0:
+        raise GridError(f"overlap must be a non-negative integer, got {overlap}")
+    if overlap >= tile_size:
+        raise GridError(f"overlap ({overlap}) must be smaller than the tile size ({tile_size})")
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles along one axis of ``length`` pixels.
+
+    Steps by ``tile_size - overlap``; the last start is ``length - tile_size`` so the last tile
+    ends on the edge. Returns ``[0]`` when the axis is not longer than a tile.
+    """
+    check_tiling(tile_size, overlap)
+    if length < 1:
+        raise GridError(f"image axis length must be positive, got {length}")
+    last = length - tile_size
+    if last <= 0:
+        return [0]
+    stride = tile_size - overlap
+    starts = list(range(0, last, stride))
+    starts.append(last)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the plan.
+
+    Attributes:
+        index: position in the plan (row-major).
+        window: the tile's window on the image; it may extend past the image's right or bottom
+            edge only when the image is smaller than a tile along that axis.
+        edges: ``(top, bottom, left, right)``: whether each side of the tile lies on the image
+            border (blend weights stay full there).
+    """
+
+    index: int
+    window: Window
+    edges: tuple[bool, bool, bool, bool]
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+    """All tiles covering a ``height`` x ``width`` image, in row-major order."""
+    rows = tile_starts(height, tile_size, overlap)
+    cols = tile_starts(width, tile_size, overlap)
+    tiles = []
+    for index, (row, col) in enumerate(product(rows, cols)):
+        edges = (
+            row == 0,
+            row + tile_size >= height,
+            col == 0,
+            col + tile_size >= width,
+        )
+        tiles.append(Tile(index, Window(col, row, tile_size, tile_size), edges))
+    return tiles

@@ -1,0 +1,136 @@
+"""Running the network: a picklable model spec, and one cached predictor per worker and device.
+
+Dask tasks never carry the network. They carry a :class:`ModelSpec` (a token and either a file
+path or, for a module the user handed us, the module as one shared graph key), and each worker
+builds the network once, on first use, through :func:`get_predictor`.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models import ModelCard
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class DeviceError(ValueError):
+    """The device or precision asked for cannot be used here."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to build the network: small, picklable, hashable by ``token``.
+
+    Exactly one of ``path`` (a segtile checkpoint or TorchScript file, loaded on the worker) and
+    ``module`` (an ``nn.Module`` given by the caller) is set.
+    """
+
+    card: ModelCard
+    path: str | None = None
+    module: torch.nn.Module | None = field(default=None, compare=False, repr=False)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def build(self) -> torch.nn.Module:
+        if self.module is not None:
+            return self.module
+        from models import load_checkpoint
+
+        return load_checkpoint(self.path).module
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda[:i]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but CUDA is not available here")
+    if resolved.type not in ("cpu", "cuda"):
+        raise DeviceError(f"unsupported device {device!r}: use auto, cpu or cuda[:i]")
+    return resolved
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise DeviceError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+
+
+class Predictor:
+    """A network on one device, ready to turn a batch of raw tiles into weighted logits.
+
+    Calls are serialised by a lock: one device runs one batch at a time, while the other Dask
+    threads read and stitch; that overlap is what keeps the device busy.
+    """
+
+    def __init__(self, module: torch.nn.Module, card: ModelCard, device: torch.device,
+                 precision: str = "fp32") -> None:
+        check_precision(precision, device)
+        self.device = device
+        self.precision = precision
+        self.module = module.to(device).eval()
+        self.channels_last = device.type == "cuda"
+        if self.channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        bands = card.in_channels
+        self.scale = card.scale
+        self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, bands, 1, 1)
+        self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, bands, 1, 1)
+        self._lock = threading.Lock()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def __call__(self, pixels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Weighted logits ``(B, classes, h, w)`` float32 for ``pixels`` ``(B, bands, h, w)``
+        (any numeric dtype) and blend ``weights`` ``(B, h, w)``."""
+        with self._lock, torch.inference_mode():
+            x = self._to_device(pixels).float()
+            x = (x / self.scale - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = self.module(x)
+            logits = logits.float() * self._to_device(weights).unsqueeze(1)
+            return logits.cpu().numpy()
+
+
+_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+_PREDICTORS_LOCK = threading.Lock()
+
+
+def get_predictor(spec: ModelSpec, device: str, precision: str) -> Predictor:
+    """The predictor for ``spec`` on ``device``, built on first use in this process."""
+    resolved = resolve_device(device)
+    key = (spec.token, str(resolved), precision)
+    with _PREDICTORS_LOCK:
+        if key not in _PREDICTORS:
+            _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision)
+        return _PREDICTORS[key]
+
+
+def release_predictors(token: str) -> None:
+    """Forget the predictors built for one spec (frees device memory after a run)."""
+    with _PREDICTORS_LOCK:
+        for key in [k for k in _PREDICTORS if k[0] == token]:
+            del _PREDICTORS[key]

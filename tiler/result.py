@@ -1,0 +1,123 @@
+"""The lazy result of :func:`tiler.segment`: logits, probabilities, labels and their writers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from os import PathLike
+
+import dask.array as da
+import numpy as np
+
+from models import ModelCard
+from tiler.georef import Georef
+
+
+def softmax_block(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the class axis of one chunk; NaN (nodata) stays NaN."""
+    shifted = logits - np.max(logits, axis=0, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / np.sum(exp, axis=0, keepdims=True)
+
+
+def labels_block(logits: np.ndarray, nodata: int, dtype: np.dtype) -> np.ndarray:
+    """Class index of the largest logit per pixel; ``nodata`` where the logits are NaN."""
+    invalid = np.isnan(logits[0])
+    labels = np.argmax(np.nan_to_num(logits, nan=0.0), axis=0).astype(dtype)
+    labels[invalid] = nodata
+    return labels
+
+
+def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
+    """The label dtype and nodata value: uint8 / 255 up to 255 classes, else uint16 / 65535."""
+    if num_classes <= 255:
+        return np.dtype(np.uint8), 255
+    return np.dtype(np.uint16), 65535
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmentation that is computed only when written or ``.compute()``-d.
+
+    Attributes:
+        logits: dask array ``(classes, H, W)`` float32, NaN on nodata pixels.
+        georef: where the result sits (CRS and transform, or µm/px, or nothing).
+        card: the model card (class names, colours...).
+    """
+
+    logits: da.Array
+    georef: Georef
+    card: ModelCard
+
+    @property
+    def crs(self):
+        return self.georef.crs
+
+    @property
+    def transform(self):
+        return self.georef.transform
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.logits.shape[1:]
+
+    @property
+    def nodata(self) -> int:
+        """The label value of pixels that were not segmented (nodata input, skipped tiles)."""
+        return label_dtype(self.card.num_classes)[1]
+
+    @cached_property
+    def probabilities(self) -> da.Array:
+        """Dask array ``(classes, H, W)`` float32: softmax of the logits, NaN on nodata."""
+        return self.logits.map_blocks(softmax_block, dtype=np.float32)
+
+    @cached_property
+    def labels(self) -> da.Array:
+        """Dask array ``(H, W)`` of class indices (uint8, or uint16 beyond 255 classes)."""
+        dtype, nodata = label_dtype(self.card.num_classes)
+        return self.logits.map_blocks(labels_block, nodata, dtype, drop_axis=0, dtype=dtype)
+
+    def thumbnail(self, max_size: int = 512) -> np.ndarray:
+        """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
+
+        Computes the labels, then keeps every n-th pixel so the longer side is ``max_size``.
+        """
+        step = max(1, -(-max(self.shape) // max_size))
+        labels = self.labels[::step, ::step].compute()
+        palette = np.zeros((self.nodata + 1, 3), dtype=np.uint8)
+        for index, colour in enumerate(self.card.colors):
+            palette[index] = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
+        return palette[labels]
+
+    def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
+        """Write labels (and probabilities) with their georeference and card to a Zarr v3 store."""
+        from tiler.writers.zarr_store import write_zarr
+
+        write_zarr(
+            path, self.labels, self.georef, self.card,
+            probabilities=self.probabilities if probabilities else None,
+            nodata=self.nodata, overwrite=overwrite,
+        )
+
+    def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
+        """Write the mask as a Cloud-Optimised GeoTIFF on the source's grid (and, on request, a
+        probability GeoTIFF beside it)."""
+        from tiler.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
+
+        write_mask(path, self.labels, self.georef, self.card, nodata=self.nodata, overwrite=overwrite)
+        if probabilities:
+            write_probabilities(
+                probabilities_path_for(path), self.probabilities, self.georef, self.card,
+                overwrite=overwrite,
+            )
+
+    def to_vector(self, path: str | PathLike, *, simplify: float | None = None,
+                  min_area: float | None = None, overwrite: bool = False) -> None:
+        """Write one polygon per connected region per class (GeoPackage, GeoJSON, FlatGeobuf,
+        Shapefile, by extension)."""
+        from tiler.writers.vector import write_polygons
+
+        write_polygons(
+            path, self.labels, self.georef, self.card, nodata=self.nodata,
+            simplify=simplify, min_area=min_area, overwrite=overwrite,
+        )

@@ -1,0 +1,67 @@
+"""The Source contract: a lazy, windowed, georeferenced image of shape (bands, height, width)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from rasterio.windows import Window
+
+from tiler.georef import Georef
+
+
+class SourceError(ValueError):
+    """A source cannot be opened or read (missing, unreadable, bad band selection...)."""
+
+
+class Source(ABC):
+    """An image that is read window by window, never whole.
+
+    Subclasses set these attributes in ``__init__``:
+
+    * ``shape``: ``(bands, height, width)`` at level 0, after band selection;
+    * ``dtype``: numpy dtype of the pixels (kept as stored, never converted);
+    * ``band_names``: one name per selected band;
+    * ``georef``: :class:`~tiler.georef.Georef` of level 0;
+    * ``level_shapes``: ``(height, width)`` of each pyramid level, level 0 first;
+    * ``has_mask``: whether some pixels may be invalid (nodata, alpha, internal mask).
+    """
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    band_names: tuple[str, ...]
+    georef: Georef
+    level_shapes: tuple[tuple[int, int], ...]
+    has_mask: bool = False
+
+    @abstractmethod
+    def read(self, window: Window, level: int = 0) -> np.ndarray:
+        """Pixels of ``window`` (in ``level``'s pixel grid) as an array ``(bands, h, w)``.
+
+        The window must lie inside the image; callers pad themselves.
+        """
+
+    def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
+        """Boolean ``(h, w)`` array, True where pixels are valid; ``None`` when all are."""
+        return None
+
+    def close(self) -> None:
+        """Release file handles (safe to call twice)."""
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+    @property
+    def count(self) -> int:
+        return self.shape[0]

@@ -1,0 +1,1 @@
+"""Writers: Zarr, Cloud-Optimised GeoTIFF masks, probability rasters and polygons."""
