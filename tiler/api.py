@@ -107,7 +107,9 @@ def _probe_card(module: torch.nn.Module, bands: int) -> ModelCard:
         with torch.inference_mode():
             out = module(probe)
     except Exception as exc:  # any failure of a user's network is reported in one line
-        raise SegmentError(f"the model failed on a {tuple(probe.shape)} input: {exc}") from None
+        raise SegmentError(
+            f"the model failed on {bands} band(s), a {tuple(probe.shape)} input: {exc}"
+        ) from None
     finally:
         module.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[2:] != probe.shape[2:]:

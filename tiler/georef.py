@@ -28,6 +28,6 @@ class Georef:
 
     def scaled(self, factor: float) -> "Georef":
         """The georeference of the same area sampled ``factor`` times coarser (factor > 1)."""
-        transform = self.transform * Affine.scale(factor) if self.transform is not None else None
+        transform = self.transform @ Affine.scale(factor) if self.transform is not None else None
         mpp = self.mpp * factor if self.mpp is not None else None
         return Georef(self.crs, transform, mpp)
