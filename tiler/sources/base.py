@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Sequence
 
 import numpy as np
 from rasterio.windows import Window
@@ -44,6 +45,13 @@ class Source(ABC):
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
         """Boolean ``(h, w)`` array, True where pixels are valid; ``None`` when all are."""
         return None
+
+    def select_bands(self, bands: Sequence[int]) -> "Source":
+        """A source reading only ``bands`` (1-based, among this source's bands, order kept).
+
+        Backends that can read a subset of bands override this; others cannot re-band.
+        """
+        raise SourceError(f"{type(self).__name__} cannot select bands: open it with the bands wanted")
 
     def close(self) -> None:
         """Release file handles (safe to call twice)."""

@@ -1,0 +1,91 @@
+"""Checks on input files before a backend opens them, so bad input fails early in one line."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tifffile
+
+from tiler.sources.base import SourceError
+
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".scn", ".bif")
+
+
+def is_remote(path: str) -> bool:
+    """Whether GDAL resolves ``path`` itself (``/vsicurl/...``, ``s3://...``): no local checks."""
+    return path.startswith("/vsi") or "://" in path
+
+
+def check_local_file(path: str) -> None:
+    """Raise :class:`SourceError` when ``path`` is missing or empty (directories are let through:
+    GDAL reads some, such as Zarr stores)."""
+    if not os.path.exists(path):
+        raise SourceError(f"input not found: {path}")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise SourceError(f"input is empty: {path}")
+
+
+def is_tiff(path: str) -> bool:
+    """Whether ``path`` is a local file that starts like a TIFF or BigTIFF."""
+    if is_remote(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as file:
+        return file.read(4) in TIFF_MAGICS
+
+
+def is_slide(path: str) -> bool:
+    """Whether ``path`` is a whole-slide / microscopy TIFF (read with tifffile, not GDAL).
+
+    Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
+    Hamamatsu, OME, Leica or Ventana layout in their first page.
+    """
+    if path.lower().endswith(SLIDE_SUFFIXES):
+        return True
+    if not is_tiff(path):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif)
+    except Exception:  # an unreadable TIFF is reported by the backend that then tries it
+        return False
+
+
+def open_tiff(path: str) -> tifffile.TiffFile:
+    """``tifffile.TiffFile(path)``, its failures turned into :class:`SourceError`."""
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises many kinds (TiffFileError, IndexError...) on bad bytes
+        raise SourceError(f"cannot open {path} as a TIFF: {one_line(exc)}") from None
+
+
+def check_tiff_complete(tif: tifffile.TiffFile, path: str) -> None:
+    """Raise :class:`SourceError` when image data of ``tif`` lie past the end of the file.
+
+    A truncated TIFF (an interrupted copy or download) often opens fine and fails only on the
+    tiles that are missing, deep inside a run; comparing the tile offsets with the file size
+    catches it at open for the cost of reading the offset tables.
+    """
+    size = os.path.getsize(path)
+    for series in tif.series:
+        for level in series.levels:
+            for page in level.pages:
+                if page is None or not page.dataoffsets:
+                    continue
+                end = int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
+                if end > size:
+                    raise SourceError(
+                        f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes"
+                    )
+
+
+def one_line(exc: BaseException) -> str:
+    """The most specific message of ``exc`` and its causes, on one line.
+
+    rasterio wraps GDAL's error in a generic one ("Read failed. See previous exception"); the
+    useful message is the innermost cause.
+    """
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,146 @@
+"""Every GDAL raster (GeoTIFF stripped or tiled, COG, VRT, JP2...) through rasterio, window by window."""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import rasterio
+import tifffile
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from tiler.georef import Georef
+from tiler.sources.base import Source, SourceError
+from tiler.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff, one_line
+from tiler.sources.handles import PerThreadHandles
+from tiler.sources.selection import band_positions, compose_bands, window_bounds
+
+# Colour interpretations that name a band better than its number; grey and undefined do not.
+_NAMED_COLOURS = {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha}
+
+
+class RasterSource(Source):
+    """A raster file read with rasterio, one window at a time, never whole.
+
+    Args:
+        path: anything ``rasterio.open`` takes (a file, a VRT, ``/vsicurl/...``).
+        bands: 1-based indices among the image bands (an alpha band is not one), order kept;
+            ``None`` reads every image band.
+
+    Validity comes from GDAL's mask machinery (nodata value, alpha band, internal mask);
+    pyramid levels are the dataset's overviews; the georeference is the CRS and the full
+    affine transform (rotation included), or nothing when the file has no geotransform.
+    Each thread reads through its own dataset handle, and the source pickles to its path.
+
+    Attributes (beside the :class:`Source` ones):
+        path: the path opened.
+        selected_bands: the 1-based indices among the image bands that are read.
+        band_indexes: the GDAL band numbers read (they differ when an alpha band comes first).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
+        self.path = os.fspath(path)
+        if not is_remote(self.path):
+            check_local_file(self.path)
+        if is_tiff(self.path):
+            _check_tiff_complete(self.path)
+        with _open_dataset(self.path, 0) as dataset:
+            image_bands = _image_bands(dataset)
+            positions = band_positions(bands, len(image_bands))
+            self.selected_bands = tuple(p + 1 for p in positions)
+            self.band_indexes = tuple(image_bands[p] for p in positions)
+            self.shape = (len(self.band_indexes), dataset.height, dataset.width)
+            self.dtype = np.result_type(*(dataset.dtypes[i - 1] for i in self.band_indexes))
+            self.band_names = tuple(_band_name(dataset, i) for i in self.band_indexes)
+            self.georef = _georef(dataset)
+            self.has_mask = all(MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1] for i in self.band_indexes)
+            overview_count = len(dataset.overviews(self.band_indexes[0]))
+        self.level_shapes = ((self.height, self.width),) + tuple(
+            _overview_shape(self.path, level) for level in range(1, overview_count + 1)
+        )
+        self._datasets: PerThreadHandles[DatasetReader] = PerThreadHandles(functools.partial(_open_dataset, self.path))
+
+    def read(self, window: Window, level: int = 0) -> np.ndarray:
+        """The selected bands over ``window`` of ``level``, as stored: ``(bands, h, w)``."""
+        bounds = _rasterio_window(window, self.level_shapes, level)
+        try:
+            return self._datasets.get(level).read(list(self.band_indexes), window=bounds, out_dtype=self.dtype)
+        except RasterioError as exc:
+            raise SourceError(f"cannot read {self.path}: {one_line(exc)}") from None
+
+    def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
+        """True where any selected band is valid per GDAL's masks (so nodata means all bands
+        nodata, as in GDAL's dataset mask); ``None`` when the selected bands have no mask."""
+        bounds = _rasterio_window(window, self.level_shapes, level)
+        if not self.has_mask:
+            return None
+        try:
+            masks = self._datasets.get(level).read_masks(list(self.band_indexes), window=bounds)
+        except RasterioError as exc:
+            raise SourceError(f"cannot read the mask of {self.path}: {one_line(exc)}") from None
+        return masks.any(axis=0)
+
+    def select_bands(self, bands: Sequence[int]) -> "RasterSource":
+        return RasterSource(self.path, bands=compose_bands(self.selected_bands, bands))
+
+    def close(self) -> None:
+        self._datasets.close()
+
+
+def _open_dataset(path: str, level: int) -> DatasetReader:
+    """The dataset of pyramid ``level`` (0: full resolution, ``k``: the ``k``-th overview)."""
+    options = {"overview_level": level - 1} if level else {}
+    try:
+        with warnings.catch_warnings():  # no geotransform is reported as Georef(), not warned about
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, **options)
+    except RasterioError as exc:
+        if os.path.isdir(path):
+            raise SourceError(f"input is a directory GDAL cannot read as a raster: {path}") from None
+        raise SourceError(f"cannot open {path}: {one_line(exc)}") from None
+
+
+def _check_tiff_complete(path: str) -> None:
+    """Fail at open on a truncated TIFF; one tifffile cannot parse is left to GDAL to judge."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # any parse failure: GDAL's own error below is the one reported
+        return
+    with tif:
+        check_tiff_complete(tif, path)
+
+
+def _overview_shape(path: str, level: int) -> tuple[int, int]:
+    with _open_dataset(path, level) as overview:
+        return overview.height, overview.width
+
+
+def _image_bands(dataset: DatasetReader) -> tuple[int, ...]:
+    """1-based indexes of the bands that hold the image: all but an alpha band (that is a mask)."""
+    bands = tuple(i for i, colour in enumerate(dataset.colorinterp, start=1) if colour != ColorInterp.alpha)
+    return bands or tuple(dataset.indexes)
+
+
+def _band_name(dataset: DatasetReader, index: int) -> str:
+    description = dataset.descriptions[index - 1]
+    if description:
+        return description
+    colour = dataset.colorinterp[index - 1]
+    return colour.name if colour in _NAMED_COLOURS else f"band {index}"
+
+
+def _georef(dataset: DatasetReader) -> Georef:
+    """CRS and affine transform; a dataset without geotransform (GDAL reports the identity) has none."""
+    transform = None if dataset.transform.is_identity else dataset.transform
+    return Georef(crs=dataset.crs, transform=transform)
+
+
+def _rasterio_window(window: Window, level_shapes: Sequence[tuple[int, int]], level: int) -> Window:
+    row_start, row_stop, col_start, col_stop = window_bounds(window, level_shapes, level)
+    return Window(col_start, row_start, col_stop - col_start, row_stop - row_start)

@@ -1,0 +1,175 @@
+"""Whole-slide and microscopy TIFFs (SVS, NDPI, OME-TIFF, SCN, BIF, pyramidal TIFF) through
+tifffile's Zarr store: only the tiles under a window are read and decoded."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import tifffile
+import zarr
+from rasterio.windows import Window
+from tifffile.tifffile import svs_description_metadata
+
+from tiler.georef import Georef
+from tiler.sources.base import Source, SourceError
+from tiler.sources.files import check_local_file, check_tiff_complete, one_line, open_tiff
+from tiler.sources.handles import PerThreadHandles
+from tiler.sources.selection import band_positions, compose_bands, window_bounds
+
+BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
+_MICRONS_PER_UNIT = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
+_LENGTH_UNITS = (tifffile.RESUNIT.CENTIMETER, tifffile.RESUNIT.MILLIMETER, tifffile.RESUNIT.MICROMETER)
+# With more than one worker, tifffile decodes each tile in a thread of its own instead of in
+# Zarr's single event-loop thread, so tiles asked for by many Dask threads decode in parallel.
+_DECODE_WORKERS = 2
+
+
+class SlideSource(Source):
+    """The first image series of a TIFF, pyramid included, read tile by tile with tifffile.
+
+    Args:
+        path: a local TIFF file (SVS, NDPI, OME-TIFF, SCN, BIF or any pyramidal TIFF).
+        bands: 1-based indices among the samples (RGB: 1 red, 2 green, 3 blue) or OME
+            channels, order kept; ``None`` reads them all.
+
+    The series must be a 2-D image with at most one band axis (axes ``YX``, ``YXS``, ``SYX``
+    or ``CYX`` once length-1 axes are dropped). Levels are the series' pyramid levels; the
+    georeference is the pixel size in µm (Aperio ``MPP``, OME ``PhysicalSizeX``, or the
+    resolution tags when in a length unit), with no CRS. Slides carry no validity mask.
+    Each thread reads through its own TiffFile, and the source pickles to its path.
+
+    Attributes (beside the :class:`Source` ones):
+        path: the path opened.
+        selected_bands: the 1-based indices among the samples or channels that are read.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
+        self.path = os.fspath(path)
+        check_local_file(self.path)
+        if os.path.isdir(self.path):
+            raise SourceError(f"input is a directory, not a slide file: {self.path}")
+        with open_tiff(self.path) as tif:
+            check_tiff_complete(tif, self.path)
+            if not tif.series:
+                raise SourceError(f"cannot open {self.path}: no readable image in it (truncated or damaged?)")
+            series = tif.series[0]
+            self._axes = _checked_axes(series.axes, self.path)
+            band_count = _band_count(series.shape, self._axes)
+            positions = band_positions(bands, band_count)
+            self.selected_bands = tuple(p + 1 for p in positions)
+            self.level_shapes = tuple(_level_shape(level.shape, self._axes) for level in series.levels)
+            self.shape = (len(positions), *self.level_shapes[0])
+            self.dtype = np.dtype(series.dtype)
+            self.band_names = tuple(_band_names(series, band_count)[p] for p in positions)
+            self.georef = Georef(mpp=_microns_per_pixel(tif, series))
+        self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
+
+    def read(self, window: Window, level: int = 0) -> np.ndarray:
+        """The selected bands over ``window`` of ``level``, as stored: ``(bands, h, w)``."""
+        row_start, row_stop, col_start, col_stop = window_bounds(window, self.level_shapes, level)
+        positions = [p - 1 for p in self.selected_bands]
+        spans = {"Y": slice(row_start, row_stop), "X": slice(col_start, col_stop)}
+        selection = tuple(spans.get(axis, positions) for axis in self._axes)
+        try:
+            pixels = self._levels.get(level).array.oindex[selection]
+        except SourceError:
+            raise
+        except Exception as exc:  # decoders raise their own kinds (DeflateError, JpegError...) on bad tiles
+            raise SourceError(f"cannot read {self.path}: {one_line(exc)}") from None
+        band_axis = next((i for i, axis in enumerate(self._axes) if axis in BAND_AXES), None)
+        if band_axis is None:
+            return np.ascontiguousarray(pixels[np.newaxis][positions])
+        return np.ascontiguousarray(np.moveaxis(pixels, band_axis, 0))
+
+    def select_bands(self, bands: Sequence[int]) -> "SlideSource":
+        return SlideSource(self.path, bands=compose_bands(self.selected_bands, bands))
+
+    def close(self) -> None:
+        self._levels.close()
+
+
+@dataclass
+class _OpenLevel:
+    """One thread's TiffFile and the Zarr array of one pyramid level read through it."""
+
+    tif: tifffile.TiffFile
+    array: Any
+
+    @classmethod
+    def open(cls, path: str, level: int) -> "_OpenLevel":
+        tif = open_tiff(path)
+        store = tif.series[0].aszarr(level=level, maxworkers=_DECODE_WORKERS)
+        return cls(tif, zarr.open_array(store, mode="r"))
+
+    def close(self) -> None:
+        self.tif.close()
+
+
+def _checked_axes(axes: str, path: str) -> str:
+    """``axes`` when they describe a 2-D image with at most one band axis, else a SourceError."""
+    spatial = "".join(axis for axis in axes if axis not in BAND_AXES)
+    bands = [axis for axis in axes if axis in BAND_AXES]
+    if spatial != "YX" or len(bands) > 1:
+        raise SourceError(
+            f"{path}: the first image has axes {axes}; segtile reads 2-D images (YX, YXS, SYX or CYX)"
+        )
+    return axes
+
+
+def _band_count(shape: Sequence[int], axes: str) -> int:
+    return next((size for size, axis in zip(shape, axes) if axis in BAND_AXES), 1)
+
+
+def _level_shape(shape: Sequence[int], axes: str) -> tuple[int, int]:
+    return shape[axes.index("Y")], shape[axes.index("X")]
+
+
+def _band_names(series: tifffile.TiffPageSeries, count: int) -> tuple[str, ...]:
+    if series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB:
+        colours = ("red", "green", "blue")
+        return tuple(colours[i] if i < 3 else f"band {i + 1}" for i in range(count))
+    return tuple(f"band {i + 1}" for i in range(count))
+
+
+def _microns_per_pixel(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> float | None:
+    """Level-0 pixel size in µm from the slide's own metadata, or ``None`` when it has none."""
+    if tif.is_svs:
+        return _svs_mpp(tif.pages[0].description)
+    if tif.is_ome:
+        return _ome_mpp(tif.ome_metadata)
+    return _resolution_mpp(series.keyframe)
+
+
+def _svs_mpp(description: str) -> float | None:
+    """The ``MPP`` field of an Aperio ImageDescription (``...|MPP = 0.4990|...``)."""
+    try:
+        mpp = svs_description_metadata(description).get("MPP")
+    except ValueError:
+        return None
+    return float(mpp) if isinstance(mpp, (int, float)) and mpp > 0 else None
+
+
+def _ome_mpp(xml: str | None) -> float | None:
+    """``PhysicalSizeX`` of the first OME image, converted from its unit (µm by default)."""
+    if not xml:
+        return None
+    images = tifffile.xml2dict(xml).get("OME", {}).get("Image")
+    image = images[0] if isinstance(images, list) else images
+    pixels = (image or {}).get("Pixels", {})
+    size = pixels.get("PhysicalSizeX")
+    scale = _MICRONS_PER_UNIT.get(pixels.get("PhysicalSizeXUnit", "µm"))
+    if not isinstance(size, (int, float)) or size <= 0 or scale is None:
+        return None
+    return float(size) * scale
+
+
+def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
+    """µm per pixel from XResolution when ResolutionUnit is a length (not inch: 72 dpi means nothing)."""
+    if "XResolution" not in page.tags or page.resolutionunit not in _LENGTH_UNITS:
+        return None
+    pixels_per_micron = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
+    return 1.0 / pixels_per_micron if pixels_per_micron > 0 else None
