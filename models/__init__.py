@@ -1,5 +1,30 @@
-"""Networks and checkpoints for segtile: PSPNet, ResNet backbones, model cards."""
+"""Networks and checkpoints for segtile: PSPNet, ResNet backbones, model cards, training."""
 
 from models.card import CardError, ModelCard, default_card
+from models.checkpoint import (
+    CheckpointError,
+    LoadedModel,
+    load_checkpoint,
+    load_model,
+    load_reference_state_dict,
+    save_checkpoint,
+    save_torchscript,
+)
+from models.pspnet import PSPNet
+from models.resnet import ArchitectureError, load_torchvision_backbone
 
-__all__ = ["CardError", "ModelCard", "default_card"]
+__all__ = [
+    "ArchitectureError",
+    "CardError",
+    "CheckpointError",
+    "LoadedModel",
+    "ModelCard",
+    "PSPNet",
+    "default_card",
+    "load_checkpoint",
+    "load_model",
+    "load_reference_state_dict",
+    "load_torchvision_backbone",
+    "save_checkpoint",
+    "save_torchscript",
+]

@@ -52,10 +52,13 @@ class ModelCard:
     resolution_unit: str | None = None
     tile_size: int = 512
     overlap: int = 64
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        for name in ("classes", "colors"):
+            if isinstance(getattr(self, name), str):
+                raise CardError(f"model card: '{name}' must be a list of strings, not one string")
         set_(self, "classes", tuple(str(c) for c in self.classes))
         if not self.colors:
             set_(self, "colors", default_colours(len(self.classes)))
@@ -148,10 +151,12 @@ class ModelCard:
             data["in_channels"] = len(data["mean"])
         extra = {k: v for k, v in data.items() if k not in known}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs.setdefault("extra", {}).update(extra)
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **extra}
         try:
             return cls(**kwargs)
-        except TypeError as exc:  # a field of the wrong type, e.g. classes=3
+        except CardError:
+            raise
+        except (TypeError, ValueError) as exc:  # a field of the wrong type, e.g. classes=3
             raise CardError(f"model card: {exc}") from None
 
     def to_json(self) -> str:

@@ -33,3 +33,8 @@ def whole_image_logits(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(image.astype(np.float32))[None]
         return model(x)[0].numpy()
+
+
+# One torch thread: the suite's tensors are tiny, and on a shared 2-core machine more threads
+# only contend (small convolutions ran many times slower with 2 threads under load).
+torch.set_num_threads(1)

@@ -81,7 +81,7 @@ def segment(
     level0 = opened.level_shapes[0]
     factor = level0[1] / opened.level_shapes[level][1]
     georef = opened.georef.scaled(factor) if level else opened.georef
-    return Segmentation(logits, georef, card)
+    return Segmentation(logits, georef, card, options)
 
 
 def _model_spec_kwargs(model: Any) -> dict[str, Any]:

@@ -28,8 +28,15 @@ def parse_bands(text: str) -> list[int]:
     return bands
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="segtile",
         description="Segment an image too large for memory with a PSPNet, tile by tile. "
         "The format of each output follows its extension: .tif/.tiff (Cloud-Optimised GeoTIFF "
@@ -57,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def help_text(width: int = 100) -> str:
+    """The ``--help`` text at a fixed width (docs/cli.md embeds it; a test keeps them equal)."""
+    parser = build_parser()
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=width)
+    return parser.format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

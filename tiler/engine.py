@@ -85,14 +85,17 @@ def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.nd
     return pixels, valid
 
 
+def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.ndarray:
+    """The tile's blend weight, zero on invalid pixels; the shared cached array when all are valid."""
+    weight = tile_weight(options.blend, options.tile_size, options.overlap, tile.edges)
+    return weight if valid.all() else weight * valid
+
+
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph."""
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]
-    weights = [
-        tile_weight(options.blend, options.tile_size, options.overlap, tile.edges) * valid
-        for tile, (_, valid) in zip(tiles, reads)
-    ]
+    weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     if not keep:
         return []
@@ -105,11 +108,16 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     for row, i in enumerate(keep):
         inside = intersection(tiles[i].window, Window(0, 0, width, height))
         h, w = inside.height, inside.width
-        results.append(TileResult(inside, weighted[row, :, :h, :w], kept_weights[row, :h, :w]))
+        results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
     return results
 
 
-def stitch_chunk(chunk: Window, num_classes: int, *batches: list[TileResult]) -> np.ndarray:
+def _done(_: object) -> None:
+    """A marker that a chunk is stitched: carries the order of the chunks, not their data."""
+    return None
+
+
+def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: list[TileResult]) -> np.ndarray:
     """Logits ``(classes, h, w)`` of ``chunk``: sum of weighted logits / sum of weights.
 
     Pixels with no weight (nodata, skipped tiles) are NaN.
@@ -175,11 +183,14 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
 
     row_chunks, col_chunks = _chunks(height, options.chunk_size), _chunks(width, options.chunk_size)
     needed = _batches_per_chunk(batches, height, width, options.chunk_size)
+    done_name, previous = f"segtile-done-{token}", None
     for i, chunk_h in enumerate(row_chunks):
         for j, chunk_w in enumerate(col_chunks):
             chunk = Window(j * options.chunk_size, i * options.chunk_size, chunk_w, chunk_h)
             deps = [(batch_name, b) for b in sorted(needed.get((i, j), ()))]
-            graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, *deps)
+            graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, previous, *deps)
+            previous = (done_name, i, j)
+            graph[previous] = (_done, (logits_name, 0, i, j))
 
     hlg = HighLevelGraph.from_collections(logits_name, graph, dependencies=())
     chunks = ((num_classes,), row_chunks, col_chunks)

@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 
 from models import ModelCard
+from tiler.engine import TilingOptions
 from tiler.georef import Georef
 
 
@@ -43,11 +44,13 @@ class Segmentation:
         logits: dask array ``(classes, H, W)`` float32, NaN on nodata pixels.
         georef: where the result sits (CRS and transform, or µm/px, or nothing).
         card: the model card (class names, colours...).
+        options: the tiling the logits were built with.
     """
 
     logits: da.Array
     georef: Georef
     card: ModelCard
+    options: TilingOptions
 
     @property
     def crs(self):
@@ -91,33 +94,29 @@ class Segmentation:
 
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
         """Write labels (and probabilities) with their georeference and card to a Zarr v3 store."""
-        from tiler.writers.zarr_store import write_zarr
-
-        write_zarr(
-            path, self.labels, self.georef, self.card,
-            probabilities=self.probabilities if probabilities else None,
-            nodata=self.nodata, overwrite=overwrite,
-        )
+        self.write(path, probabilities=probabilities, overwrite=overwrite)
 
     def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
-        """Write the mask as a Cloud-Optimised GeoTIFF on the source's grid (and, on request, a
-        probability GeoTIFF beside it)."""
-        from tiler.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
-
-        write_mask(path, self.labels, self.georef, self.card, nodata=self.nodata, overwrite=overwrite)
-        if probabilities:
-            write_probabilities(
-                probabilities_path_for(path), self.probabilities, self.georef, self.card,
-                overwrite=overwrite,
-            )
+        """Write the mask as a Cloud-Optimised GeoTIFF on the source's grid (and, on request, the
+        probabilities as a second GeoTIFF beside it, see ``probabilities_path_for``)."""
+        self.write(path, probabilities=probabilities, overwrite=overwrite)
 
     def to_vector(self, path: str | PathLike, *, simplify: float | None = None,
                   min_area: float | None = None, overwrite: bool = False) -> None:
         """Write one polygon per connected region per class (GeoPackage, GeoJSON, FlatGeobuf,
         Shapefile, by extension)."""
-        from tiler.writers.vector import write_polygons
+        self.write(path, simplify=simplify, min_area=min_area, overwrite=overwrite)
 
-        write_polygons(
-            path, self.labels, self.georef, self.card, nodata=self.nodata,
+    def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
+              min_area: float | None = None, overwrite: bool = False) -> None:
+        """Write several outputs from one inference pass; each format follows its extension.
+
+        Either every output appears, complete, or none does: all are written under temporary
+        names and renamed only when the last one is done.
+        """
+        from tiler.writers.outputs import write_outputs
+
+        write_outputs(
+            self, [str(p) for p in paths], probabilities=probabilities,
             simplify=simplify, min_area=min_area, overwrite=overwrite,
         )

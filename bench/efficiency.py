@@ -1,0 +1,153 @@
+"""Pipeline efficiency on the CPU: how much of segtile's wall time is the model itself.
+
+(a) the model alone: PSPNet-18 over exactly the tiles segtile sends it, in the same batches
+    (same count, same shapes), on float32 tensors already in memory, under
+    ``torch.inference_mode``;
+(b) end to end: ``segment(path, model, ...).labels.compute()`` (read the GeoTIFF, batch, predict,
+    weight, stitch, argmax).
+
+efficiency = (a) / (b): 1.0 means the pipeline adds nothing around the model. Runs alternate
+a, b, a, b, ... in one process after one warm-up batch; medians are reported. On a shared machine
+wall times drift with other people's load, so two steadier figures are printed beside the wall
+ratio: the ratio of process CPU times (what the pipeline adds in work, whatever the load) and
+the share of (b)'s wall time spent inside the model's ``forward`` (timed by
+:class:`ForwardTimer` during the run itself).
+
+    python -m bench.efficiency            # from the repository root
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+from bench.make_mosaic import make_mosaic
+from models import PSPNet
+from tiler import segment
+from tiler.grid import tile_grid
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def tile_batches(path: Path, tile_size: int, overlap: int, batch_size: int) -> list[torch.Tensor]:
+    """The float32 batches ``(B, bands, T, T)`` segtile feeds the model for ``path``.
+
+    segtile skips tiles with no valid pixel; this benchmark needs every tile to be sent, so the
+    two sides run the same work, and it refuses images where that is not so.
+    """
+    with rasterio.open(path) as dataset:
+        pixels = dataset.read()
+        valid = dataset.dataset_mask() > 0
+    height, width = valid.shape
+    if min(height, width) < tile_size:
+        raise ValueError(f"{path} is smaller than a tile ({tile_size} px): use a larger --size")
+    tiles = []
+    for tile in tile_grid(height, width, tile_size, overlap):
+        rows = slice(tile.window.row_off, tile.window.row_off + tile_size)
+        cols = slice(tile.window.col_off, tile.window.col_off + tile_size)
+        if not valid[rows, cols].any():
+            raise ValueError(f"tile {tile.index} of {path} holds no valid pixel: pick another image")
+        tiles.append(pixels[:, rows, cols])
+    stacked = torch.from_numpy(np.stack(tiles)).float()
+    return list(torch.split(stacked, batch_size))
+
+
+class ForwardTimer(torch.nn.Module):
+    """Wraps a network and adds up the wall time of its ``forward`` calls."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.seconds = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = self.network(x)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+@dataclass
+class Timing:
+    """Wall and process CPU seconds (all threads) of one run."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+@contextmanager
+def timed():
+    """Yields a :class:`Timing` that is filled in when the block ends."""
+    timing = Timing()
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield timing
+    timing.wall, timing.cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_model_alone(model: torch.nn.Module, batches: list[torch.Tensor]) -> Timing:
+    with timed() as timing, torch.inference_mode():
+        for batch in batches:
+            model(batch)
+    return timing
+
+
+def run_end_to_end(path: Path, timer: ForwardTimer, tile_size: int, overlap: int,
+                   batch_size: int) -> tuple[Timing, float]:
+    """Timing of ``segment(...).labels.compute()``, and the wall seconds spent in ``forward``
+    during it (``segment`` probes a bare module once on a tiny input; that is not counted)."""
+    with timed() as timing:
+        result = segment(
+            str(path), timer, tile_size=tile_size, overlap=overlap, blend="gaussian",
+            batch_size=batch_size, device="cpu",
+        )
+        timer.seconds = 0.0
+        result.labels.compute()
+    return timing, timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1536, help="side of the test image (a mosaic crop)")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=7, help="a/b pairs")
+    args = parser.parse_args()
+
+    path = OUT / f"mosaic_{args.size}.tif"
+    if not path.exists():
+        make_mosaic(args.size, path)
+    torch.manual_seed(0)
+    model = PSPNet(layers=18, classes=args.classes, width=1.0).eval()
+    batches = tile_batches(path, args.tile_size, args.overlap, args.batch_size)
+    print(f"{path.name}: {sum(len(b) for b in batches)} tiles in {len(batches)} batches of "
+          f"{tuple(batches[0].shape)}, torch threads {torch.get_num_threads()}")
+    run_model_alone(model, batches[:1])  # warm-up: first-call allocations and kernel selection
+
+    timer = ForwardTimer(model).eval()
+    wall_ratios, cpu_ratios, forward_shares = [], [], []
+    for repeat in range(args.repeats):
+        alone = run_model_alone(model, batches)
+        end_to_end, forward = run_end_to_end(path, timer, args.tile_size, args.overlap, args.batch_size)
+        wall_ratios.append(alone.wall / end_to_end.wall)
+        cpu_ratios.append(alone.cpu / end_to_end.cpu)
+        forward_shares.append(forward / end_to_end.wall)
+        print(f"pair {repeat + 1}: model alone {alone.wall:.2f} s wall / {alone.cpu:.2f} s CPU; "
+              f"end to end {end_to_end.wall:.2f} s wall / {end_to_end.cpu:.2f} s CPU, forward {forward:.2f} s; "
+              f"efficiency wall {wall_ratios[-1]:.3f}, CPU {cpu_ratios[-1]:.3f}", flush=True)
+    print(f"median over {args.repeats} pairs: efficiency (wall) {statistics.median(wall_ratios):.3f}, "
+          f"efficiency (CPU time) {statistics.median(cpu_ratios):.3f}, "
+          f"share of end-to-end wall time in forward {statistics.median(forward_shares):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Where segtile's memory goes: batch results held by Dask, live numpy memory, and RSS.
+
+Runs the ``memory.py`` workload (1x1 convolution, GeoTIFF -> Zarr labels) in this process with a
+Dask callback that counts, after every task, the batch results the scheduler still holds (each
+is a batch of tiles' weighted logits, waiting for the chunks that need it). Optionally traces
+the live Python / numpy allocations (``--tracemalloc``) and bounds GDAL's block cache
+(``--gdal-cache-mb``). The gap between the peak RSS and what is accounted for (imports, held
+batches, GDAL cache, live numpy memory) is memory the allocator keeps but nobody uses.
+
+    python -m bench.held_batches bench/out/mosaic_16000.tif
+    python -m bench.held_batches bench/out/mosaic_8000.tif --gdal-cache-mb 64 --tracemalloc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+import tracemalloc
+from contextlib import nullcontext
+from pathlib import Path
+
+import dask.array as da
+import psutil
+import rasterio
+from dask.callbacks import Callback
+
+from bench.workloads import pointwise_model
+from tiler import segment
+from tiler.engine import BATCH_PREFIX
+
+
+class HeldBatches(Callback):
+    """Counts the batch results in the scheduler's cache after each task; samples the RSS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.most_held = 0
+        self.peak_rss = 0
+        self._process = psutil.Process()
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        held = sum(1 for k in state["cache"] if isinstance(k, tuple) and str(k[0]).startswith(BATCH_PREFIX))
+        self.most_held = max(self.most_held, held)
+        self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path, help="GeoTIFF (a bench/make_mosaic.py mosaic)")
+    parser.add_argument("--gdal-cache-mb", type=int, help="bound GDAL's block cache for this run")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace live Python / numpy memory (slower)")
+    args = parser.parse_args()
+
+    out = Path(__file__).resolve().parent / "out" / "held_batches.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    rss_before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    result = segment(str(args.input), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")
+    env = rasterio.Env(GDAL_CACHEMAX=args.gdal_cache_mb * 2**20) if args.gdal_cache_mb else nullcontext()
+    counter = HeldBatches()
+    if args.tracemalloc:
+        tracemalloc.start()
+    try:
+        with env, counter:
+            da.to_zarr(result.labels, str(out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    report = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "batches": sum(1 for k in result.logits.__dask_graph__()
+                       if isinstance(k, tuple) and str(k[0]).startswith(BATCH_PREFIX)),
+        "most_batches_held": counter.most_held,
+        "rss_after_imports_mib": rss_before // 2**20,
+        "sampled_peak_rss_mib": counter.peak_rss // 2**20,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+    if args.tracemalloc:
+        report["traced_peak_mib"] = tracemalloc.get_traced_memory()[1] // 2**20
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Peak memory against image size: segtile from a GeoTIFF mosaic to Zarr labels.
+
+One fresh process per size (so each peak is that run's own), a 1x1-convolution model, tile 512,
+overlap 64, batch 4, gaussian blend, output chunks 1024. Prints a Markdown table (size, Mpx,
+seconds, Mpx/s, peak RSS, RSS after imports) and writes each run's RSS trace to
+``bench/out/memory_trace_SIZE.csv`` (seconds, MiB). Mosaics missing from ``bench/out`` are built
+first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
+
+    python -m bench.memory                       # from the repository root
+    python -m bench.memory --sizes 4000 8000     # a quicker subset
+    python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from bench.make_mosaic import make_mosaic
+from bench.measure import Measured, run_workload
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def measure_size(size: int, args: argparse.Namespace) -> Measured:
+    """Segment the ``size`` mosaic to Zarr in a fresh process; the output is removed afterwards."""
+    mosaic = OUT / f"mosaic_{size}.tif"
+    if not mosaic.exists():
+        make_mosaic(size, mosaic)
+    labels = OUT / f"labels_{size}.zarr"
+    shutil.rmtree(labels, ignore_errors=True)
+    try:
+        return run_workload(
+            "segtile", "--input", str(mosaic), "--out", str(labels),
+            "--tile-size", str(args.tile_size), "--overlap", str(args.overlap),
+            "--batch-size", str(args.batch_size), "--chunk-size", str(args.chunk_size),
+            env={"GDAL_CACHEMAX": str(args.gdal_cache_mb)} if args.gdal_cache_mb else None,
+        )
+    finally:
+        shutil.rmtree(labels, ignore_errors=True)
+
+
+def write_trace(measured: Measured, path: Path) -> None:
+    lines = ["seconds,rss_mib"] + [f"{t:.2f},{rss:.1f}" for t, rss in measured.trace]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 8000, 16000, 30000])
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
+                        "GDAL's default is 5%% of the machine's memory")
+    args = parser.parse_args()
+
+    print("| size (px) | Mpx | seconds | Mpx/s | peak RSS (MiB) | RSS after imports (MiB) | graph tasks |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    peaks = {}
+    for size in args.sizes:
+        measured = measure_size(size, args)
+        suffix = f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else ""
+        write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
+        report = measured.report
+        megapixels = size * size / 1e6
+        peaks[size] = measured.peak_rss_mib
+        print(f"| {size} | {megapixels:.0f} | {report['seconds']:.1f} | {megapixels / report['seconds']:.1f} "
+              f"| {measured.peak_rss_mib:.0f} | {report['rss_before_mib']:.0f} | {report['tasks']} |", flush=True)
+    smallest, largest = min(peaks), max(peaks)
+    print(f"\npeak {largest} / peak {smallest}: {peaks[largest] / peaks[smallest]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Checkpoints: one file holding a network's architecture, its weights and its model card.
+
+A segtile checkpoint is a ``torch.save`` of a plain dict::
+
+    {"format": "segtile-checkpoint", "version": 1,
+     "arch": {"name": "pspnet", "layers": 50, "classes": 150, ...},   # PSPNet keyword arguments
+     "state_dict": {...}, "card": {...}}                              # ModelCard.to_dict()
+
+read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
+A TorchScript file is accepted too; its card is the ``card.json`` among its extra files.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from models.card import CardError, ModelCard, default_card
+from models.pspnet import PSPNet
+
+FORMAT = "segtile-checkpoint"
+VERSION = 1
+CARD_FILE = "card.json"
+
+# Architecture names a checkpoint may name, and the class that builds each.
+ARCHITECTURES: dict[str, type[PSPNet]] = {"pspnet": PSPNet}
+
+# Probes for a TorchScript file without a card: input sizes tried (8k + 1 first, which the
+# reference PSPNet requires), and the band counts tried after the first convolution's.
+_PROBE_SIZES = (65, 64)
+_PROBE_BANDS = (3, 1)
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable checkpoint: missing, unreadable, of another kind, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference and what it expects.
+
+    Attributes:
+        module: the network, on the CPU, in eval mode.
+        card: its model card.
+        config: the architecture (``{"name": "pspnet", **PSPNet kwargs}``), or ``None`` for a
+            TorchScript file or a bare module.
+    """
+
+    module: nn.Module
+    card: ModelCard
+    config: dict[str, Any] | None = None
+
+
+def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard) -> Path:
+    """Write ``model`` (architecture and weights) and ``card`` to one segtile checkpoint file.
+
+    Raises:
+        CheckpointError: ``model`` is not a :class:`PSPNet` (use :func:`save_torchscript`).
+        CardError: the card's classes or bands do not match the network.
+    """
+    if not isinstance(model, PSPNet):
+        raise CheckpointError(
+            f"save_checkpoint stores PSPNet models, not {type(model).__name__}: "
+            "save other networks with save_torchscript"
+        )
+    arch = architecture(model)
+    check_card_fits(card, arch["classes"], arch["in_channels"])
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+        "card": card.to_dict(),
+    }
+    path = Path(path)
+    torch.save(payload, path)
+    return path
+
+
+def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard) -> Path:
+    """Script ``module`` (unless it already is a ScriptModule) and save it with ``card.json``.
+
+    Raises:
+        CheckpointError: the module cannot be scripted (trace or script it yourself and pass
+            the ScriptModule).
+        CardError: ``module`` is a PSPNet whose classes or bands disagree with the card.
+    """
+    if isinstance(module, PSPNet):
+        arch = architecture(module)
+        check_card_fits(card, arch["classes"], arch["in_channels"])
+    if not isinstance(module, torch.jit.ScriptModule):
+        try:
+            module = torch.jit.script(module)
+        except Exception as exc:  # TorchScript's compiler raises many kinds; report one line
+            raise CheckpointError(
+                f"{type(module).__name__} cannot be scripted ({_first_line(exc)}): "
+                "pass a module from torch.jit.script or torch.jit.trace"
+            ) from None
+    path = Path(path)
+    torch.jit.save(module.eval(), str(path), _extra_files={CARD_FILE: card.to_json()})
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Load a segtile checkpoint or a TorchScript file, on the CPU, in eval mode.
+
+    Raises:
+        CheckpointError: the file is missing, a directory, empty, not a checkpoint, names an
+            unknown architecture, or its weights do not fit its architecture.
+        CardError: the card is missing fields or disagrees with the network.
+    """
+    path = Path(path)
+    _check_is_file(path)
+    if is_torchscript(path):
+        return _load_torchscript(path)
+    payload = _read_payload(path)
+    module = build_network(_field(payload, "arch", dict, path), path)
+    state_dict = _field(payload, "state_dict", dict, path)
+    card_dict = _field(payload, "card", dict, path)
+    arch = architecture(module)
+    with _naming(path):
+        card = ModelCard.from_dict(card_dict)
+        check_card_fits(card, arch["classes"], arch["in_channels"])
+    _load_weights(module, state_dict, f"{path}:")
+    return LoadedModel(module.eval(), card, arch)
+
+
+def load_model(model: str | os.PathLike | LoadedModel | nn.Module) -> LoadedModel:
+    """Whatever names a network -> a :class:`LoadedModel`.
+
+    A path is loaded with :func:`load_checkpoint`; a LoadedModel is returned as is; a bare
+    module is put in eval mode and given a default card, its bands and classes probed as for a
+    TorchScript file without ``card.json``.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_checkpoint(model)
+    if isinstance(model, PSPNet):
+        arch = architecture(model)
+        return LoadedModel(model.eval(), default_card(arch["classes"], arch["in_channels"]), arch)
+    if isinstance(model, nn.Module):
+        return LoadedModel(model.eval(), probe_card(model), None)
+    raise CheckpointError(
+        f"a model is a checkpoint path, a LoadedModel or a torch.nn.Module, not {type(model).__name__}"
+    )
+
+
+def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> None:
+    """Load weights saved by hszhao/semseg (or any same-layout PSPNet) into ``model``, strictly.
+
+    Accepts the training script's ``{"state_dict": ...}`` wrapper, and drops the ``module.``
+    prefix that ``nn.DataParallel`` puts in front of every key.
+
+    Raises:
+        CheckpointError: keys or shapes differ (the message names the first of each).
+    """
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
+        state_dict = state_dict["state_dict"]
+    stripped = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    _load_weights(model, stripped, "reference weights:")
+
+
+def architecture(model: PSPNet) -> dict[str, Any]:
+    """The ``arch`` entry of a checkpoint: the architecture's name and its keyword arguments."""
+    return {"name": "pspnet", **model.config()}
+
+
+def check_card_fits(card: ModelCard, classes: int, in_channels: int) -> None:
+    """Raise :class:`CardError` when the card's class or band count differs from the network's."""
+    if card.num_classes != classes:
+        raise CardError(f"model card: {card.num_classes} classes, but the network outputs {classes}")
+    if card.in_channels != in_channels:
+        raise CardError(
+            f"model card: {card.in_channels} input bands, but the network takes {in_channels}"
+        )
+
+
+def is_torchscript(path: Path) -> bool:
+    """True for a TorchScript archive: a zip with ``constants.pkl`` (``torch.save`` writes none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def probe_card(module: nn.Module) -> ModelCard:
+    """A default card for a network that brings none, its bands and classes found by probing.
+
+    Band counts are tried in order: the input channels of the first 4-D weight (the first
+    convolution, for a network that starts with one), then 3, then 1; input sizes 65 then 64.
+    The first probe giving ``(1, classes, h, w)`` logits of the input's size decides.
+    """
+    module.eval()
+    with torch.inference_mode():
+        for bands in _candidate_bands(module):
+            for size in _PROBE_SIZES:
+                try:
+                    out = module(torch.zeros(1, bands, size, size))
+                except Exception:  # a probe that does not fit the network; try the next one
+                    continue
+                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
+                    return default_card(out.shape[1], bands)
+    raise CheckpointError(
+        "the network has no card and maps no probe input (1, bands, h, w) to logits "
+        "(1, classes, h, w): save it with a card (save_torchscript)"
+    )
+
+
+def build_network(config: Mapping[str, Any], path: Path | str = "checkpoint") -> PSPNet:
+    """The untrained network an ``arch`` entry describes."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: unknown architecture {name!r} (known: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    try:
+        return ARCHITECTURES[name](**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid {name} architecture: {_first_line(exc)}") from None
+
+
+def _candidate_bands(module: nn.Module) -> list[int]:
+    first_conv = next((p for p in module.parameters() if p.ndim == 4), None)
+    candidates = [first_conv.shape[1]] if first_conv is not None else []
+    return candidates + [b for b in _PROBE_BANDS if b not in candidates]
+
+
+def _check_is_file(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty, not a checkpoint")
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    extra = {CARD_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # a damaged archive fails in many ways; report one line
+        raise CheckpointError(f"{path}: unreadable TorchScript file ({_first_line(exc)})") from None
+    module.eval()
+    card_json = extra[CARD_FILE]
+    if not card_json:
+        return LoadedModel(module, probe_card(module), None)
+    with _naming(path):
+        card = ModelCard.from_json(card_json)
+    return LoadedModel(module, card, None)
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # text, random bytes, pickles of arbitrary objects (never unpickled)...
+        raise CheckpointError(f"{path}: not a segtile checkpoint or TorchScript file") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if isinstance(payload, dict) and payload and all(
+            isinstance(v, torch.Tensor) for v in payload.values()
+        ):
+            hint = ": it holds bare weights; build the network, load them "
+            hint += "(load_reference_state_dict) and save_checkpoint it with a card"
+        raise CheckpointError(f"{path}: a torch file, but not a segtile checkpoint{hint}")
+    version = payload.get("version")
+    if version != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {version!r} is not supported (this segtile reads {VERSION})"
+        )
+    return payload
+
+
+def _field(payload: Mapping[str, Any], name: str, kind: type, path: Path) -> Any:
+    value = payload.get(name)
+    if value is None:
+        raise CheckpointError(f"{path}: checkpoint has no '{name}'")
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: checkpoint '{name}' is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _load_weights(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line message naming the first mismatch."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    reshaped = [key for key in expected
+                if key in state_dict and _shape(state_dict[key]) != tuple(expected[key].shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (first {missing[0]!r})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (first {unexpected[0]!r})")
+    if reshaped:
+        key = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape (first {key!r}: "
+                        f"{_shape(state_dict[key])} instead of {tuple(expected[key].shape)})")
+    if problems:
+        raise CheckpointError(f"{where} weights do not fit the network: {'; '.join(problems)}")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    """A tensor's shape, or the type name of something that is not a tensor."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Put the file's name in front of the message of a :class:`CardError` raised inside."""
+    try:
+        yield
+    except CardError as exc:
+        raise CardError(f"{path}: {exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,113 @@
+"""The arrays handed to writers: their checks, and streaming their chunks into a file.
+
+The whole graph is computed once (tiles shared by neighbouring chunks run once) and each chunk
+is handed to the writer as soon as it is ready, then forgotten: memory stays bounded by the
+chunks in flight. With a local scheduler this is ``dask.array.store`` into a target that calls
+the writer under a lock, one chunk at a time: a file is not written from several threads at
+once, and GDAL's polygonize and rasterio's warning filters are not worth running in parallel
+(the first holds the GIL, the second are not thread-safe). On a ``dask.distributed`` cluster
+the target cannot travel to the workers, so the chunks are computed there as futures and
+fetched into this process as each completes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable, Iterator
+
+import dask.array as da
+import numpy as np
+from dask.array.core import slices_from_chunks
+from dask.base import get_scheduler
+from distributed import Client, as_completed
+
+from models.card import ModelCard
+
+Key = tuple[slice, ...]
+Progress = Callable[[int, int], None]
+"""Called with (chunks done, chunks in all) after each chunk is written, under the write lock.
+For a tqdm bar: ``lambda done, total: bar.update(1)`` (with ``tqdm(total=...)``)."""
+
+
+class WriterInputError(ValueError):
+    """The arrays handed to a writer do not fit the model card or each other."""
+
+
+class _ChunkTarget:
+    """The ``da.store`` target: hands each chunk to ``write``, under a lock."""
+
+    def __init__(self, write: Callable[[Key, np.ndarray], None], total: int,
+                 progress: Progress | None) -> None:
+        self._write = write
+        self._total = total
+        self._progress = progress
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def __setitem__(self, key: Key, chunk: np.ndarray) -> None:
+        with self._lock:
+            self._write(key, chunk)
+            self._done += 1
+            if self._progress is not None:
+                self._progress(self._done, self._total)
+
+
+def store_chunks(array: da.Array, write: Callable[[Key, np.ndarray], None], *,
+                 progress: Progress | None = None) -> None:
+    """Compute ``array`` chunk by chunk; call ``write(key, chunk)`` for each, never two at once.
+
+    ``key`` is the chunk's place in ``array``: one ``slice`` per axis, in global coordinates.
+    """
+    target = _ChunkTarget(write, math.prod(array.numblocks), progress)
+    client = getattr(get_scheduler(collections=[array]), "__self__", None)  # a Client's .get
+    if isinstance(client, Client):
+        for key, chunk in _chunks_from_cluster(client, array):
+            target[key] = chunk
+    else:
+        da.store(array, target, lock=False, compute=True)
+
+
+def _chunks_from_cluster(client: Client, array: da.Array) -> Iterator[tuple[Key, np.ndarray]]:
+    """Compute every chunk on the cluster in one graph; yield each as it completes, then drop it."""
+    chunks = array.to_delayed(optimize_graph=True).ravel().tolist()
+    futures = client.compute(chunks, optimize_graph=False)
+    keys = {future.key: key for future, key in zip(futures, slices_from_chunks(array.chunks))}
+    for future, chunk in as_completed(futures, with_results=True):
+        yield keys[future.key], chunk
+        future.release()
+
+
+def as_labels(labels: Any, card: ModelCard, nodata: int) -> da.Array:
+    """``labels`` as a 2-D dask array of uint8 / uint16, checked against ``card`` and ``nodata``."""
+    labels = labels if isinstance(labels, da.Array) else da.asarray(labels)
+    if labels.ndim != 2:
+        raise WriterInputError(f"labels must be 2-D (height, width), got shape {labels.shape}")
+    if labels.dtype not in (np.uint8, np.uint16):
+        raise WriterInputError(f"labels must be uint8 or uint16, got {labels.dtype}")
+    if not 0 <= nodata <= np.iinfo(labels.dtype).max:
+        raise WriterInputError(f"nodata {nodata} does not fit labels of type {labels.dtype}")
+    if card.num_classes > nodata:
+        raise WriterInputError(f"{card.num_classes} classes do not all fit below nodata {nodata}")
+    return labels
+
+
+def as_probabilities(probabilities: Any, card: ModelCard, shape: tuple[int, int] | None = None) -> da.Array:
+    """``probabilities`` as a 3-D float dask array ``(classes, H, W)`` checked against ``card``
+    (and against the labels' ``shape`` when given)."""
+    probabilities = probabilities if isinstance(probabilities, da.Array) else da.asarray(probabilities)
+    if probabilities.ndim != 3:
+        raise WriterInputError(
+            f"probabilities must be 3-D (classes, height, width), got shape {probabilities.shape}"
+        )
+    if not np.issubdtype(probabilities.dtype, np.floating):
+        raise WriterInputError(f"probabilities must be floating point, got {probabilities.dtype}")
+    if probabilities.shape[0] != card.num_classes:
+        raise WriterInputError(
+            f"probabilities have {probabilities.shape[0]} classes, the model card {card.num_classes}"
+        )
+    if shape is not None and probabilities.shape[1:] != tuple(shape):
+        raise WriterInputError(
+            f"probabilities are {probabilities.shape[1:]} pixels, the labels {tuple(shape)}"
+        )
+    return probabilities

@@ -1,0 +1,161 @@
+"""Cloud-Optimised GeoTIFFs: the class mask and the per-class probabilities.
+
+GDAL's COG driver writes only by copying a whole source dataset (it orders tiles and overviews
+for HTTP range reads). So the chunks are first streamed into a tiled, compressed staging GeoTIFF
+beside the output (``da.store``, one chunk at a time), which the COG driver then copies, building
+the overviews: mode for the mask (a class, never a blend of classes), average for probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from os import PathLike
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetWriter
+from rasterio.windows import Window
+
+from models.card import ModelCard
+from tiler.georef import Georef
+from tiler.writers.atomic import destination
+from tiler.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
+from tiler.writers.legend import colour_table, write_legend_sidecars
+
+BLOCK_SIZE = 512
+COMPRESSION = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it
+PROBABILITY_SCALE = 255  # uint8 probabilities: stored value = round(p * 255)
+
+
+def probabilities_path_for(mask_path: str | PathLike) -> Path:
+    """The probabilities' file beside a mask: ``mask.tif`` -> ``mask.probabilities.tif``."""
+    mask_path = Path(mask_path)
+    return mask_path.with_name(f"{mask_path.stem}.probabilities{mask_path.suffix}")
+
+
+def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
+               nodata: int = 255, overwrite: bool = False, progress: Progress | None = None,
+               atomic: bool = True) -> Path:
+    """Write a class mask as a Cloud-Optimised GeoTIFF with its legend; return ``path``.
+
+    One band of the labels' type (uint8, or uint16 beyond 255 classes) on the georeference's
+    grid (no CRS and the identity transform when there is none), ``nodata`` set, tiles of 512,
+    DEFLATE with predictor, overviews by mode, the card's colours as a colour table (``nodata``
+    transparent). Class names go in the band's ``CLASS_NAMES`` tag (JSON), the card in the
+    ``SEGTILE_CARD`` tag; beside the mask, ``NAME.qml`` (QGIS style) and ``NAME.tif.aux.xml``
+    (GDAL category names).
+
+    Args:
+        labels: dask (or numpy) array ``(H, W)`` of class indices, ``nodata`` where invalid.
+        progress: called with (chunks written, chunks in all).
+        atomic: write under a temporary name and rename at the end; ``False`` writes ``path``
+            directly (the caller already holds a temporary path, see ``OutputSet``).
+    """
+    labels = as_labels(labels, card, nodata)
+
+    def fill(stage: DatasetWriter) -> None:
+        stage.write_colormap(1, colour_table(card, nodata))
+        stage.set_band_description(1, "class")
+        stage.update_tags(1, CLASS_NAMES=json.dumps(list(card.classes)))
+        store_chunks(labels, lambda key, chunk: stage.write(chunk, 1, window=_window(key)),
+                     progress=progress)
+
+    with destination(path, overwrite, atomic) as target:
+        profile = _profile(labels.shape, 1, labels.dtype, georef, nodata=nodata)
+        _write_cog(target, profile, _dataset_tags(georef, card), fill, overview_resampling="MODE")
+        write_legend_sidecars(target, card)
+    return Path(path)
+
+
+def write_probabilities(path: str | PathLike, probabilities: Any, georef: Georef, card: ModelCard, *,
+                        overwrite: bool = False, dtype: str = "uint8", progress: Progress | None = None,
+                        atomic: bool = True) -> Path:
+    """Write per-class probabilities as a Cloud-Optimised GeoTIFF, one band per class; return ``path``.
+
+    Band ``i + 1`` holds class ``i`` and is described by its name. ``dtype="uint8"`` stores
+    ``round(p * 255)`` with a scale of 1/255 in the band metadata (GDAL and QGIS unscale to
+    0–1), and marks pixels without a probability (NaN: nodata input, skipped tiles) in the
+    dataset's mask band; ``dtype="float32"`` stores ``p`` itself with NaN as nodata. Same grid,
+    tiling and compression as :func:`write_mask`; overviews by average.
+    """
+    if dtype not in ("uint8", "float32"):
+        raise WriterInputError(f"probabilities dtype must be 'uint8' or 'float32', got {dtype!r}")
+    probabilities = as_probabilities(probabilities, card)
+    probabilities = probabilities.rechunk({0: -1})  # all classes of a pixel in one chunk
+    classes = probabilities.shape[0]
+    as_uint8 = dtype == "uint8"
+
+    def write_chunk(stage: DatasetWriter, key: Key, chunk: np.ndarray) -> None:
+        window = _window(key[1:])
+        if as_uint8:
+            stage.write(np.round(np.nan_to_num(np.clip(chunk, 0, 1)) * PROBABILITY_SCALE).astype(np.uint8),
+                        window=window)
+            stage.write_mask(np.where(np.isnan(chunk).any(axis=0), 0, 255).astype(np.uint8), window=window)
+        else:
+            stage.write(chunk.astype(np.float32), window=window)
+
+    def fill(stage: DatasetWriter) -> None:
+        stage.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (classes - 1)
+        for band, name in enumerate(card.classes, start=1):
+            stage.set_band_description(band, name)
+            stage.update_tags(band, CLASS_ID=str(band - 1), CLASS_NAME=name)
+        if as_uint8:
+            stage.scales = [1 / PROBABILITY_SCALE] * classes
+        store_chunks(probabilities, lambda key, chunk: write_chunk(stage, key, chunk), progress=progress)
+
+    with destination(path, overwrite, atomic) as target:
+        profile = _profile(probabilities.shape[1:], classes, np.dtype(dtype), georef,
+                           nodata=None if as_uint8 else float("nan"), photometric="MINISBLACK")
+        _write_cog(target, profile, _dataset_tags(georef, card), fill, overview_resampling="AVERAGE")
+    return Path(path)
+
+
+def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef,
+             nodata: float | None, **options: str) -> dict[str, Any]:
+    """Creation options of the staging GeoTIFF: the grid, the type, tiling, fast compression."""
+    height, width = shape
+    return {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
+        "crs": georef.crs, "transform": georef.transform or Affine.identity(), "nodata": nodata,
+        "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
+        "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
+    }
+
+
+def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:
+    """Dataset metadata: the model card (JSON) and, for slides, the microns per pixel."""
+    tags = {"SEGTILE_CARD": json.dumps(card.to_dict())}
+    if georef.mpp is not None:
+        tags["SEGTILE_MPP"] = repr(georef.mpp)
+    return tags
+
+
+def _write_cog(target: Path, profile: dict[str, Any], tags: dict[str, str],
+               fill: Callable[[DatasetWriter], None], overview_resampling: str) -> None:
+    """Create the staging GeoTIFF, tag it, let ``fill`` write its bands, copy it to ``target``
+    as a COG."""
+    with tempfile.TemporaryDirectory(prefix=".segtile-stage-", dir=target.parent) as folder:
+        stage_path = Path(folder) / "stage.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain arrays, slides
+            with rasterio.open(stage_path, "w", **profile) as stage:
+                stage.update_tags(**tags)
+                fill(stage)
+            rasterio.shutil.copy(
+                stage_path, target, driver="COG", BLOCKSIZE=BLOCK_SIZE, BIGTIFF="IF_SAFER",
+                OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS", **COMPRESSION,
+            )
+
+
+def _window(key: Key) -> Window:
+    """The window of a chunk from its ``(rows, cols)`` slices."""
+    rows, cols = key
+    return Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)

@@ -1,0 +1,153 @@
+"""Polygons of a mask: one polygon per 4-connected region per class, in GeoPackage, FlatGeobuf,
+Shapefile or GeoJSON (chosen by the extension).
+
+The mask is polygonised chunk by chunk and regions cut by chunk seams are joined back (see
+:mod:`tiler.writers.seams`). Regions are written in batches as they complete, with fields
+``class_id`` (int), ``class_name`` (str) and ``area`` (float: the region's area in the mask, in
+the units² of the source CRS, computed before any simplification or reprojection). Coordinates
+are the source's CRS (pixel coordinates, x = column and y = row, when it has no transform);
+GeoJSON follows RFC 7946: reprojected to WGS 84 longitude/latitude when the source has a CRS.
+"""
+
+from __future__ import annotations
+
+import warnings
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from pyogrio.raw import write as ogr_write
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
+from shapely.geometry import mapping, shape
+
+from models.card import ModelCard
+from tiler.georef import Georef
+from tiler.writers.atomic import destination
+from tiler.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
+from tiler.writers.seams import Region, SeamMerger, polygonise_chunk
+
+DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
+FIELDS = ["class_id", "class_name", "area"]
+BATCH_SIZE = 20_000  # regions per write call
+WGS84 = CRS.from_epsg(4326)
+
+
+class VectorFormatError(WriterInputError):
+    """The output's extension names no polygon format segtile writes."""
+
+
+def vector_driver(path: str | PathLike) -> str:
+    """The OGR driver for ``path``'s extension (``.gpkg``, ``.fgb``, ``.shp``, ``.geojson``)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in DRIVERS:
+        raise VectorFormatError(f"unknown polygon format {suffix!r} for {path}: use one of {', '.join(DRIVERS)}")
+    return DRIVERS[suffix]
+
+
+def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
+                   nodata: int = 255, simplify: float | None = None, min_area: float | None = None,
+                   overwrite: bool = False, progress: Progress | None = None,
+                   atomic: bool = True) -> Path:
+    """Write one polygon per 4-connected region of each class of ``labels``; return ``path``.
+
+    Args:
+        labels: dask (or numpy) array ``(H, W)`` of class indices; ``nodata`` pixels make no polygon.
+        simplify: tolerance in CRS units for shapely's topology-preserving simplification of each
+            polygon (off by default; neighbouring polygons are simplified independently).
+        min_area: leave out regions smaller than this, in CRS units² (off by default).
+        progress: called with (chunks done, chunks in all).
+        atomic: see :func:`tiler.writers.geotiff.write_mask`.
+    """
+    driver = vector_driver(path)
+    labels = as_labels(labels, card, nodata)
+    merger = SeamMerger(labels.chunks)
+    with destination(path, overwrite, atomic) as target:
+        layer = _PolygonLayer(target, driver, georef, card, simplify=simplify, min_area=min_area)
+
+        def collect(key: Key, chunk: np.ndarray) -> None:
+            row0, col0 = key[0].start, key[1].start
+            layer.add(merger.add_chunk(row0, col0, polygonise_chunk(chunk, row0, col0, nodata)))
+
+        store_chunks(labels, collect, progress=progress)
+        if merger.remaining():
+            raise RuntimeError(f"{merger.remaining()} polygon pieces were never joined")
+        layer.close()
+    return Path(path)
+
+
+class _PolygonLayer:
+    """Buffers regions in pixel coordinates and appends them to the output layer in batches."""
+
+    def __init__(self, path: Path, driver: str, georef: Georef, card: ModelCard, *,
+                 simplify: float | None, min_area: float | None) -> None:
+        self._path = path
+        self._driver = driver
+        self._georef = georef
+        self._classes = card.classes
+        self._simplify = simplify
+        self._min_area = min_area
+        self._to_wgs84 = driver == "GeoJSON" and georef.crs is not None
+        self._pending: list[Region] = []
+        self._created = False
+
+    def add(self, regions: list[Region]) -> None:
+        self._pending.extend(regions)
+        if len(self._pending) >= BATCH_SIZE:
+            self._flush()
+
+    def close(self) -> None:
+        """Write what is left (and create the layer, empty, when there was no region at all)."""
+        if self._pending or not self._created:
+            self._flush()
+
+    def _flush(self) -> None:
+        polygons = np.array([polygon for polygon, _ in self._pending], dtype=object)
+        class_ids = np.array([class_id for _, class_id in self._pending], dtype=np.int32)
+        self._pending = []
+        polygons = self._to_source_crs(polygons)
+        areas = shapely.area(polygons)
+        if self._min_area is not None:
+            keep = areas >= self._min_area
+            polygons, class_ids, areas = polygons[keep], class_ids[keep], areas[keep]
+        if self._simplify is not None:
+            polygons = shapely.simplify(polygons, self._simplify, preserve_topology=True)
+        crs = self._georef.crs
+        if self._to_wgs84:
+            polygons = _to_wgs84(polygons, crs)
+            crs = WGS84
+        names = np.array([self._classes[i] for i in class_ids], dtype=object)
+        creating_geojson = self._to_wgs84 and not self._created
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'crs' was not provided")  # pixel coordinates
+            ogr_write(
+                str(self._path), shapely.to_wkb(polygons), [class_ids, names, areas.astype(np.float64)],
+                FIELDS, layer=self._path.stem, driver=self._driver, geometry_type="Polygon",
+                crs=crs.to_wkt() if crs is not None else None, append=self._created,
+                layer_options={"RFC7946": "YES"} if creating_geojson else None,
+            )
+        self._created = True
+
+    def _to_source_crs(self, polygons: np.ndarray) -> np.ndarray:
+        """Pixel coordinates -> the source CRS through the georeference's affine transform."""
+        transform = self._georef.transform
+        if transform is None or not len(polygons):
+            return polygons
+        a, b, c, d, e, f = transform[:6]
+
+        def to_world(xy: np.ndarray) -> np.ndarray:
+            x, y = xy[:, 0], xy[:, 1]
+            return np.stack([a * x + b * y + c, d * x + e * y + f], axis=1)
+
+        return shapely.transform(polygons, to_world)
+
+
+def _to_wgs84(polygons: np.ndarray, crs: CRS) -> np.ndarray:
+    """Reproject to WGS 84 longitude/latitude with GDAL, exterior rings counter-clockwise
+    (RFC 7946)."""
+    if not len(polygons):
+        return polygons
+    reprojected = transform_geom(crs, WGS84, [mapping(p) for p in polygons])
+    return shapely.orient_polygons(np.array([shape(g) for g in reprojected], dtype=object))
