@@ -1,0 +1,142 @@
+"""The segtile command on real GeoTIFFs: outputs on the input's grid, and every bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+import torch
+
+from models import ModelCard, save_torchscript
+from tests.conftest import whole_image_logits
+from tiler.cli import main
+
+
+@pytest.fixture
+def pointwise_checkpoint(tmp_path):
+    """A TorchScript 1x1 convolution with a 3-class card: labels = whole-image argmax."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1).eval()
+    card = ModelCard(classes=("water", "land", "cloud"), in_channels=3, tile_size=128, overlap=16)
+    path = tmp_path / "pointwise.pt"
+    save_torchscript(path, model, card)
+    return path, model
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.mark.parametrize("name, bands", [("rmnp-rgb.tif", None), ("landsat.tif", "4,3,2")])
+def test_mask_and_polygons_sit_on_the_input_grid(tmp_path, data_dir, pointwise_checkpoint, name, bands):
+    checkpoint, model = pointwise_checkpoint
+    mask, polygons = tmp_path / "mask.tif", tmp_path / "regions.gpkg"
+    extra = ["--bands", bands] if bands else []
+    assert run(data_dir / name, "--model", checkpoint, "--out", mask, "--out", polygons,
+               "--chunk-size", "200", "--quiet", *extra) == 0
+    band_list = [int(b) for b in bands.split(",")] if bands else [1, 2, 3]
+    with rasterio.open(data_dir / name) as src, rasterio.open(mask) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        labels = out.read(1)
+        valid = src.dataset_mask() > 0
+        expected = np.argmax(whole_image_logits(model, src.read(band_list).astype(np.float32)), axis=0)
+        pixel_area = abs(src.transform.determinant)
+    np.testing.assert_array_equal(labels[valid], expected[valid])
+    assert (labels[~valid] == 255).all()
+    info = pyogrio.read_info(polygons)
+    assert rasterio.crs.CRS.from_user_input(info["crs"]) == rasterio.crs.CRS.from_user_input(src.crs)
+    _, _, geometry, fields = pyogrio.raw.read(polygons)
+    class_ids = fields[0]
+    areas = shapely.area(shapely.from_wkb(geometry))
+    for class_id in range(3):
+        assert areas[class_ids == class_id].sum() == pytest.approx((labels == class_id).sum() * pixel_area, rel=1e-9)
+
+
+def test_cog_mask_as_gdal_sees_it(tmp_path, data_dir, pointwise_checkpoint):
+    gdalinfo = pytest.importorskip("shutil").which("gdalinfo")
+    if gdalinfo is None:
+        pytest.skip("gdalinfo not installed")
+    mask = tmp_path / "mask.tif"
+    assert run(data_dir / "landsat7.tif", "--model", pointwise_checkpoint[0], "--out", mask, "--quiet") == 0
+    info = subprocess.run([gdalinfo, "-json", str(mask)], capture_output=True, text=True, check=True).stdout
+    assert '"LAYOUT":"COG"' in info.replace(" ", "")
+    assert "colorTable" in info and "3857" in info
+
+
+def test_existing_output_is_kept_without_overwrite(tmp_path, data_dir, pointwise_checkpoint, capsys):
+    mask = tmp_path / "mask.tif"
+    mask.write_bytes(b"precious")
+    assert run(data_dir / "rmnp-rgb.tif", "--model", pointwise_checkpoint[0], "--out", mask, "--quiet") == 2
+    assert mask.read_bytes() == b"precious"
+    assert "exists" in capsys.readouterr().err
+    assert run(data_dir / "rmnp-rgb.tif", "--model", pointwise_checkpoint[0], "--out", mask,
+               "--quiet", "--overwrite") == 0
+    with rasterio.open(mask) as out:
+        assert out.count == 1
+
+
+def bad_inputs(tmp_path, data_dir):
+    text = tmp_path / "notes.tif"
+    text.write_text("hello")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.tif"
+    whole = (data_dir / "landsat7.tif").read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01not a model" * 10)
+    return {"text": text, "empty": empty, "truncated": truncated, "garbage_model": garbage}
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing input", "not found"),
+        ("text", ""), ("empty", ""), ("truncated", ""),
+        ("missing model", "no such file"),
+        ("garbage model", ""),
+        ("band count", "band"),
+        ("band index", "out of range"),
+        ("overlap", "overlap"),
+        ("tile size", "tile size"),
+        ("extension", "unknown output format"),
+        ("output dir", ""),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoint, capsys, case, message):
+    files = bad_inputs(tmp_path, data_dir)
+    model = pointwise_checkpoint[0]
+    image = data_dir / "rmnp-rgb.tif"
+    out = tmp_path / "mask.tif"
+    args = {
+        "missing input": [tmp_path / "nope.tif", "--model", model, "--out", out],
+        "text": [files["text"], "--model", model, "--out", out],
+        "empty": [files["empty"], "--model", model, "--out", out],
+        "truncated": [files["truncated"], "--model", model, "--out", out],
+        "missing model": [image, "--model", tmp_path / "nope.pt", "--out", out],
+        "garbage model": [image, "--model", files["garbage_model"], "--out", out],
+        "band count": [data_dir / "nuclei_img2d.tif", "--model", model, "--out", out],
+        "band index": [image, "--model", model, "--bands", "1,2,9", "--out", out],
+        "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
+        "tile size": [image, "--model", model, "--tile-size", "0", "--out", out],
+        "extension": [image, "--model", model, "--out", tmp_path / "mask.png"],
+        "output dir": [image, "--model", model, "--out", tmp_path / "no" / "such" / "dir" / "mask.tif"],
+    }[case]
+    assert run(*args, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segtile: error:") and err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_console_script_reports_without_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tiler.cli", str(tmp_path / "nope.tif"),
+                           "--model", "m.pt", "--out", str(tmp_path / "o.tif")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("segtile: error:") and "Traceback" not in done.stderr
