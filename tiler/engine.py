@@ -27,6 +27,7 @@ from rasterio.windows import Window, intersect, intersection
 
 from tiler.blend import check_blend, tile_weight
 from tiler.grid import Tile, check_tiling, tile_grid
+from tiler.memory import release_free_memory
 from tiler.predictor import ModelSpec, get_predictor
 from tiler.sources import Source
 
@@ -136,6 +137,7 @@ def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: lis
     with np.errstate(invalid="ignore", divide="ignore"):
         total /= weight
     total[:, weight == 0] = np.nan
+    release_free_memory()
     return total
 
 
