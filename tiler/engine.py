@@ -17,7 +17,6 @@ soon as the chunks that need it are done, whatever the image size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil
 
 import dask.array as da
 import numpy as np
@@ -198,8 +197,3 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
     chunks = ((num_classes,), row_chunks, col_chunks)
     return da.Array(hlg, logits_name, chunks, dtype=np.float32)
 
-
-def count_batches(height: int, width: int, options: TilingOptions) -> int:
-    """How many batch tasks :func:`build_logits` makes (for progress bars)."""
-    tiles = len(tile_grid(height, width, options.tile_size, options.overlap))
-    return ceil(tiles / options.batch_size)

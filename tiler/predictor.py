@@ -128,9 +128,3 @@ def get_predictor(spec: ModelSpec, device: str, precision: str) -> Predictor:
             _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision)
         return _PREDICTORS[key]
 
-
-def release_predictors(token: str) -> None:
-    """Forget the predictors built for one spec (frees device memory after a run)."""
-    with _PREDICTORS_LOCK:
-        for key in [k for k in _PREDICTORS if k[0] == token]:
-            del _PREDICTORS[key]
