@@ -12,6 +12,7 @@ import numpy as np
 from models import ModelCard
 from tiler.engine import TilingOptions
 from tiler.georef import Georef
+from tiler.writers.legend import rgb
 
 
 def softmax_block(logits: np.ndarray) -> np.ndarray:
@@ -89,7 +90,7 @@ class Segmentation:
         labels = self.labels[::step, ::step].compute()
         palette = np.zeros((self.nodata + 1, 3), dtype=np.uint8)
         for index, colour in enumerate(self.card.colors):
-            palette[index] = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
+            palette[index] = rgb(colour)
         return palette[labels]
 
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
