@@ -8,7 +8,8 @@ first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
 
     python -m bench.memory                       # from the repository root
     python -m bench.memory --sizes 4000 8000     # a quicker subset
-    python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded
+    python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded otherwise
+    python -m bench.memory --stripe-width 0      # without stripes: the whole width at once
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def measure_size(size: int, args: argparse.Namespace) -> Measured:
             "segtile", "--input", str(mosaic), "--out", str(labels),
             "--tile-size", str(args.tile_size), "--overlap", str(args.overlap),
             "--batch-size", str(args.batch_size), "--chunk-size", str(args.chunk_size),
+            "--stripe-width", str(args.stripe_width),
             env={"GDAL_CACHEMAX": str(args.gdal_cache_mb)} if args.gdal_cache_mb else None,
         )
     finally:
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--stripe-width", type=int, default=8192, help="0: the whole width at once")
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()
@@ -62,7 +65,8 @@ def main() -> None:
     peaks = {}
     for size in args.sizes:
         measured = measure_size(size, args)
-        suffix = f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else ""
+        suffix = (f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else "") + (
+            f"_stripe{args.stripe_width}" if args.stripe_width != 8192 else "")
         write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
         report = measured.report
         megapixels = size * size / 1e6

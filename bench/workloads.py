@@ -37,6 +37,7 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     result = segment(
         args.input, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
         batch_size=args.batch_size, device="cpu", chunk_size=args.chunk_size,
+        stripe_width=args.stripe_width,
     )
     tasks = len(result.labels.__dask_graph__())
     da.to_zarr(result.labels, args.out)
@@ -51,6 +52,8 @@ def monai_in_memory(args: argparse.Namespace) -> dict:
     from monai.inferers import sliding_window_inference
 
     model = pointwise_model()
+    if args.channels_last:  # the layout segtile runs every model in
+        model = model.to(memory_format=torch.channels_last)
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
     with rasterio.open(args.input) as dataset:
@@ -79,6 +82,8 @@ def main() -> None:
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--chunk-size", type=int, default=1024, help="segtile: output chunk side")
+    parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
+    parser.add_argument("--stripe-width", type=int, default=8192, help="segtile: stripe width (0: whole width)")
     args = parser.parse_args()
     if args.engine == "segtile" and not args.out:
         parser.error("segtile needs --out PATH.zarr")

@@ -13,6 +13,8 @@ import torch
 from models import ModelCard, save_torchscript
 from tests.conftest import whole_image_logits
 from tiler.cli import main
+from tiler.grid import tile_grid
+from tiler.plan import TilingOptions, plan_stripes, tile_runs
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def test_mask_and_polygons_sit_on_the_input_grid(tmp_path, data_dir, pointwise_c
     mask, polygons = tmp_path / "mask.tif", tmp_path / "regions.gpkg"
     extra = ["--bands", bands] if bands else []
     assert run(data_dir / name, "--model", checkpoint, "--out", mask, "--out", polygons,
-               "--chunk-size", "200", "--quiet", *extra) == 0
+               "--chunk-size", "200", "--stripe-width", "400", "--quiet", *extra) == 0
     band_list = [int(b) for b in bands.split(",")] if bands else [1, 2, 3]
     with rasterio.open(data_dir / name) as src, rasterio.open(mask) as out:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
@@ -53,6 +55,20 @@ def test_mask_and_polygons_sit_on_the_input_grid(tmp_path, data_dir, pointwise_c
     areas = shapely.area(shapely.from_wkb(geometry))
     for class_id in range(3):
         assert areas[class_ids == class_id].sum() == pytest.approx((labels == class_id).sum() * pixel_area, rel=1e-9)
+
+
+def test_progress_bar_counts_every_tile_run_and_quiet_silences_it(tmp_path, data_dir, pointwise_checkpoint, capsys):
+    checkpoint, _ = pointwise_checkpoint
+    image = data_dir / "rmnp-rgb.tif"
+    assert run(image, "--model", checkpoint, "--out", tmp_path / "a.zarr", "--chunk-size", "100",
+               "--stripe-width", "200") == 0
+    with rasterio.open(image) as src:
+        options = TilingOptions(tile_size=128, overlap=16, chunk_size=100, stripe_width=200)
+        total = tile_runs(plan_stripes(src.height, src.width, options))
+    assert total > len(tile_grid(src.height, src.width, 128, 16))    # stripe boundaries run twice
+    assert f"{total}/{total}" in capsys.readouterr().err
+    assert run(image, "--model", checkpoint, "--out", tmp_path / "b.zarr", "--quiet") == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_cog_mask_as_gdal_sees_it(tmp_path, data_dir, pointwise_checkpoint):

@@ -18,20 +18,21 @@ def random_image(bands: int, height: int, width: int, seed: int = 1) -> np.ndarr
 
 @pytest.mark.parametrize("blend", BLENDS)
 @pytest.mark.parametrize(
-    "height, width, tile, overlap, chunk",
+    "height, width, tile, overlap, chunk, stripe",
     [
-        (100, 130, 32, 8, 40),    # many tiles, chunks not aligned to tiles
-        (64, 64, 64, 16, 64),     # exactly one tile
-        (37, 53, 64, 16, 1024),   # smaller than a tile: padded and cropped
-        (20, 200, 64, 0, 50),     # thinner than a tile along one axis, no overlap
-        (40, 33, 17, 16, 23),     # overlap of all but one pixel
+        (100, 130, 32, 8, 40, 0),     # many tiles, chunks not aligned to tiles, one stripe
+        (100, 130, 32, 8, 40, 40),    # the same, every chunk column its own stripe
+        (64, 64, 64, 16, 64, 64),     # exactly one tile
+        (37, 53, 64, 16, 1024, 8),    # smaller than a tile: padded and cropped
+        (20, 200, 64, 0, 50, 100),    # thinner than a tile along one axis, no overlap, 2 stripes
+        (40, 33, 17, 16, 23, 23),     # overlap of all but one pixel, 2 stripes
     ],
 )
-def test_stitched_logits_equal_whole_image_logits(pointwise_model, blend, height, width, tile, overlap, chunk):
+def test_stitched_logits_equal_whole_image_logits(pointwise_model, blend, height, width, tile, overlap, chunk, stripe):
     model = pointwise_model(bands=3, classes=5)
     image = random_image(3, height, width)
     result = segment(image, model, tile_size=tile, overlap=overlap, blend=blend,
-                     batch_size=3, chunk_size=chunk, device="cpu")
+                     batch_size=3, chunk_size=chunk, stripe_width=stripe, device="cpu")
     logits = result.logits.compute()
     assert logits.shape == (5, height, width) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, whole_image_logits(model, image), rtol=1e-5, atol=1e-5)
@@ -181,3 +182,18 @@ def test_thumbnail_paints_labels_in_the_card_colours(pointwise_model):
         expected = [int(colour[k:k + 2], 16) for k in (1, 3, 5)]
         assert (thumbnail[labels == class_id] == expected).all()
     assert len(np.unique(labels)) > 1
+
+
+class Identity(torch.nn.Module):
+    """Returns its input: the logits are the very tensor the predictor fed it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_model_returning_its_input_does_not_see_later_batches_overwrite_it():
+    # 1-band, 1-pixel tiles: the only layout where the channels-last input buffer is also a
+    # contiguous (B, 1, 1, 1) array, so the logits would be the buffer itself.
+    image = random_image(1, 6, 7)
+    result = segment(image, Identity(), tile_size=1, overlap=0, batch_size=2, chunk_size=3, device="cpu")
+    np.testing.assert_allclose(result.logits.compute(), image, rtol=1e-6, atol=1e-6)

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import torch
 
 from models import LoadedModel, ModelCard, default_card, load_checkpoint
-from tiler.engine import TilingOptions, build_logits
+from tiler.engine import build_logits
+from tiler.plan import TilingOptions
 from tiler.predictor import ModelSpec, check_precision, resolve_device
 from tiler.result import Segmentation
 from tiler.sources import open_source
@@ -31,6 +32,7 @@ def segment(
     level: int = 0,
     precision: str = "fp32",
     chunk_size: int = 1024,
+    stripe_width: int = 8192,
 ) -> Segmentation:
     """Segment ``source`` with ``model``, lazily: nothing runs until a result is written.
 
@@ -49,6 +51,9 @@ def segment(
         level: pyramid level to process (0 is full resolution).
         precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
         chunk_size: side of the output chunks that are stitched and written one at a time.
+        stripe_width: width in pixels of the vertical stripes processed one after another
+            (rounded down to whole chunks); bounds memory on wide images at the cost of running
+            the tiles on each stripe boundary twice. ``0``: the whole width at once.
 
     Returns:
         a :class:`~tiler.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
@@ -73,7 +78,7 @@ def segment(
         tile_size=card.tile_size if tile_size is None else tile_size,
         overlap=card.overlap if overlap is None else overlap,
         blend=blend, batch_size=batch_size, chunk_size=chunk_size,
-        level=level, device=device, precision=precision,
+        stripe_width=stripe_width, level=level, device=device, precision=precision,
     )
     options.validate()
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--simplify", type=float, metavar="TOL", help="simplify polygons (topology preserving), tolerance in CRS units")
     parser.add_argument("--min-area", type=float, metavar="A", help="drop polygons smaller than A (CRS units squared)")
     parser.add_argument("--chunk-size", type=int, default=1024, metavar="N", help="side of the output chunks stitched at once (default: 1024)")
+    parser.add_argument("--stripe-width", type=int, default=8192, metavar="N",
+                        help="width of the vertical stripes processed one after another: bounds memory on "
+                        "wide images, runs the tiles on each stripe boundary twice; 0 = whole width (default: 8192)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")

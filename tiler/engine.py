@@ -2,7 +2,7 @@
 
 Three kinds of task, all small and picklable:
 
-* one ``batch`` task per group of ``batch_size`` tiles: reads the tiles (padding images smaller
+* one ``batch`` task per group of ``batch_size`` tiles of a stripe (``tiler/plan.py``): reads the tiles (padding images smaller
   than a tile), runs the predictor and returns each tile's weighted logits and weights, with the
   weight set to zero on invalid (nodata) pixels and for tiles that hold no valid pixel at all
   (those are never sent to the model);
@@ -10,8 +10,11 @@ Three kinds of task, all small and picklable:
   divides by the exact sum of their weights (NaN where that sum is zero: nodata);
 * two shared keys, the source and the model spec, so neither is copied into every task.
 
-Memory is bounded by the batches in flight plus the chunks being stitched: Dask frees a batch as
-soon as the chunks that need it are done, whatever the image size.
+Each stitch also takes a data-free marker of the previous chunk's completion, so the chunks are
+stitched stripe by stripe, row by row. Dask frees a batch as soon as the chunks that need it are
+done, so memory is bounded by the batches in flight, the band of batches one chunk row high and
+one stripe wide that straddles the current chunk row, and the chunks being stitched, whatever the
+image size.
 """
 
 from __future__ import annotations
@@ -24,35 +27,14 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from tiler.blend import check_blend, tile_weight
-from tiler.grid import Tile, check_tiling, tile_grid
-from tiler.memory import release_free_memory
+from tiler.blend import tile_weight
+from tiler.grid import Tile
+from tiler.memory import keep_large_arrays_off_the_heap, release_free_memory
+from tiler.plan import TilingOptions, batches_per_chunk, plan_stripes
 from tiler.predictor import ModelSpec, get_predictor
 from tiler.sources import Source
 
 BATCH_PREFIX = "segtile-batch-"
-
-
-@dataclass(frozen=True)
-class TilingOptions:
-    """How the image is cut and put back together."""
-
-    tile_size: int = 512
-    overlap: int = 64
-    blend: str = "gaussian"
-    batch_size: int = 4
-    chunk_size: int = 1024
-    level: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-
-    def validate(self) -> None:
-        check_tiling(self.tile_size, self.overlap)
-        check_blend(self.blend)
-        for name in ("batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +45,15 @@ class TileResult:
     window: Window
     weighted: np.ndarray
     weight: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch task returns: the results of its tiles that held valid pixels, and how many
+    tiles it read (the progress bar counts those)."""
+
+    tiles_read: int
+    results: list[TileResult]
 
 
 def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,14 +82,15 @@ def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.
     return weight if valid.all() else weight * valid
 
 
-def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions) -> list[TileResult]:
+def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions) -> BatchResult:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph."""
+    keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     if not keep:
-        return []
+        return BatchResult(len(tiles), [])
     pixels = np.stack([reads[i][0] for i in keep])
     if pixels.dtype != np.uint8:
         pixels = pixels.astype(np.float32)
@@ -109,7 +101,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
         inside = intersection(tiles[i].window, Window(0, 0, width, height))
         h, w = inside.height, inside.width
         results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
-    return results
+    return BatchResult(len(tiles), results)
 
 
 def _done(_: object) -> None:
@@ -117,15 +109,15 @@ def _done(_: object) -> None:
     return None
 
 
-def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: list[TileResult]) -> np.ndarray:
+def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: BatchResult) -> np.ndarray:
     """Logits ``(classes, h, w)`` of ``chunk``: sum of weighted logits / sum of weights.
 
     Pixels with no weight (nodata, skipped tiles) are NaN.
     """
     total = np.zeros((num_classes, chunk.height, chunk.width), dtype=np.float32)
     weight = np.zeros((chunk.height, chunk.width), dtype=np.float32)
-    for results in batches:
-        for result in results:
+    for batch in batches:
+        for result in batch.results:
             if not intersect(result.window, chunk):
                 continue
             common = intersection(result.window, chunk)
@@ -151,49 +143,31 @@ def _chunks(length: int, size: int) -> tuple[int, ...]:
     return tuple(min(size, length - start) for start in range(0, length, size))
 
 
-def _batches_per_chunk(
-    batches: list[list[Tile]], height: int, width: int, chunk_size: int
-) -> dict[tuple[int, int], set[int]]:
-    """For each output chunk ``(i, j)``, the indices of the batches whose tiles overlap it."""
-    needed: dict[tuple[int, int], set[int]] = {}
-    for b, batch in enumerate(batches):
-        for tile in batch:
-            w = tile.window
-            last_row = min(w.row_off + w.height, height) - 1
-            last_col = min(w.col_off + w.width, width) - 1
-            for i in range(w.row_off // chunk_size, last_row // chunk_size + 1):
-                for j in range(w.col_off // chunk_size, last_col // chunk_size + 1):
-                    needed.setdefault((i, j), set()).add(b)
-    return needed
-
-
 def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.Array:
     """The lazy logits ``(classes, H, W)`` float32 of ``source`` at ``options.level``."""
     options.validate()
     height, width = source.level_shapes[options.level]
     num_classes = spec.card.num_classes
-    tiles = tile_grid(height, width, options.tile_size, options.overlap)
-    batches = [tiles[i:i + options.batch_size] for i in range(0, len(tiles), options.batch_size)]
+    size = options.chunk_size
 
     token = tokenize(source, spec.token, options)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_name, logits_name = f"{BATCH_PREFIX}{token}", f"segtile-logits-{token}"
-    graph: dict = {source_key: source, spec_key: spec}
-    for b, batch in enumerate(batches):
-        graph[(batch_name, b)] = (run_batch, source_key, spec_key, batch, options)
-
-    row_chunks, col_chunks = _chunks(height, options.chunk_size), _chunks(width, options.chunk_size)
-    needed = _batches_per_chunk(batches, height, width, options.chunk_size)
     done_name, previous = f"segtile-done-{token}", None
-    for i, chunk_h in enumerate(row_chunks):
-        for j, chunk_w in enumerate(col_chunks):
-            chunk = Window(j * options.chunk_size, i * options.chunk_size, chunk_w, chunk_h)
-            deps = [(batch_name, b) for b in sorted(needed.get((i, j), ()))]
-            graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, previous, *deps)
-            previous = (done_name, i, j)
-            graph[previous] = (_done, (logits_name, 0, i, j))
+    graph: dict = {source_key: source, spec_key: spec}
+    row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
+    for s, stripe in enumerate(plan_stripes(height, width, options)):
+        for b, batch in enumerate(stripe.batches):
+            graph[(batch_name, s, b)] = (run_batch, source_key, spec_key, batch, options)
+        needed = batches_per_chunk(stripe.batches, height, width, size)
+        for i, chunk_h in enumerate(row_chunks):
+            for j in stripe.chunk_columns:
+                chunk = Window(j * size, i * size, col_chunks[j], chunk_h)
+                deps = [(batch_name, s, b) for b in needed.get((i, j), ())]
+                graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, previous, *deps)
+                previous = (done_name, i, j)
+                graph[previous] = (_done, (logits_name, 0, i, j))
 
     hlg = HighLevelGraph.from_collections(logits_name, graph, dependencies=())
     chunks = ((num_classes,), row_chunks, col_chunks)
     return da.Array(hlg, logits_name, chunks, dtype=np.float32)
-

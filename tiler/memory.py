@@ -1,31 +1,57 @@
-"""Handing freed heap memory back to the operating system.
+"""Keeping the process's resident memory close to its live data (glibc only; elsewhere a no-op).
 
-Batch results are many large, short-lived arrays allocated and freed from several threads;
-glibc keeps the freed pages in per-thread arenas, so the process's resident memory creeps up
-with the image size although the live data does not. ``malloc_trim`` returns those pages.
+Batch results, input batches and stitched chunks are large arrays (several MB), allocated and
+freed from several threads in an order unlike their allocation. glibc's default raises its mmap
+threshold each time such an array is freed, after which arrays of that size come from the
+per-thread heaps, whose holes are not returned to the system: the resident memory creeps above
+the live data as the image streams through. Two remedies, both used:
+
+* :func:`keep_large_arrays_off_the_heap` fixes the mmap threshold at 4 MiB, so every array of that
+  size or more is its own mapping, returned to the system the moment it is freed (the same cure
+  as the ``MALLOC_TRIM_THRESHOLD_`` that ``dask.distributed`` sets for its workers, applied only
+  to large arrays). The cost is fresh zeroed pages for each such array: measurable when the
+  model is trivial, lost in the model's time otherwise (docs/performance.md).
+* :func:`release_free_memory` (``malloc_trim``) hands back the free pages of the heaps.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+import threading
+
+M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
+LARGE_ARRAY_BYTES = 4 * 2**20
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
-def _load_malloc_trim():
+def _load_glibc():
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (e.g. musl): nothing to tune
         return None
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_GLIBC = _load_glibc()
+_THRESHOLD_SET = threading.Event()
+
+
+def keep_large_arrays_off_the_heap() -> None:
+    """Fix glibc's mmap threshold at 4 MiB, once per process, unless the user tuned malloc
+    through its ``MALLOC_*_`` environment variables (theirs then stands)."""
+    if _GLIBC is None or _THRESHOLD_SET.is_set():
+        return
+    _THRESHOLD_SET.set()
+    if not any(name in os.environ for name in _USER_SETTINGS):
+        _GLIBC.mallopt(M_MMAP_THRESHOLD, LARGE_ARRAY_BYTES)
 
 
 def release_free_memory() -> None:
     """Return free heap pages to the OS where the C library allows it (glibc); else do nothing."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    if _GLIBC is not None:
+        _GLIBC.malloc_trim(0)

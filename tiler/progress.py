@@ -14,18 +14,17 @@ from tiler.engine import BATCH_PREFIX
 class _TileCounter(Callback):
     """Advances a bar by a batch's tile count each time a batch task of the local scheduler ends."""
 
-    def __init__(self, bar: tqdm, batch_size: int) -> None:
+    def __init__(self, bar: tqdm) -> None:
         super().__init__()
         self._bar = bar
-        self._batch_size = batch_size
 
     def _posttask(self, key, result, dsk, state, worker_id) -> None:
         if isinstance(key, tuple) and str(key[0]).startswith(BATCH_PREFIX):
-            self._bar.update(min(self._batch_size, self._bar.total - self._bar.n))
+            self._bar.update(result.tiles_read)
 
 
 @contextmanager
-def tile_progress(total_tiles: int, batch_size: int, enabled: bool = True) -> Iterator[None]:
+def tile_progress(total_tiles: int, enabled: bool = True) -> Iterator[None]:
     """Show a tile progress bar for the Dask computations run inside the ``with`` block.
 
     Counts batches as the local (threaded) scheduler finishes them; on a distributed cluster use
@@ -35,5 +34,5 @@ def tile_progress(total_tiles: int, batch_size: int, enabled: bool = True) -> It
         yield
         return
     with tqdm(total=total_tiles, unit="tile", desc="segtile", dynamic_ncols=True) as bar:
-        with _TileCounter(bar, batch_size):
+        with _TileCounter(bar):
             yield

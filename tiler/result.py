@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 
 from models import ModelCard
-from tiler.engine import TilingOptions
+from tiler.plan import TilingOptions
 from tiler.georef import Georef
 from tiler.writers.legend import rgb
 
@@ -25,7 +25,7 @@ def softmax_block(logits: np.ndarray) -> np.ndarray:
 def labels_block(logits: np.ndarray, nodata: int, dtype: np.dtype) -> np.ndarray:
     """Class index of the largest logit per pixel; ``nodata`` where the logits are NaN."""
     invalid = np.isnan(logits[0])
-    labels = np.argmax(np.nan_to_num(logits, nan=0.0), axis=0).astype(dtype)
+    labels = np.argmax(logits, axis=0).astype(dtype)  # NaN pixels get an arbitrary index, then nodata
     labels[invalid] = nodata
     return labels
 

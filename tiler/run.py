@@ -7,7 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tiler.api import segment
-from tiler.grid import tile_grid
+from tiler.plan import plan_stripes, tile_runs
 from tiler.progress import tile_progress
 from tiler.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
 from tiler.writers.atomic import check_output
@@ -43,10 +43,10 @@ def run(args: argparse.Namespace) -> None:
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
             batch_size=args.batch_size, device=args.device, bands=args.bands,
             level=args.level, precision=args.precision, chunk_size=args.chunk_size,
+            stripe_width=args.stripe_width,
         )
-        height, width = result.shape
-        tiles = len(tile_grid(height, width, result.options.tile_size, result.options.overlap))
-        with tile_progress(tiles, result.options.batch_size, enabled=not args.quiet):
+        tiles = tile_runs(plan_stripes(*result.shape, result.options))
+        with tile_progress(tiles, enabled=not args.quiet):
             result.write(
                 *args.out, probabilities=args.probabilities, simplify=args.simplify,
                 min_area=args.min_area, overwrite=args.overwrite,

@@ -23,7 +23,7 @@ from tiler.sources.selection import band_positions, compose_bands, window_bounds
 
 # GDAL's block cache defaults to 5% of the machine's memory, and fills with decoded blocks as a
 # large image streams through: bound it (in MB) unless the user chose a size.
-os.environ.setdefault("GDAL_CACHEMAX", "256")
+os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 # Colour interpretations that name a band better than its number; grey and undefined do not.
 _NAMED_COLOURS = {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha}

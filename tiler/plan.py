@@ -1,0 +1,101 @@
+"""The order of the work: vertical stripes of output chunks, each with its own batches of tiles.
+
+Stitching moves down the image one row of output chunks at a time. The tiles that straddle the
+boundary between two chunk rows are needed by both, so their results stay in memory until the
+lower row is stitched: a band of tile results as wide as the width stitched at once. Cutting the
+image into vertical stripes of whole chunk columns, stitched one after another, bounds that width,
+and with it the memory, whatever the image's width. The tiles that straddle the boundary between
+two stripes are run once for each stripe: the price is about ``(tile_size - overlap) /
+stripe_width`` more model calls (one column of tiles per stripe boundary). ``stripe_width=0``
+stitches the whole width at once and never runs a tile twice.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tiler.blend import check_blend
+from tiler.grid import Tile, check_tiling, tile_grid
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """How the image is cut, in which order it is processed, and how it is put back together."""
+
+    tile_size: int = 512
+    overlap: int = 64
+    blend: str = "gaussian"
+    batch_size: int = 4
+    chunk_size: int = 1024
+    stripe_width: int = 8192
+    level: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def validate(self) -> None:
+        check_tiling(self.tile_size, self.overlap)
+        check_blend(self.blend)
+        for name in ("batch_size", "chunk_size"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+        if int(self.stripe_width) != self.stripe_width or self.stripe_width < 0:
+            raise ValueError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """A vertical stripe of the output: its chunk columns and the batches of tiles overlapping it.
+
+    Attributes:
+        chunk_columns: indices of the output chunk columns the stripe is made of.
+        batches: the tiles that overlap the stripe, row-major, in groups of ``batch_size``.
+    """
+
+    chunk_columns: range
+    batches: list[list[Tile]]
+
+
+def stripe_chunk_columns(width: int, chunk_size: int, stripe_width: int) -> list[range]:
+    """The chunk columns of each stripe: ``stripe_width`` rounded down to whole chunks (at least
+    one); ``stripe_width=0`` gives a single stripe over the whole width."""
+    columns = -(-width // chunk_size)
+    per_stripe = columns if stripe_width == 0 else max(1, stripe_width // chunk_size)
+    return [range(start, min(start + per_stripe, columns)) for start in range(0, columns, per_stripe)]
+
+
+def plan_stripes(height: int, width: int, options: TilingOptions) -> list[Stripe]:
+    """The stripes of a ``height`` x ``width`` image, left to right, with their batches."""
+    tiles = tile_grid(height, width, options.tile_size, options.overlap)
+    stripes = []
+    for chunk_columns in stripe_chunk_columns(width, options.chunk_size, options.stripe_width):
+        left = chunk_columns.start * options.chunk_size
+        right = min(chunk_columns.stop * options.chunk_size, width)
+        inside = [tile for tile in tiles
+                  if tile.window.col_off < right and tile.window.col_off + tile.window.width > left]
+        batches = [inside[i:i + options.batch_size] for i in range(0, len(inside), options.batch_size)]
+        stripes.append(Stripe(chunk_columns, batches))
+    return stripes
+
+
+def batches_per_chunk(batches: list[list[Tile]], height: int, width: int,
+                      chunk_size: int) -> dict[tuple[int, int], list[int]]:
+    """For each output chunk ``(row, column)``, the sorted indices of the batches whose tiles
+    overlap it."""
+    needed: dict[tuple[int, int], set[int]] = {}
+    for b, batch in enumerate(batches):
+        for tile in batch:
+            window = tile.window
+            last_row = min(window.row_off + window.height, height) - 1
+            last_col = min(window.col_off + window.width, width) - 1
+            for i in range(window.row_off // chunk_size, last_row // chunk_size + 1):
+                for j in range(window.col_off // chunk_size, last_col // chunk_size + 1):
+                    needed.setdefault((i, j), set()).add(b)
+    return {chunk: sorted(found) for chunk, found in needed.items()}
+
+
+def tile_runs(stripes: list[Stripe]) -> int:
+    """How many tiles the plan reads (tiles on a stripe boundary count once per stripe)."""
+    return sum(len(batch) for stripe in stripes for batch in stripe.batches)
