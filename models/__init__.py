@@ -7,6 +7,7 @@ from models.checkpoint import (
     load_checkpoint,
     load_model,
     load_reference_state_dict,
+    probe_card,
     save_checkpoint,
     save_torchscript,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "default_card",
     "load_checkpoint",
     "load_model",
+    "probe_card",
     "load_reference_state_dict",
     "load_torchvision_backbone",
     "save_checkpoint",

@@ -191,23 +191,34 @@ def is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def probe_card(module: nn.Module) -> ModelCard:
-    """A default card for a network that brings none, its bands and classes found by probing.
+def probe_card(module: nn.Module, bands: int | None = None) -> ModelCard:
+    """A default card for a network that brings none, its classes (and bands) found by probing.
 
-    Band counts are tried in order: the input channels of the first 4-D weight (the first
-    convolution, for a network that starts with one), then 3, then 1; input sizes 65 then 64.
-    The first probe giving ``(1, classes, h, w)`` logits of the input's size decides.
+    With ``bands`` (the image's band count) only that count is tried. Without, band counts are
+    tried in order: the input channels of the first 4-D weight (the first convolution, for a
+    network that starts with one), then 3, then 1. Input sizes 65 then 64; the first probe giving
+    ``(1, classes, h, w)`` logits of the input's size decides. The module's training mode is left
+    as it was.
     """
+    candidates = [bands] if bands is not None else _candidate_bands(module)
+    failure = "it returns no (1, classes, h, w) logits of the input's size"
+    was_training = module.training
     module.eval()
-    with torch.inference_mode():
-        for bands in _candidate_bands(module):
-            for size in _PROBE_SIZES:
-                try:
-                    out = module(torch.zeros(1, bands, size, size))
-                except Exception:  # a probe that does not fit the network; try the next one
-                    continue
-                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
-                    return default_card(out.shape[1], bands)
+    try:
+        with torch.inference_mode():
+            for count in candidates:
+                for size in _PROBE_SIZES:
+                    try:
+                        out = module(torch.zeros(1, count, size, size))
+                    except Exception as exc:  # a probe that does not fit the network; try the next one
+                        failure = f"it fails on a (1, {count}, {size}, {size}) input: {_first_line(exc)}"
+                        continue
+                    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
+                        return default_card(out.shape[1], count)
+    finally:
+        module.train(was_training)
+    if bands is not None:
+        raise CheckpointError(f"the model cannot segment {bands} band(s): {failure}")
     raise CheckpointError(
         "the network has no card and maps no probe input (1, bands, h, w) to logits "
         "(1, classes, h, w): save it with a card (save_torchscript)"

@@ -18,6 +18,7 @@ from models import (
     load_checkpoint,
     load_model,
     load_reference_state_dict,
+    probe_card,
     save_checkpoint,
     save_torchscript,
 )
@@ -130,6 +131,15 @@ def test_torchscript_that_gives_no_logits_and_has_no_card(tmp_path):
     torch.jit.save(torch.jit.script(Flatten()), str(tmp_path / "m.ts"))
     with pytest.raises(CheckpointError, match="no card"):
         load_checkpoint(tmp_path / "m.ts")
+
+
+def test_probing_for_a_given_band_count_says_why_it_fails_and_keeps_training_mode():
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+    assert probe_card(network, bands=3).num_classes == 4
+    assert network.training
+    with pytest.raises(CheckpointError, match=r"cannot segment 2 band\(s\): it fails on a \(1, 2, 64, 64\) input"):
+        probe_card(network, bands=2)
+    assert network.training
 
 
 def test_torchscript_with_a_bad_card(tmp_path):

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from models import LoadedModel, ModelCard, default_card, load_checkpoint
+from models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from tiler.engine import build_logits
 from tiler.plan import TilingOptions
 from tiler.predictor import ModelSpec, check_precision, resolve_device
@@ -66,7 +66,7 @@ def segment(
         bands = card.bands
     opened = open_source(source, bands=bands)
     if card is None:
-        card = _probe_card(spec_kwargs["module"], opened.count)
+        card = probe_card(spec_kwargs["module"], bands=opened.count)
     if opened.count != card.in_channels:
         raise SegmentError(
             f"the model takes {card.in_channels} band(s) but the image gives {opened.count}: "
@@ -101,23 +101,3 @@ def _model_spec_kwargs(model: Any) -> dict[str, Any]:
     raise SegmentError(
         f"model must be a checkpoint path, a loaded checkpoint or a torch.nn.Module, not {type(model).__name__}"
     )
-
-
-def _probe_card(module: torch.nn.Module, bands: int) -> ModelCard:
-    """A default card for a bare module: its class count is read off one small forward pass."""
-    probe = torch.zeros(1, bands, 64, 64)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            out = module(probe)
-    except Exception as exc:  # any failure of a user's network is reported in one line
-        raise SegmentError(
-            f"the model failed on {bands} band(s), a {tuple(probe.shape)} input: {exc}"
-        ) from None
-    finally:
-        module.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[2:] != probe.shape[2:]:
-        raise SegmentError("the model must map (N, bands, h, w) to (N, classes, h, w)")
-    return default_card(out.shape[1], bands)
-
