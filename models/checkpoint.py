@@ -201,6 +201,8 @@ def probe_card(module: nn.Module, bands: int | None = None) -> ModelCard:
     as it was.
     """
     candidates = [bands] if bands is not None else _candidate_bands(module)
+    first = next(module.parameters(), None)  # probe where the network is (a GPU after one run)
+    device = first.device if first is not None else torch.device("cpu")
     failure = "it returns no (1, classes, h, w) logits of the input's size"
     was_training = module.training
     module.eval()
@@ -209,7 +211,7 @@ def probe_card(module: nn.Module, bands: int | None = None) -> ModelCard:
             for count in candidates:
                 for size in _PROBE_SIZES:
                     try:
-                        out = module(torch.zeros(1, count, size, size))
+                        out = module(torch.zeros(1, count, size, size, device=device))
                     except Exception as exc:  # a probe that does not fit the network; try the next one
                         failure = f"it fails on a (1, {count}, {size}, {size}) input: {_first_line(exc)}"
                         continue

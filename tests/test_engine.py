@@ -197,3 +197,44 @@ def test_a_model_returning_its_input_does_not_see_later_batches_overwrite_it():
     image = random_image(1, 6, 7)
     result = segment(image, Identity(), tile_size=1, overlap=0, batch_size=2, chunk_size=3, device="cpu")
     np.testing.assert_allclose(result.logits.compute(), image, rtol=1e-6, atol=1e-6)
+
+
+class ReshapesWithView(torch.nn.Module):
+    """A 1x1 convolution whose output is flattened with ``.view``, which channels-last cannot take."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(x)
+        return y.view(y.shape[0], -1).view(y.shape)
+
+
+class HoldsAFiveDimensionalWeight(torch.nn.Module):
+    """A 1x1 convolution beside a 3-D convolution's 5-D weight (no channels-last conversion)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.unused = torch.nn.Conv3d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("wrapper", [ReshapesWithView, HoldsAFiveDimensionalWeight])
+def test_networks_that_cannot_run_channels_last_run_in_the_plain_layout(pointwise_model, wrapper):
+    inner = pointwise_model(bands=3, classes=2)
+    image = random_image(3, 50, 70)
+    result = segment(image, wrapper(inner), tile_size=32, overlap=8, batch_size=2, device="cpu")
+    np.testing.assert_allclose(result.logits.compute(), whole_image_logits(inner, image), rtol=1e-5, atol=1e-5)
+
+
+def test_a_process_keeps_only_the_latest_predictors(pointwise_model):
+    from tiler import predictor
+
+    model = pointwise_model(bands=3, classes=2)
+    for seed in range(4):
+        segment(random_image(3, 20, 20, seed), model, tile_size=16, overlap=4, device="cpu").labels.compute()
+    assert len(predictor._PREDICTORS) == predictor.CACHED_PREDICTORS

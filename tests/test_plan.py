@@ -1,6 +1,7 @@
 """The work plan: stripes cover the output once, each chunk finds every tile it needs in its own
 stripe, and only tiles on a stripe boundary run twice."""
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,7 +75,18 @@ def test_only_the_tiles_on_a_stripe_boundary_run_twice():
     assert tile_runs(plan_stripes(4000, 12000, unstriped)) == whole
 
 
-@pytest.mark.parametrize("width", [-1, 1.5])
+@pytest.mark.parametrize("width", [-1, 1.5, 8192.0, True])
 def test_stripe_width_must_be_a_non_negative_integer(width):
     with pytest.raises(ValueError, match="stripe width"):
         TilingOptions(stripe_width=width).validate()
+
+
+@pytest.mark.parametrize("field, message", [("tile_size", "tile size"), ("chunk_size", "chunk size"),
+                                            ("batch_size", "batch size")])
+def test_sizes_given_as_floats_are_refused(field, message):
+    with pytest.raises(ValueError, match=message):
+        TilingOptions(**{field: 512.0}).validate()
+
+
+def test_numpy_integers_are_sizes_too():
+    TilingOptions(tile_size=np.int64(256), overlap=np.int32(32), chunk_size=np.uint16(512)).validate()

@@ -10,8 +10,9 @@ Three kinds of task, all small and picklable:
   divides by the exact sum of their weights (NaN where that sum is zero: nodata);
 * two shared keys, the source and the model spec, so neither is copied into every task.
 
-Each stitch also takes a data-free marker of the previous chunk's completion, so the chunks are
-stitched stripe by stripe, row by row. Dask frees a batch as soon as the chunks that need it are
+Each stitch also takes a data-free marker of the completion of the chunk before it in its stripe,
+so each stripe is stitched row by row (stripes are independent: computing part of the result
+runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon as the chunks that need it are
 done, so memory is bounded by the batches in flight, the band of batches one chunk row high and
 one stripe wide that straddles the current chunk row, and the chunks being stitched, whatever the
 image size.
@@ -153,13 +154,14 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
     token = tokenize(source, spec.token, options)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_name, logits_name = f"{BATCH_PREFIX}{token}", f"segtile-logits-{token}"
-    done_name, previous = f"segtile-done-{token}", None
+    done_name = f"segtile-done-{token}"
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
     for s, stripe in enumerate(plan_stripes(height, width, options)):
         for b, batch in enumerate(stripe.batches):
             graph[(batch_name, s, b)] = (run_batch, source_key, spec_key, batch, options)
         needed = batches_per_chunk(stripe.batches, height, width, size)
+        previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
                 chunk = Window(j * size, i * size, col_chunks[j], chunk_h)

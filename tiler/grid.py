@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
+from numbers import Integral
 
 from rasterio.windows import Window
 
@@ -18,11 +19,16 @@ class GridError(ValueError):
     """Tile size or overlap are unusable."""
 
 
+def is_integer(value: object) -> bool:
+    """An integer of any integer type (numpy's too), but not a bool or a float like ``512.0``."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
 def check_tiling(tile_size: int, overlap: int) -> None:
     """Raise :class:`GridError` unless ``tile_size >= 1`` and ``0 <= overlap < tile_size``."""
-    if int(tile_size) != tile_size or tile_size < 1:
+    if not is_integer(tile_size) or tile_size < 1:
         raise GridError(f"tile size must be a positive integer, got {tile_size}")
-    if int(overlap) != overlap or overlap < 0:
+    if not is_integer(overlap) or overlap < 0:
         raise GridError(f"overlap must be a non-negative integer, got {overlap}")
     if overlap >= tile_size:
         raise GridError(f"overlap ({overlap}) must be smaller than the tile size ({tile_size})")

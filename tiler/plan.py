@@ -5,8 +5,9 @@ boundary between two chunk rows are needed by both, so their results stay in mem
 lower row is stitched: a band of tile results as wide as the width stitched at once. Cutting the
 image into vertical stripes of whole chunk columns, stitched one after another, bounds that width,
 and with it the memory, whatever the image's width. The tiles that straddle the boundary between
-two stripes are run once for each stripe: the price is about ``(tile_size - overlap) /
-stripe_width`` more model calls (one column of tiles per stripe boundary). ``stripe_width=0``
+two stripes are run once for each stripe: the price is about ``tile_size / stripe_width`` more
+model calls (the tile columns that cross each boundary: one with the defaults, more when the
+overlap is a large part of the tile). ``stripe_width=0``
 stitches the whole width at once and never runs a tile twice.
 
 Pure functions, no I/O.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tiler.blend import check_blend
-from tiler.grid import Tile, check_tiling, tile_grid
+from tiler.grid import Tile, check_tiling, is_integer, tile_grid
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class TilingOptions:
         check_blend(self.blend)
         for name in ("batch_size", "chunk_size"):
             value = getattr(self, name)
-            if int(value) != value or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
-        if int(self.stripe_width) != self.stripe_width or self.stripe_width < 0:
+        if not is_integer(self.stripe_width) or self.stripe_width < 0:
             raise ValueError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
 
 

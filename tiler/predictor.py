@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -79,10 +80,18 @@ class Predictor:
         check_precision(precision, device)
         self.device = device
         self.precision = precision
-        # Channels-last on every device: oneDNN (CPU) and cuDNN then run their fastest kernels
-        # without copying 3-band tiles into 16-channel blocked layouts (that copy alone made a
-        # 1x1 convolution on a (4, 3, 512, 512) batch take 15x longer and 120 MB more memory).
-        self.module = module.to(device).eval().to(memory_format=torch.channels_last)
+        self.module = module.to(device).eval()
+        # Channels-last wherever the network allows it: oneDNN (CPU) and cuDNN then run their
+        # fastest kernels without copying 3-band tiles into 16-channel blocked layouts (that copy
+        # made a 1x1 convolution on a (4, 3, 512, 512) batch 15x slower and 120 MB bigger). A
+        # network that cannot take it (a 5-D weight, a .view() across channels) is found on its
+        # first batch and kept in the plain layout.
+        self.memory_format = torch.channels_last
+        self._layout_settled = False
+        try:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        except RuntimeError:
+            self._use_plain_layout()
         bands = card.in_channels
         self.scale = card.scale
         self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, bands, 1, 1)
@@ -106,9 +115,8 @@ class Predictor:
         """Weighted logits ``(B, classes, h, w)`` float32 for ``pixels`` ``(B, bands, h, w)``
         (any numeric dtype) and blend ``weights`` ``(B, h, w)``."""
         with self._lock, torch.inference_mode():
-            x = self._normalised(self._to_device(pixels))
-            with self._autocast():
-                logits = self.module(x)
+            pixels = self._to_device(pixels)
+            x, logits = self._forward(pixels)
             # Back to a plain (B, classes, h, w) float32 layout, which stitching slices row by row,
             # and never a view of the input buffer, which the next batch overwrites.
             logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
@@ -117,20 +125,44 @@ class Predictor:
             logits.mul_(self._to_device(weights).unsqueeze(1))
             return logits.cpu().numpy()
 
+    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised input and the network's logits; on the first batch that fails in
+        channels-last, the layout falls back to plain and the batch runs again."""
+        x = self._normalised(pixels)
+        try:
+            with self._autocast():
+                logits = self.module(x)
+        except RuntimeError:
+            if self._layout_settled or self.memory_format != torch.channels_last:
+                raise
+            self._use_plain_layout()
+            return self._forward(pixels)
+        self._layout_settled = True
+        return x, logits
+
+    def _use_plain_layout(self) -> None:
+        self.memory_format = torch.contiguous_format
+        self.module = self.module.to(memory_format=torch.contiguous_format)
+        self._input = None
+
     def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``pixels`` as float32 channels-last, normalised by the card, in an input buffer that
-        is reused from batch to batch (one large allocation per process, not one per batch).
-        Called under the lock."""
+        """``pixels`` as float32 in the network's layout, normalised by the card, in an input
+        buffer reused from batch to batch (one large allocation per predictor, not one per
+        batch). Called under the lock."""
         if self._input is None or self._input.shape[1:] != pixels.shape[1:] or len(self._input) < len(pixels):
             self._input = torch.empty(pixels.shape, dtype=torch.float32, device=self.device,
-                                      memory_format=torch.channels_last)
+                                      memory_format=self.memory_format)
         x = self._input[:len(pixels)]
         x.copy_(pixels)
         return x.div_(self.scale).sub_(self.mean).div_(self.std)
 
 
-_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+_PREDICTORS: OrderedDict[tuple[str, str, str], Predictor] = OrderedDict()
 _PREDICTORS_LOCK = threading.Lock()
+CACHED_PREDICTORS = 2
+"""Predictors kept per process, most recently used first: each holds a network and its input
+buffer, and every ``segment`` call makes a new spec, so an unbounded cache would grow with each
+call in a notebook or a loop over images."""
 
 
 def get_predictor(spec: ModelSpec, device: str, precision: str) -> Predictor:
@@ -140,5 +172,7 @@ def get_predictor(spec: ModelSpec, device: str, precision: str) -> Predictor:
     with _PREDICTORS_LOCK:
         if key not in _PREDICTORS:
             _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision)
+            while len(_PREDICTORS) > CACHED_PREDICTORS:
+                _PREDICTORS.popitem(last=False)
+        _PREDICTORS.move_to_end(key)
         return _PREDICTORS[key]
-
