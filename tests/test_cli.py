@@ -71,6 +71,19 @@ def test_progress_bar_counts_every_tile_run_and_quiet_silences_it(tmp_path, data
     assert capsys.readouterr().err == ""
 
 
+def test_progress_bar_counts_the_tiles_run_on_a_cluster(tmp_path, data_dir, pointwise_checkpoint, capsys):
+    distributed = pytest.importorskip("distributed")
+    checkpoint, _ = pointwise_checkpoint
+    image = data_dir / "rmnp-rgb.tif"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        assert run(image, "--model", checkpoint, "--out", tmp_path / "a.tif", "--device", "cpu",
+                   "--scheduler", cluster.scheduler_address) == 0
+    with rasterio.open(image) as src:
+        total = len(tile_grid(src.height, src.width, 128, 16))
+    assert f"{total}/{total}" in capsys.readouterr().err
+
+
 def test_cog_mask_as_gdal_sees_it(tmp_path, data_dir, pointwise_checkpoint):
     gdalinfo = pytest.importorskip("shutil").which("gdalinfo")
     if gdalinfo is None:

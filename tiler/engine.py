@@ -29,13 +29,20 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from tiler.blend import tile_weight
+from tiler.cluster import tell_client
 from tiler.grid import Tile
 from tiler.memory import keep_large_arrays_off_the_heap, release_free_memory
 from tiler.plan import TilingOptions, batches_per_chunk, plan_stripes
 from tiler.predictor import ModelSpec, get_predictor
 from tiler.sources import Source
 
-BATCH_PREFIX = "segtile-batch-"
+BATCH_PREFIX, LOGITS_PREFIX = "segtile-batch-", "segtile-logits-"
+
+
+def batch_name(logits: da.Array) -> str:
+    """The name of the batch tasks behind ``logits`` (from :func:`build_logits`): the keys of
+    those tasks start with it, and it is the topic their tile counts are sent under on a cluster."""
+    return BATCH_PREFIX + logits.name.removeprefix(LOGITS_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -83,25 +90,28 @@ def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.
     return weight if valid.all() else weight * valid
 
 
-def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions) -> BatchResult:
-    """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph."""
+def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
+              progress_topic: str) -> BatchResult:
+    """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
+
+    On a cluster worker the tile count is also sent to the client under ``progress_topic``."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    if not keep:
-        return BatchResult(len(tiles), [])
-    pixels = np.stack([reads[i][0] for i in keep])
-    if pixels.dtype != np.uint8:
-        pixels = pixels.astype(np.float32)
-    kept_weights = np.stack([weights[i] for i in keep])
-    weighted = get_predictor(spec, options.device, options.precision)(pixels, kept_weights)
     results = []
-    for row, i in enumerate(keep):
-        inside = intersection(tiles[i].window, Window(0, 0, width, height))
-        h, w = inside.height, inside.width
-        results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
+    if keep:
+        pixels = np.stack([reads[i][0] for i in keep])
+        if pixels.dtype != np.uint8:
+            pixels = pixels.astype(np.float32)
+        kept_weights = np.stack([weights[i] for i in keep])
+        weighted = get_predictor(spec, options.device, options.precision)(pixels, kept_weights)
+        for row, i in enumerate(keep):
+            inside = intersection(tiles[i].window, Window(0, 0, width, height))
+            h, w = inside.height, inside.width
+            results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
+    tell_client(progress_topic, len(tiles))
     return BatchResult(len(tiles), results)
 
 
@@ -153,13 +163,13 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
 
     token = tokenize(source, spec.token, options)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
-    batch_name, logits_name = f"{BATCH_PREFIX}{token}", f"segtile-logits-{token}"
+    batch_name, logits_name = f"{BATCH_PREFIX}{token}", f"{LOGITS_PREFIX}{token}"
     done_name = f"segtile-done-{token}"
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
     for s, stripe in enumerate(plan_stripes(height, width, options)):
         for b, batch in enumerate(stripe.batches):
-            graph[(batch_name, s, b)] = (run_batch, source_key, spec_key, batch, options)
+            graph[(batch_name, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_name)
         needed = batches_per_chunk(stripe.batches, height, width, size)
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         for i, chunk_h in enumerate(row_chunks):

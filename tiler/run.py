@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
             stripe_width=args.stripe_width,
         )
         tiles = tile_runs(plan_stripes(*result.shape, result.options))
-        with tile_progress(tiles, enabled=not args.quiet):
+        with tile_progress(result.logits, tiles, enabled=not args.quiet):
             result.write(
                 *args.out, probabilities=args.probabilities, simplify=args.simplify,
                 min_area=args.min_area, overwrite=args.overwrite,

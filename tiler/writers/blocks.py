@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator
 import dask.array as da
 import numpy as np
 from dask.array.core import slices_from_chunks
-from dask.base import get_scheduler
 from distributed import Client, as_completed
 
 from models.card import ModelCard
+from tiler.cluster import active_client
 
 Key = tuple[slice, ...]
 Progress = Callable[[int, int], None]
@@ -60,8 +60,8 @@ def store_chunks(array: da.Array, write: Callable[[Key, np.ndarray], None], *,
     ``key`` is the chunk's place in ``array``: one ``slice`` per axis, in global coordinates.
     """
     target = _ChunkTarget(write, math.prod(array.numblocks), progress)
-    client = getattr(get_scheduler(collections=[array]), "__self__", None)  # a Client's .get
-    if isinstance(client, Client):
+    client = active_client(array)
+    if client is not None:
         for key, chunk in _chunks_from_cluster(client, array):
             target[key] = chunk
     else:
