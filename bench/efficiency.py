@@ -15,6 +15,11 @@ the share of (b)'s wall time spent inside the model's ``forward`` (timed by
 :class:`ForwardTimer` during the run itself).
 
     python -m bench.efficiency            # from the repository root
+    python -m bench.efficiency --device cuda --precision fp16 --layers 50 --size 4096 --batch-size 16
+
+On CUDA both sides synchronise the device before reading the clock, the model alone runs under
+the same autocast as segtile, its batches already on the device, and the throughput of each
+side (Mpx/s of tiles) is printed as well.
 """
 
 from __future__ import annotations
@@ -72,8 +77,21 @@ class ForwardTimer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         out = self.network(x)
+        synchronise(x.device)
         self.seconds += time.perf_counter() - start
         return out
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock measures it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast segtile's predictor uses for ``precision``."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @dataclass
@@ -93,21 +111,23 @@ def timed():
     timing.wall, timing.cpu = time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_model_alone(model: torch.nn.Module, batches: list[torch.Tensor]) -> Timing:
-    with timed() as timing, torch.inference_mode():
+def run_model_alone(model: torch.nn.Module, batches: list[torch.Tensor], precision: str) -> Timing:
+    device = batches[0].device
+    synchronise(device)
+    with timed() as timing, torch.inference_mode(), autocast(device, precision):
         for batch in batches:
             model(batch)
+        synchronise(device)
     return timing
 
 
-def run_end_to_end(path: Path, timer: ForwardTimer, tile_size: int, overlap: int,
-                   batch_size: int) -> tuple[Timing, float]:
+def run_end_to_end(path: Path, timer: ForwardTimer, args: argparse.Namespace) -> tuple[Timing, float]:
     """Timing of ``segment(...).labels.compute()``, and the wall seconds spent in ``forward``
     during it (``segment`` probes a bare module once on a tiny input; that is not counted)."""
     with timed() as timing:
         result = segment(
-            str(path), timer, tile_size=tile_size, overlap=overlap, blend="gaussian",
-            batch_size=batch_size, device="cpu",
+            str(path), timer, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
+            batch_size=args.batch_size, device=args.device, precision=args.precision,
         )
         timer.seconds = 0.0
         result.labels.compute()
@@ -121,29 +141,37 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--classes", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=18, choices=(18, 34, 50, 101, 152), help="PSPNet depth")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--repeats", type=int, default=7, help="a/b pairs")
     args = parser.parse_args()
 
     path = OUT / f"mosaic_{args.size}.tif"
     if not path.exists():
         make_mosaic(args.size, path)
+    device = torch.device(args.device)
     torch.manual_seed(0)
-    model = PSPNet(layers=18, classes=args.classes, width=1.0).eval().to(memory_format=torch.channels_last)
-    batches = tile_batches(path, args.tile_size, args.overlap, args.batch_size)
-    print(f"{path.name}: {sum(len(b) for b in batches)} tiles in {len(batches)} batches of "
-          f"{tuple(batches[0].shape)}, torch threads {torch.get_num_threads()}")
-    run_model_alone(model, batches[:1])  # warm-up: first-call allocations and kernel selection
+    model = PSPNet(layers=args.layers, classes=args.classes, width=1.0).eval()
+    model = model.to(device, memory_format=torch.channels_last)
+    batches = [batch.to(device) for batch in tile_batches(path, args.tile_size, args.overlap, args.batch_size)]
+    tiles = sum(len(b) for b in batches)
+    megapixels = tiles * args.tile_size ** 2 / 1e6
+    print(f"{path.name}: {tiles} tiles in {len(batches)} batches of {tuple(batches[0].shape)}, "
+          f"PSPNet-{args.layers} on {device} ({args.precision}), torch threads {torch.get_num_threads()}")
+    run_model_alone(model, batches[:1], args.precision)  # warm-up: first-call allocations, kernel choice
 
     timer = ForwardTimer(model).eval()
     wall_ratios, cpu_ratios, forward_shares = [], [], []
     for repeat in range(args.repeats):
-        alone = run_model_alone(model, batches)
-        end_to_end, forward = run_end_to_end(path, timer, args.tile_size, args.overlap, args.batch_size)
+        alone = run_model_alone(model, batches, args.precision)
+        end_to_end, forward = run_end_to_end(path, timer, args)
         wall_ratios.append(alone.wall / end_to_end.wall)
         cpu_ratios.append(alone.cpu / end_to_end.cpu)
         forward_shares.append(forward / end_to_end.wall)
-        print(f"pair {repeat + 1}: model alone {alone.wall:.2f} s wall / {alone.cpu:.2f} s CPU; "
-              f"end to end {end_to_end.wall:.2f} s wall / {end_to_end.cpu:.2f} s CPU, forward {forward:.2f} s; "
+        print(f"pair {repeat + 1}: model alone {alone.wall:.2f} s wall / {alone.cpu:.2f} s CPU "
+              f"({megapixels / alone.wall:.1f} Mpx/s); end to end {end_to_end.wall:.2f} s wall / "
+              f"{end_to_end.cpu:.2f} s CPU ({megapixels / end_to_end.wall:.1f} Mpx/s), forward {forward:.2f} s; "
               f"efficiency wall {wall_ratios[-1]:.3f}, CPU {cpu_ratios[-1]:.3f}", flush=True)
     print(f"median over {args.repeats} pairs: efficiency (wall) {statistics.median(wall_ratios):.3f}, "
           f"efficiency (CPU time) {statistics.median(cpu_ratios):.3f}, "
