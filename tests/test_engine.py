@@ -238,3 +238,12 @@ def test_a_process_keeps_only_the_latest_predictors(pointwise_model):
     for seed in range(4):
         segment(random_image(3, 20, 20, seed), model, tile_size=16, overlap=4, device="cpu").labels.compute()
     assert len(predictor._PREDICTORS) == predictor.CACHED_PREDICTORS
+
+
+def test_result_progress_bar_counts_every_tile(pointwise_model, capsys):
+    image = random_image(3, 60, 90)
+    result = segment(image, pointwise_model(bands=3, classes=2), tile_size=32, overlap=8, chunk_size=40,
+                     stripe_width=40, device="cpu")
+    with result.progress():
+        result.labels.compute()
+    assert "18/18" in capsys.readouterr().err   # 3 rows x (4 columns + 2 repeated on stripe boundaries)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from os import PathLike
+from typing import ContextManager
 
 import dask.array as da
 import numpy as np
 
 from models import ModelCard
-from tiler.plan import TilingOptions
+from tiler.plan import TilingOptions, plan_stripes, tile_runs
+from tiler.progress import tile_progress
 from tiler.georef import Georef
 from tiler.writers.legend import rgb
 
@@ -80,6 +82,16 @@ class Segmentation:
         """Dask array ``(H, W)`` of class indices (uint8, or uint16 beyond 255 classes)."""
         dtype, nodata = label_dtype(self.card.num_classes)
         return self.logits.map_blocks(labels_block, nodata, dtype, drop_axis=0, dtype=dtype)
+
+    def progress(self, enabled: bool = True) -> ContextManager[None]:
+        """A context manager showing a tile progress bar (stderr) for this result's work done
+        inside it, on the local scheduler or a ``dask.distributed`` cluster::
+
+            with result.progress():
+                result.to_geotiff("mask.tif")
+        """
+        total = tile_runs(plan_stripes(*self.shape, self.options))
+        return tile_progress(self.logits, total, enabled=enabled)
 
     def thumbnail(self, max_size: int = 512) -> np.ndarray:
         """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).

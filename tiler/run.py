@@ -7,8 +7,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from tiler.api import segment
-from tiler.plan import plan_stripes, tile_runs
-from tiler.progress import tile_progress
 from tiler.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
 from tiler.writers.atomic import check_output
 
@@ -45,8 +43,7 @@ def run(args: argparse.Namespace) -> None:
             level=args.level, precision=args.precision, chunk_size=args.chunk_size,
             stripe_width=args.stripe_width,
         )
-        tiles = tile_runs(plan_stripes(*result.shape, result.options))
-        with tile_progress(result.logits, tiles, enabled=not args.quiet):
+        with result.progress(enabled=not args.quiet):
             result.write(
                 *args.out, probabilities=args.probabilities, simplify=args.simplify,
                 min_area=args.min_area, overwrite=args.overwrite,
