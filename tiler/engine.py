@@ -2,20 +2,20 @@
 
 Three kinds of task, all small and picklable:
 
-* one ``batch`` task per group of ``batch_size`` tiles of a stripe (``tiler/plan.py``): reads the tiles (padding images smaller
-  than a tile), runs the predictor and returns each tile's weighted logits and weights, with the
-  weight set to zero on invalid (nodata) pixels and for tiles that hold no valid pixel at all
-  (those are never sent to the model);
+* one ``batch`` task per group of ``batch_size`` tiles of a stripe (``tiler/plan.py``): reads
+  the tiles (padding images smaller than a tile), runs the predictor and returns each tile's
+  weighted logits and weights, with the weight set to zero on invalid (nodata) pixels and for
+  tiles that hold no valid pixel at all (those are never sent to the model);
 * one ``stitch`` task per output chunk: sums the weighted logits of the tiles that overlap it and
   divides by the exact sum of their weights (NaN where that sum is zero: nodata);
 * two shared keys, the source and the model spec, so neither is copied into every task.
 
 Each stitch also takes a data-free marker of the completion of the chunk before it in its stripe,
 so each stripe is stitched row by row (stripes are independent: computing part of the result
-runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon as the chunks that need it are
-done, so memory is bounded by the batches in flight, the band of batches one chunk row high and
-one stripe wide that straddles the current chunk row, and the chunks being stitched, whatever the
-image size.
+runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon as
+the chunks that need it are done, so memory is bounded by the batches in flight, the band of
+batches one chunk row high and one stripe wide that straddles the current chunk row, and the
+chunks being stitched, whatever the image size.
 """
 
 from __future__ import annotations
@@ -163,19 +163,19 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
 
     token = tokenize(source, spec.token, options)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
-    batch_name, logits_name = f"{BATCH_PREFIX}{token}", f"{LOGITS_PREFIX}{token}"
+    batch_tasks, logits_name = f"{BATCH_PREFIX}{token}", f"{LOGITS_PREFIX}{token}"
     done_name = f"segtile-done-{token}"
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
     for s, stripe in enumerate(plan_stripes(height, width, options)):
         for b, batch in enumerate(stripe.batches):
-            graph[(batch_name, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_name)
+            graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks)
         needed = batches_per_chunk(stripe.batches, height, width, size)
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
                 chunk = Window(j * size, i * size, col_chunks[j], chunk_h)
-                deps = [(batch_name, s, b) for b in needed.get((i, j), ())]
+                deps = [(batch_tasks, s, b) for b in needed.get((i, j), ())]
                 graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, previous, *deps)
                 previous = (done_name, i, j)
                 graph[previous] = (_done, (logits_name, 0, i, j))
