@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from tiler.blend import tile_weight
-from tiler.cluster import tell_client
+from tiler.events import report
 from tiler.grid import Tile
 from tiler.memory import keep_large_arrays_off_the_heap, release_free_memory
 from tiler.plan import TilingOptions, batches_per_chunk, plan_stripes
@@ -53,15 +53,6 @@ class TileResult:
     window: Window
     weighted: np.ndarray
     weight: np.ndarray
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one batch task returns: the results of its tiles that held valid pixels, and how many
-    tiles it read (the progress bar counts those)."""
-
-    tiles_read: int
-    results: list[TileResult]
 
 
 def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +82,9 @@ def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
-              progress_topic: str) -> BatchResult:
+              progress_topic: str) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
-
-    On a cluster worker the tile count is also sent to the client under ``progress_topic``."""
+    The tile count is then reported under ``progress_topic`` (:mod:`tiler.events`)."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]
@@ -111,8 +101,8 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
             inside = intersection(tiles[i].window, Window(0, 0, width, height))
             h, w = inside.height, inside.width
             results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
-    tell_client(progress_topic, len(tiles))
-    return BatchResult(len(tiles), results)
+    report(progress_topic, len(tiles))
+    return results
 
 
 def _done(_: object) -> None:
@@ -120,15 +110,15 @@ def _done(_: object) -> None:
     return None
 
 
-def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: BatchResult) -> np.ndarray:
+def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: list[TileResult]) -> np.ndarray:
     """Logits ``(classes, h, w)`` of ``chunk``: sum of weighted logits / sum of weights.
 
     Pixels with no weight (nodata, skipped tiles) are NaN.
     """
     total = np.zeros((num_classes, chunk.height, chunk.width), dtype=np.float32)
     weight = np.zeros((chunk.height, chunk.width), dtype=np.float32)
-    for batch in batches:
-        for result in batch.results:
+    for results in batches:
+        for result in results:
             if not intersect(result.window, chunk):
                 continue
             common = intersection(result.window, chunk)

@@ -132,7 +132,7 @@ class Predictor:
         try:
             with self._autocast():
                 logits = self.module(x)
-        except torch.OutOfMemoryError:  # a RuntimeError too, but not one the layout explains
+        except torch.cuda.OutOfMemoryError:  # a RuntimeError too, but not one the layout explains
             raise
         except RuntimeError:
             if self._layout_settled or self.memory_format != torch.channels_last:
