@@ -40,6 +40,7 @@ from bench.make_mosaic import make_mosaic
 from models import PSPNet
 from tiler import segment
 from tiler.grid import tile_grid
+from tiler.predictor import autocast
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -88,12 +89,6 @@ def synchronise(device: torch.device) -> None:
     """Wait for the device's queued work, so that the clock measures it (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast segtile's predictor uses for ``precision``."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 @dataclass

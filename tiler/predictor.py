@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +68,14 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise DeviceError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
 
 
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The autocast region a batch runs in: none for ``fp32``, else ``fp16`` / ``bf16``."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
 class Predictor:
     """A network on one device, ready to turn a batch of raw tiles into weighted logits.
 
@@ -105,12 +113,6 @@ class Predictor:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
-
     def __call__(self, pixels: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Weighted logits ``(B, classes, h, w)`` float32 for ``pixels`` ``(B, bands, h, w)``
         (any numeric dtype) and blend ``weights`` ``(B, h, w)``."""
@@ -130,7 +132,7 @@ class Predictor:
         channels-last, the layout falls back to plain and the batch runs again."""
         x = self._normalised(pixels)
         try:
-            with self._autocast():
+            with autocast(self.device, self.precision):
                 logits = self.module(x)
         except torch.cuda.OutOfMemoryError:  # a RuntimeError too, but not one the layout explains
             raise
