@@ -7,8 +7,8 @@ image into vertical stripes of whole chunk columns, stitched one after another, 
 and with it the memory, whatever the image's width. The tiles that straddle the boundary between
 two stripes are run once for each stripe: the price is about ``tile_size / stripe_width`` more
 model calls (the tile columns that cross each boundary: one with the defaults, more when the
-overlap is a large part of the tile). ``stripe_width=0``
-stitches the whole width at once and never runs a tile twice.
+overlap is a large part of the tile). ``stripe_width=0`` stitches the whole width at once and
+never runs a tile twice.
 
 Pure functions, no I/O.
 """

@@ -11,9 +11,9 @@ import dask.array as da
 import numpy as np
 
 from models import ModelCard
+from tiler.georef import Georef
 from tiler.plan import TilingOptions, plan_stripes, tile_runs
 from tiler.progress import tile_progress
-from tiler.georef import Georef
 from tiler.writers.legend import rgb
 
 
