@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster
 
 from bench.make_mosaic import make_mosaic
 from bench.workloads import pointwise_model
-from tiler import segment
+from segtile import segment
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -39,7 +39,7 @@ def measure_size(size: int, workers: int) -> tuple[float, list[int], list[int]]:
         make_mosaic(size, mosaic)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("tiler.engine"))
+        client.run(lambda: __import__("segtile.engine"))
         before = list(client.run(peak_rss_mib).values())
         start = time.perf_counter()
         result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")

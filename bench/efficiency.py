@@ -37,10 +37,10 @@ import rasterio
 import torch
 
 from bench.make_mosaic import make_mosaic
-from models import PSPNet
-from tiler import segment
-from tiler.grid import tile_grid
-from tiler.predictor import autocast
+from segtile.models import PSPNet
+from segtile import segment
+from segtile.grid import tile_grid
+from segtile.predictor import autocast
 
 OUT = Path(__file__).resolve().parent / "out"
 

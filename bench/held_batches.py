@@ -28,8 +28,8 @@ import rasterio
 from dask.callbacks import Callback
 
 from bench.workloads import pointwise_model
-from tiler import segment
-from tiler.engine import BATCH_PREFIX
+from segtile import segment
+from segtile.engine import BATCH_PREFIX
 
 
 class HeldBatches(Callback):

@@ -29,7 +29,7 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     """segtile: read the GeoTIFF tile by tile, predict, stitch, write the labels to Zarr."""
     import dask.array as da
 
-    from tiler import segment
+    from segtile import segment
 
     model = pointwise_model()
     rss_before = psutil.Process().memory_info().rss / 2**20

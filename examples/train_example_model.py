@@ -19,8 +19,8 @@ import numpy as np
 import rasterio
 import torch
 
-from models import ModelCard, PSPNet, save_checkpoint
-from models.train import pixel_accuracy, predict_labels, train
+from segtile.models import ModelCard, PSPNet, save_checkpoint
+from segtile.models.train import pixel_accuracy, predict_labels, train
 
 HERE = Path(__file__).resolve().parent
 IMAGE = HERE / "data" / "bahamas_rgb.tif"

@@ -1,7 +1,7 @@
 """Networks and checkpoints for segtile: PSPNet, ResNet backbones, model cards, training."""
 
-from models.card import CardError, ModelCard, default_card
-from models.checkpoint import (
+from segtile.models.card import CardError, ModelCard, default_card
+from segtile.models.checkpoint import (
     CheckpointError,
     LoadedModel,
     load_checkpoint,
@@ -11,8 +11,8 @@ from models.checkpoint import (
     save_checkpoint,
     save_torchscript,
 )
-from models.pspnet import PSPNet
-from models.resnet import ArchitectureError, load_torchvision_backbone
+from segtile.models.pspnet import PSPNet
+from segtile.models.resnet import ArchitectureError, load_torchvision_backbone
 
 __all__ = [
     "ArchitectureError",

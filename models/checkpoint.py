@@ -22,8 +22,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from models.card import CardError, ModelCard, default_card
-from models.pspnet import PSPNet
+from segtile.models.card import CardError, ModelCard, default_card
+from segtile.models.pspnet import PSPNet
 
 FORMAT = "segtile-checkpoint"
 VERSION = 1

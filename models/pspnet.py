@@ -2,7 +2,7 @@
 
 Zhao et al., "Pyramid Scene Parsing Network" (CVPR 2017). The module names and parameter
 shapes follow the first author's PyTorch implementation (hszhao/semseg), so its checkpoints load
-into :class:`PSPNet` with ``strict=True`` (see :func:`models.load_reference_state_dict`), and in
+into :class:`PSPNet` with ``strict=True`` (see :func:`segtile.models.load_reference_state_dict`), and in
 eval mode, on inputs of size ``8k + 1``, the logits are the same computation.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.resnet import ArchitectureError, dilated_resnet, scaled_channels
+from segtile.models.resnet import ArchitectureError, dilated_resnet, scaled_channels
 
 ZOOM_FACTORS = (1, 2, 4, 8)
 

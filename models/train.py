@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.card import ModelCard
+from segtile.models.card import ModelCard
 
 POLY_POWER = 0.9
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tiler.writers.atomic import OutputError, OutputExistsError, OutputSet, atomic_output, check_output
+from segtile.writers.atomic import OutputError, OutputExistsError, OutputSet, atomic_output, check_output
 
 
 class Boom(Exception):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models import CardError, ModelCard, default_card
+from segtile.models import CardError, ModelCard, default_card
 
 
 def test_defaults_fill_colours_and_identity_normalisation():

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 
-from models import (
+from segtile.models import (
     CardError,
     CheckpointError,
     LoadedModel,
@@ -22,7 +22,7 @@ from models import (
     save_checkpoint,
     save_torchscript,
 )
-from models.train import pixel_accuracy, predict_labels
+from segtile.models.train import pixel_accuracy, predict_labels
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 

@@ -10,11 +10,11 @@ import rasterio
 import shapely
 import torch
 
-from models import ModelCard, save_torchscript
+from segtile.models import ModelCard, save_torchscript
 from tests.conftest import whole_image_logits
-from tiler.cli import main
-from tiler.grid import tile_grid
-from tiler.plan import TilingOptions, plan_stripes, tile_runs
+from segtile.cli import main
+from segtile.grid import tile_grid
+from segtile.plan import TilingOptions, plan_stripes, tile_runs
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
 
 
 def test_console_script_reports_without_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "tiler.cli", str(tmp_path / "nope.tif"),
+    done = subprocess.run([sys.executable, "-m", "segtile.cli", str(tmp_path / "nope.tif"),
                            "--model", "m.pt", "--out", str(tmp_path / "o.tif")],
                           capture_output=True, text=True)
     assert done.returncode == 2

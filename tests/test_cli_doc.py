@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from tiler.cli import help_text
+from segtile.cli import help_text
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
@@ -14,5 +14,5 @@ def test_cli_reference_matches_the_parser():
     assert match, "docs/cli.md lost its generated --help block"
     assert match.group(1) == help_text(), (
         "docs/cli.md is out of date: paste the output of "
-        "`python -c 'from tiler.cli import help_text; print(help_text(), end=\"\")'`"
+        "`python -c 'from segtile.cli import help_text; print(help_text(), end=\"\")'`"
     )

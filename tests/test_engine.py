@@ -8,8 +8,8 @@ import torch
 from affine import Affine
 
 from tests.conftest import whole_image_logits
-from tiler import segment
-from tiler.blend import BLENDS
+from segtile import segment
+from segtile.blend import BLENDS
 
 
 def random_image(bands: int, height: int, width: int, seed: int = 1) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_one_band_raster(data_dir, pointwise_model):
 
 def test_distributed_cluster_gives_the_threaded_labels(data_dir, tmp_path):
     distributed = pytest.importorskip("distributed")
-    from models import PSPNet, ModelCard, save_checkpoint
+    from segtile.models import PSPNet, ModelCard, save_checkpoint
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "psp.pt"
@@ -232,7 +232,7 @@ def test_networks_that_cannot_run_channels_last_run_in_the_plain_layout(pointwis
 
 
 def test_a_process_keeps_only_the_latest_predictors(pointwise_model):
-    from tiler import predictor
+    from segtile import predictor
 
     model = pointwise_model(bands=3, classes=2)
     for seed in range(4):

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiler.grid import GridError, check_tiling, tile_grid, tile_starts
+from segtile.grid import GridError, check_tiling, tile_grid, tile_starts
 
 
 @st.composite

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiler.grid import tile_grid
-from tiler.plan import TilingOptions, batches_per_chunk, plan_stripes, stripe_chunk_columns, tile_runs
+from segtile.grid import tile_grid
+from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes, stripe_chunk_columns, tile_runs
 
 
 @st.composite

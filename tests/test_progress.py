@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tiler import segment
-from tiler.events import listen, report
+from segtile import segment
+from segtile.events import listen, report
 
 
 def image(height: int, width: int) -> np.ndarray:

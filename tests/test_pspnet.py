@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import ArchitectureError, ModelCard, PSPNet, load_torchvision_backbone
-from models.train import (CropSampler, TrainError, pixel_accuracy, predict_labels,
+from segtile.models import ArchitectureError, ModelCard, PSPNet, load_torchvision_backbone
+from segtile.models.train import (CropSampler, TrainError, pixel_accuracy, predict_labels,
                           segmentation_loss, train)
 
 BOTTLENECK_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}

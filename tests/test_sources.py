@@ -19,9 +19,9 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from tiler.georef import Georef
-from tiler.sources import MemorySource, RasterSource, SlideSource, Source, SourceError, open_source
-from tiler.sources.handles import PerThreadHandles
+from segtile.georef import Georef
+from segtile.sources import MemorySource, RasterSource, SlideSource, Source, SourceError, open_source
+from segtile.sources.handles import PerThreadHandles
 
 # files written here for mask and error tests need no georeference
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

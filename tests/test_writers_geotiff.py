@@ -13,11 +13,11 @@ from affine import Affine
 from distributed import Client, LocalCluster
 from rasterio.crs import CRS
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers import OutputExistsError, WriterInputError
-from tiler.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
-from tiler.writers.legend import rgb
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers import OutputExistsError, WriterInputError
+from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
+from segtile.writers.legend import rgb
 
 # Class 1's colour lies between those of 0 and 2: GDAL averages a paletted band in colour and takes
 # the nearest entry, so average overviews of 0/2 stripes would show class 1 (see the mode test).

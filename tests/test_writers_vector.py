@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from pyogrio.raw import read as ogr_read
 from rasterio.crs import CRS
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers import OutputExistsError, VectorFormatError, vector, write_polygons
-from tiler.writers.seams import SeamMerger, polygonise_chunk
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers import OutputExistsError, VectorFormatError, vector, write_polygons
+from segtile.writers.seams import SeamMerger, polygonise_chunk
 
 NODATA = 255
 CARD = ModelCard(classes=tuple(f"class {i}" for i in range(8)))

@@ -7,9 +7,9 @@ import rasterio
 import zarr
 from affine import Affine
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers import OutputExistsError, WriterInputError, ZarrStoreError, read_zarr, write_zarr
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers import OutputExistsError, WriterInputError, ZarrStoreError, read_zarr, write_zarr
 
 CARD = ModelCard(classes=("background", "tissue", "tumour"), extra={"trained_on": "test"})
 

@@ -1,4 +1,4 @@
-"""``tiler.segment``: the Python entry point (the CLI is a thin layer over it)."""
+"""``segtile.segment``: the Python entry point (the CLI is a thin layer over it)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Any, Sequence
 
 import torch
 
-from models import LoadedModel, ModelCard, load_checkpoint, probe_card
-from tiler.engine import build_logits
-from tiler.plan import TilingOptions
-from tiler.predictor import ModelSpec, check_precision, resolve_device
-from tiler.result import Segmentation
-from tiler.sources import open_source
+from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
+from segtile.engine import build_logits
+from segtile.plan import TilingOptions
+from segtile.predictor import ModelSpec, check_precision, resolve_device
+from segtile.result import Segmentation
+from segtile.sources import open_source
 
 
 class SegmentError(ValueError):
@@ -40,7 +40,7 @@ def segment(
         source: a path (any GDAL raster, or a whole-slide TIFF), a numpy / dask array
             ``(bands, H, W)`` or ``(H, W)``, an xarray DataArray, or an opened Source.
         model: a segtile checkpoint or TorchScript path, a loaded checkpoint
-            (:func:`models.load_checkpoint`), or any ``torch.nn.Module`` mapping
+            (:func:`segtile.models.load_checkpoint`), or any ``torch.nn.Module`` mapping
             ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as
             float32 with no normalisation.
         tile_size, overlap: the tiling; default to the model card's suggestion.
@@ -56,7 +56,7 @@ def segment(
             the tiles on each stripe boundary twice. ``0``: the whole width at once.
 
     Returns:
-        a :class:`~tiler.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
+        a :class:`~segtile.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
         (dask arrays), the georeference, the card, and writers.
     """
     check_precision(precision, resolve_device(device))

@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from tiler.blend import BLENDS
-from tiler.predictor import PRECISIONS
+from segtile.blend import BLENDS
+from segtile.predictor import PRECISIONS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segtile`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from tiler.run import RunError, run
+    from segtile.run import RunError, run
 
     try:
         run(args)

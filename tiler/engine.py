@@ -28,13 +28,13 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from tiler.blend import tile_weight
-from tiler.events import report
-from tiler.grid import Tile
-from tiler.memory import keep_large_arrays_off_the_heap, release_free_memory
-from tiler.plan import TilingOptions, batches_per_chunk, plan_stripes
-from tiler.predictor import ModelSpec, get_predictor
-from tiler.sources import Source
+from segtile.blend import tile_weight
+from segtile.events import report
+from segtile.grid import Tile
+from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
+from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
+from segtile.predictor import ModelSpec, get_predictor
+from segtile.sources import Source
 
 BATCH_PREFIX, LOGITS_PREFIX = "segtile-batch-", "segtile-logits-"
 
@@ -84,7 +84,7 @@ def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
               progress_topic: str) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
-    The tile count is then reported under ``progress_topic`` (:mod:`tiler.events`)."""
+    The tile count is then reported under ``progress_topic`` (:mod:`segtile.events`)."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tiler.blend import check_blend
-from tiler.grid import Tile, check_tiling, is_integer, tile_grid
+from segtile.blend import check_blend
+from segtile.grid import Tile, check_tiling, is_integer, tile_grid
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models import ModelCard
+from segtile.models import ModelCard
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -41,7 +41,7 @@ class ModelSpec:
     def build(self) -> torch.nn.Module:
         if self.module is not None:
             return self.module
-        from models import load_checkpoint
+        from segtile.models import load_checkpoint
 
         return load_checkpoint(self.path).module
 

@@ -1,6 +1,6 @@
 """A progress bar over the tiles of a run: tiles done / total, tiles/s, ETA, on stderr.
 
-Each batch task reports its tile count when it is done (:mod:`tiler.events`), under a topic
+Each batch task reports its tile count when it is done (:mod:`segtile.events`), under a topic
 named after the run's batch tasks, on the local scheduler and on a ``dask.distributed`` cluster
 alike.
 """
@@ -13,14 +13,14 @@ from typing import Iterator
 import dask.array as da
 from tqdm import tqdm
 
-from tiler.cluster import active_client
-from tiler.engine import batch_name
-from tiler.events import listen
+from segtile.cluster import active_client
+from segtile.engine import batch_name
+from segtile.events import listen
 
 
 @contextmanager
 def tile_progress(logits: da.Array, total_tiles: int, enabled: bool = True) -> Iterator[None]:
-    """Show a bar of the tiles of ``logits`` (a :func:`tiler.segment` result's) computed inside
+    """Show a bar of the tiles of ``logits`` (a :func:`segtile.segment` result's) computed inside
     the ``with`` block, locally or on the active ``dask.distributed`` client."""
     if not enabled:
         yield

@@ -1,4 +1,4 @@
-"""The lazy result of :func:`tiler.segment`: logits, probabilities, labels and their writers."""
+"""The lazy result of :func:`segtile.segment`: logits, probabilities, labels and their writers."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import ContextManager
 import dask.array as da
 import numpy as np
 
-from models import ModelCard
-from tiler.georef import Georef
-from tiler.plan import TilingOptions, plan_stripes, tile_runs
-from tiler.progress import tile_progress
-from tiler.writers.legend import rgb
+from segtile.models import ModelCard
+from segtile.georef import Georef
+from segtile.plan import TilingOptions, plan_stripes, tile_runs
+from segtile.progress import tile_progress
+from segtile.writers.legend import rgb
 
 
 def softmax_block(logits: np.ndarray) -> np.ndarray:
@@ -127,7 +127,7 @@ class Segmentation:
         Either every output appears, complete, or none does: all are written under temporary
         names and renamed only when the last one is done.
         """
-        from tiler.writers.outputs import write_outputs
+        from segtile.writers.outputs import write_outputs
 
         write_outputs(
             self, [str(p) for p in paths], probabilities=probabilities,

@@ -6,9 +6,9 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-from tiler.api import segment
-from tiler.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
-from tiler.writers.atomic import check_output
+from segtile.api import segment
+from segtile.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
+from segtile.writers.atomic import check_output
 
 
 class RunError(ValueError):

@@ -1,9 +1,9 @@
 """Sources: open a path or an array as a lazy, windowed, georeferenced image."""
 
-from tiler.sources.base import Source, SourceError
-from tiler.sources.memory import MemorySource
-from tiler.sources.open import open_source
-from tiler.sources.raster import RasterSource
-from tiler.sources.slide import SlideSource
+from segtile.sources.base import Source, SourceError
+from segtile.sources.memory import MemorySource
+from segtile.sources.open import open_source
+from segtile.sources.raster import RasterSource
+from segtile.sources.slide import SlideSource
 
 __all__ = ["MemorySource", "RasterSource", "SlideSource", "Source", "SourceError", "open_source"]

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from tiler.georef import Georef
+from segtile.georef import Georef
 
 
 class SourceError(ValueError):
@@ -23,7 +23,7 @@ class Source(ABC):
     * ``shape``: ``(bands, height, width)`` at level 0, after band selection;
     * ``dtype``: numpy dtype of the pixels (kept as stored, never converted);
     * ``band_names``: one name per selected band;
-    * ``georef``: :class:`~tiler.georef.Georef` of level 0;
+    * ``georef``: :class:`~segtile.georef.Georef` of level 0;
     * ``level_shapes``: ``(height, width)`` of each pyramid level, level 0 first;
     * ``has_mask``: whether some pixels may be invalid (nodata, alpha, internal mask).
     """

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tifffile
 
-from tiler.sources.base import SourceError
+from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".scn", ".bif")

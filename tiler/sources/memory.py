@@ -11,9 +11,9 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from tiler.georef import Georef
-from tiler.sources.base import Source, SourceError
-from tiler.sources.selection import band_positions, compose_bands, window_bounds
+from segtile.georef import Georef
+from segtile.sources.base import Source, SourceError
+from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 
 class MemorySource(Source):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from tiler.sources.base import Source
-from tiler.sources.files import is_slide
-from tiler.sources.memory import MemorySource
-from tiler.sources.raster import RasterSource
-from tiler.sources.slide import SlideSource
+from segtile.sources.base import Source
+from segtile.sources.files import is_slide
+from segtile.sources.memory import MemorySource
+from segtile.sources.raster import RasterSource
+from segtile.sources.slide import SlideSource
 
 
 def open_source(obj: Any, bands: Sequence[int] | None = None) -> Source:

@@ -15,11 +15,11 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from tiler.georef import Georef
-from tiler.sources.base import Source, SourceError
-from tiler.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff, one_line
-from tiler.sources.handles import PerThreadHandles
-from tiler.sources.selection import band_positions, compose_bands, window_bounds
+from segtile.georef import Georef
+from segtile.sources.base import Source, SourceError
+from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff, one_line
+from segtile.sources.handles import PerThreadHandles
+from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 # GDAL's block cache defaults to 5% of the machine's memory, and fills with decoded blocks as a
 # large image streams through: bound it (in MB) unless the user chose a size.

@@ -14,11 +14,11 @@ import zarr
 from rasterio.windows import Window
 from tifffile.tifffile import svs_description_metadata
 
-from tiler.georef import Georef
-from tiler.sources.base import Source, SourceError
-from tiler.sources.files import check_local_file, check_tiff_complete, one_line, open_tiff
-from tiler.sources.handles import PerThreadHandles
-from tiler.sources.selection import band_positions, compose_bands, window_bounds
+from segtile.georef import Georef
+from segtile.sources.base import Source, SourceError
+from segtile.sources.files import check_local_file, check_tiff_complete, one_line, open_tiff
+from segtile.sources.handles import PerThreadHandles
+from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
 _MICRONS_PER_UNIT = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}

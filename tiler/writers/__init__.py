@@ -4,11 +4,11 @@ Every writer takes dask arrays and computes them chunk by chunk (never the whole
 writes under a temporary name that becomes the output only when complete (see ``atomic``).
 """
 
-from tiler.writers.atomic import OutputError, OutputExistsError, OutputSet, atomic_output, check_output
-from tiler.writers.blocks import WriterInputError
-from tiler.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
-from tiler.writers.vector import VectorFormatError, vector_driver, write_polygons
-from tiler.writers.zarr_store import ZarrStoreError, read_zarr, write_zarr
+from segtile.writers.atomic import OutputError, OutputExistsError, OutputSet, atomic_output, check_output
+from segtile.writers.blocks import WriterInputError
+from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
+from segtile.writers.vector import VectorFormatError, vector_driver, write_polygons
+from segtile.writers.zarr_store import ZarrStoreError, read_zarr, write_zarr
 
 __all__ = [
     "OutputError", "OutputExistsError", "OutputSet", "atomic_output", "check_output",

@@ -21,8 +21,8 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from models.card import ModelCard
-from tiler.cluster import active_client
+from segtile.models.card import ModelCard
+from segtile.cluster import active_client
 
 Key = tuple[slice, ...]
 Progress = Callable[[int, int], None]

@@ -24,11 +24,11 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers.atomic import destination
-from tiler.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
-from tiler.writers.legend import colour_table, write_legend_sidecars
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers.atomic import destination
+from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
+from segtile.writers.legend import colour_table, write_legend_sidecars
 
 BLOCK_SIZE = 512
 COMPRESSION = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it

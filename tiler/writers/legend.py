@@ -13,7 +13,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from models.card import ModelCard
+from segtile.models.card import ModelCard
 
 _QGIS_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
 _QGIS_VERSION = "3.28.0"  # the oldest QGIS long-term release this style was written for

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import dask.array as da
 
-from tiler.writers.atomic import OutputSet
-from tiler.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
-from tiler.writers.vector import write_polygons
-from tiler.writers.zarr_store import read_zarr, write_zarr
+from segtile.writers.atomic import OutputSet
+from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
+from segtile.writers.vector import write_polygons
+from segtile.writers.zarr_store import read_zarr, write_zarr
 
 if TYPE_CHECKING:
-    from tiler.result import Segmentation
+    from segtile.result import Segmentation
 
 OUTPUT_KINDS = {
     ".tif": "mask", ".tiff": "mask",

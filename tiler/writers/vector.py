@@ -2,7 +2,7 @@
 Shapefile or GeoJSON (chosen by the extension).
 
 The mask is polygonised chunk by chunk and regions cut by chunk seams are joined back (see
-:mod:`tiler.writers.seams`). Regions are written in batches as they complete, with fields
+:mod:`segtile.writers.seams`). Regions are written in batches as they complete, with fields
 ``class_id`` (int), ``class_name`` (str) and ``area`` (float: the region's area in the mask, in
 the units² of the source CRS, computed before any simplification or reprojection). Coordinates
 are the source's CRS (pixel coordinates, x = column and y = row, when it has no transform);
@@ -23,11 +23,11 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers.atomic import destination
-from tiler.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
-from tiler.writers.seams import Region, SeamMerger, polygonise_chunk
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers.atomic import destination
+from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
+from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
 FIELDS = ["class_id", "class_name", "area"]
@@ -59,7 +59,7 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
             polygon (off by default; neighbouring polygons are simplified independently).
         min_area: leave out regions smaller than this, in CRS units² (off by default).
         progress: called with (chunks done, chunks in all).
-        atomic: see :func:`tiler.writers.geotiff.write_mask`.
+        atomic: see :func:`segtile.writers.geotiff.write_mask`.
     """
     driver = vector_driver(path)
     labels = as_labels(labels, card, nodata)

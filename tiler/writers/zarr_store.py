@@ -27,10 +27,10 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
-from models.card import ModelCard
-from tiler.georef import Georef
-from tiler.writers.atomic import destination
-from tiler.writers.blocks import as_labels, as_probabilities
+from segtile.models.card import ModelCard
+from segtile.georef import Georef
+from segtile.writers.atomic import destination
+from segtile.writers.blocks import as_labels, as_probabilities
 
 
 class ZarrStoreError(ValueError):
