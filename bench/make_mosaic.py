@@ -1,6 +1,6 @@
 """Build a large benchmark GeoTIFF by mirror-tiling a small real image.
 
-The source (``/work/shared/data/landsat7.tif`` by default: 3 bands uint8, 2181 x 1917,
+The source (``examples/data/landsat7.tif`` by default: 3 bands uint8, 2181 x 1917,
 EPSG:3857, nodata 0) is repeated across a ``size`` x ``size`` grid, every other copy flipped
 so that seams stay continuous. The mosaic keeps the source's CRS, pixel size, origin and nodata;
 its transform is the source's, extended to the right and down. It is written as a tiled (512),
@@ -20,7 +20,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-DEFAULT_SOURCE = Path("/work/shared/data/landsat7.tif")
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "data" / "landsat7.tif"
 BLOCK = 512
 
 

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():  # CI clones the repo with shared/ beside it; fall back to the bundled copies
-    DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "data"  # real images committed with the repository (see its README)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def run(*args) -> int:
     return main([str(a) for a in args])
 
 
-@pytest.mark.parametrize("name, bands", [("rmnp-rgb.tif", None), ("landsat.tif", "4,3,2")])
+@pytest.mark.parametrize("name, bands", [("rmnp-rgb.tif", None), ("landsat_crop.tif", "4,3,2")])
 def test_mask_and_polygons_sit_on_the_input_grid(tmp_path, data_dir, pointwise_checkpoint, name, bands):
     checkpoint, model = pointwise_checkpoint
     mask, polygons = tmp_path / "mask.tif", tmp_path / "regions.gpkg"

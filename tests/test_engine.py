@@ -100,7 +100,7 @@ def test_georeference_comes_from_a_real_geotiff(data_dir, pointwise_model):
 
 
 def test_seven_band_raster_with_band_selection(data_dir, pointwise_model):
-    path = data_dir / "landsat.tif"
+    path = data_dir / "landsat_crop.tif"
     model = pointwise_model(bands=3, classes=3)
     result = segment(path, model, bands=[4, 3, 2], tile_size=128, overlap=16, device="cpu")
     window = rasterio.windows.Window(300, 200, 70, 50)
