@@ -37,9 +37,9 @@ import rasterio
 import torch
 
 from bench.make_mosaic import make_mosaic
-from segtile.models import PSPNet
 from segtile import segment
 from segtile.grid import tile_grid
+from segtile.models import PSPNet
 from segtile.predictor import autocast
 
 OUT = Path(__file__).resolve().parent / "out"

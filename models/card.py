@@ -11,6 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from segtile.errors import SegtileError
+
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 # A palette for cards that name no colours: distinct, readable on imagery (Tableau 10, then grey).
@@ -20,7 +22,7 @@ _DEFAULT_COLOURS = (
 )
 
 
-class CardError(ValueError):
+class CardError(SegtileError, ValueError):
     """A model card is missing fields or its fields disagree with each other."""
 
 
@@ -124,7 +126,7 @@ class ModelCard:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         """Build a card from a dict (a checkpoint's card, or a TorchScript ``card.json``).
 
         Accepts the ``card.json`` spellings too: ``bands`` as a count or as a list of 1-based
@@ -163,7 +165,7 @@ class ModelCard:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ModelCard":
+    def from_json(cls, text: str | bytes) -> ModelCard:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

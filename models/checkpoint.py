@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from segtile.errors import SegtileError
 from segtile.models.card import CardError, ModelCard, default_card
 from segtile.models.pspnet import PSPNet
 
@@ -38,7 +39,7 @@ _PROBE_SIZES = (65, 64)
 _PROBE_BANDS = (3, 1)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SegtileError, ValueError):
     """A file is not a usable checkpoint: missing, unreadable, of another kind, or inconsistent."""
 
 

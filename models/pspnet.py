@@ -8,7 +8,7 @@ eval mode, on inputs of size ``8k + 1``, the logits are the same computation.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,7 @@ class PSPNet(nn.Module):
         """The keyword arguments that rebuild this network: ``PSPNet(**net.config())``."""
         return {**self._config, "bins": list(self._config["bins"])}
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         height, width = x.shape[-2], x.shape[-1]
         size = [(height - 1) * self.zoom_factor // 8 + 1, (width - 1) * self.zoom_factor // 8 + 1]
         x = self.layer2(self.layer1(self.layer0(x)))

@@ -17,6 +17,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from segtile.errors import SegtileError
+
 # depth -> (block kind, blocks per stage), as in the ResNet paper.
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -36,7 +38,7 @@ _STEM_KEYS = {"conv1": "layer0.0", "bn1": "layer0.1", "conv2": "layer0.3",
               "bn2": "layer0.4", "conv3": "layer0.6", "bn3": "layer0.7"}
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(SegtileError, ValueError):
     """A network was asked for with options it does not have (depth, width, bins...)."""
 
 

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segtile.errors import SegtileError
 from segtile.models.card import ModelCard
 
 POLY_POWER = 0.9
 
 
-class TrainError(ValueError):
+class TrainError(SegtileError, ValueError):
     """The training data or options do not fit together."""
 
 

@@ -10,11 +10,11 @@ import rasterio
 import shapely
 import torch
 
-from segtile.models import ModelCard, save_torchscript
-from tests.conftest import whole_image_logits
 from segtile.cli import main
 from segtile.grid import tile_grid
+from segtile.models import ModelCard, save_torchscript
 from segtile.plan import TilingOptions, plan_stripes, tile_runs
+from tests.conftest import whole_image_logits
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import rasterio
 import torch
 from affine import Affine
 
-from tests.conftest import whole_image_logits
 from segtile import segment
 from segtile.blend import BLENDS
+from tests.conftest import whole_image_logits
 
 
 def random_image(bands: int, height: int, width: int, seed: int = 1) -> np.ndarray:
@@ -122,7 +122,7 @@ def test_one_band_raster(data_dir, pointwise_model):
 
 def test_distributed_cluster_gives_the_threaded_labels(data_dir, tmp_path):
     distributed = pytest.importorskip("distributed")
-    from segtile.models import PSPNet, ModelCard, save_checkpoint
+    from segtile.models import ModelCard, PSPNet, save_checkpoint
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "psp.pt"

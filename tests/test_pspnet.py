@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segtile.models import ArchitectureError, ModelCard, PSPNet, load_torchvision_backbone
-from segtile.models.train import (CropSampler, TrainError, pixel_accuracy, predict_labels,
-                          segmentation_loss, train)
+from segtile.models.train import CropSampler, TrainError, pixel_accuracy, predict_labels, segmentation_loss, train
 
 BOTTLENECK_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BASIC_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}

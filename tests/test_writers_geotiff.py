@@ -13,8 +13,8 @@ from affine import Affine
 from distributed import Client, LocalCluster
 from rasterio.crs import CRS
 
-from segtile.models.card import ModelCard
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers import OutputExistsError, WriterInputError
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import rgb

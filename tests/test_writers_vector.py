@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from pyogrio.raw import read as ogr_read
 from rasterio.crs import CRS
 
-from segtile.models.card import ModelCard
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers import OutputExistsError, VectorFormatError, vector, write_polygons
 from segtile.writers.seams import SeamMerger, polygonise_chunk
 

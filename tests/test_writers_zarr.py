@@ -7,8 +7,8 @@ import rasterio
 import zarr
 from affine import Affine
 
-from segtile.models.card import ModelCard
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers import OutputExistsError, WriterInputError, ZarrStoreError, read_zarr, write_zarr
 
 CARD = ModelCard(classes=("background", "tissue", "tumour"), extra={"trained_on": "test"})

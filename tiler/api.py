@@ -7,15 +7,16 @@ from typing import Any, Sequence
 
 import torch
 
-from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.engine import build_logits
+from segtile.errors import SegtileError
+from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.plan import TilingOptions
 from segtile.predictor import ModelSpec, check_precision, resolve_device
 from segtile.result import Segmentation
 from segtile.sources import open_source
 
 
-class SegmentError(ValueError):
+class SegmentError(SegtileError, ValueError):
     """The arguments of :func:`segment` do not fit together."""
 
 

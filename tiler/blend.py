@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from segtile.errors import SegtileError
+
 BLENDS = ("gaussian", "cosine", "linear", "constant")
 
 # The gaussian's standard deviation as a fraction of the tile size (as in most sliding-window
@@ -20,7 +22,7 @@ BLENDS = ("gaussian", "cosine", "linear", "constant")
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
-class BlendError(ValueError):
+class BlendError(SegtileError, ValueError):
     """Unknown blend name."""
 
 

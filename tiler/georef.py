@@ -26,7 +26,7 @@ class Georef:
     def is_georeferenced(self) -> bool:
         return self.crs is not None and self.transform is not None
 
-    def scaled(self, factor: float) -> "Georef":
+    def scaled(self, factor: float) -> Georef:
         """The georeference of the same area sampled ``factor`` times coarser (factor > 1)."""
         transform = self.transform @ Affine.scale(factor) if self.transform is not None else None
         mpp = self.mpp * factor if self.mpp is not None else None

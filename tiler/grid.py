@@ -14,8 +14,10 @@ from numbers import Integral
 
 from rasterio.windows import Window
 
+from segtile.errors import SegtileError
 
-class GridError(ValueError):
+
+class GridError(SegtileError, ValueError):
     """Tile size or overlap are unusable."""
 
 

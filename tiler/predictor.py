@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from segtile.errors import SegtileError
 from segtile.models import ModelCard
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-class DeviceError(ValueError):
+class DeviceError(SegtileError, ValueError):
     """The device or precision asked for cannot be used here."""
 
 

@@ -10,8 +10,8 @@ from typing import ContextManager
 import dask.array as da
 import numpy as np
 
-from segtile.models import ModelCard
 from segtile.georef import Georef
+from segtile.models import ModelCard
 from segtile.plan import TilingOptions, plan_stripes, tile_runs
 from segtile.progress import tile_progress
 from segtile.writers.legend import rgb

@@ -7,11 +7,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from segtile.api import segment
-from segtile.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
+from segtile.errors import SegtileError
 from segtile.writers.atomic import check_output
+from segtile.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
 
 
-class RunError(ValueError):
+class RunError(SegtileError, ValueError):
     """The command line asks for something that cannot be done."""
 
 

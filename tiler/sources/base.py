@@ -8,10 +8,11 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from segtile.errors import SegtileError
 from segtile.georef import Georef
 
 
-class SourceError(ValueError):
+class SourceError(SegtileError, ValueError):
     """A source cannot be opened or read (missing, unreadable, bad band selection...)."""
 
 
@@ -46,7 +47,7 @@ class Source(ABC):
         """Boolean ``(h, w)`` array, True where pixels are valid; ``None`` when all are."""
         return None
 
-    def select_bands(self, bands: Sequence[int]) -> "Source":
+    def select_bands(self, bands: Sequence[int]) -> Source:
         """A source reading only ``bands`` (1-based, among this source's bands, order kept).
 
         Backends that can read a subset of bands override this; others cannot re-band.
@@ -56,7 +57,7 @@ class Source(ABC):
     def close(self) -> None:
         """Release file handles (safe to call twice)."""
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -84,7 +84,7 @@ class MemorySource(Source):
         missing = np.isnan(pixels) if np.isnan(self.nodata) else pixels == self.nodata
         return ~missing.all(axis=0)
 
-    def select_bands(self, bands: Sequence[int]) -> "MemorySource":
+    def select_bands(self, bands: Sequence[int]) -> MemorySource:
         selected = copy.copy(self)  # shares the array: nothing to reopen, nothing copied
         selected._select([band - 1 for band in compose_bands(self.selected_bands, bands)])
         return selected

@@ -90,7 +90,7 @@ class RasterSource(Source):
             raise SourceError(f"cannot read the mask of {self.path}: {one_line(exc)}") from None
         return masks.any(axis=0)
 
-    def select_bands(self, bands: Sequence[int]) -> "RasterSource":
+    def select_bands(self, bands: Sequence[int]) -> RasterSource:
         return RasterSource(self.path, bands=compose_bands(self.selected_bands, bands))
 
     def close(self) -> None:

@@ -85,7 +85,7 @@ class SlideSource(Source):
             return np.ascontiguousarray(pixels[np.newaxis][positions])
         return np.ascontiguousarray(np.moveaxis(pixels, band_axis, 0))
 
-    def select_bands(self, bands: Sequence[int]) -> "SlideSource":
+    def select_bands(self, bands: Sequence[int]) -> SlideSource:
         return SlideSource(self.path, bands=compose_bands(self.selected_bands, bands))
 
     def close(self) -> None:
@@ -100,7 +100,7 @@ class _OpenLevel:
     array: Any
 
     @classmethod
-    def open(cls, path: str, level: int) -> "_OpenLevel":
+    def open(cls, path: str, level: int) -> _OpenLevel:
         tif = open_tiff(path)
         store = tif.series[0].aszarr(level=level, maxworkers=_DECODE_WORKERS)
         return cls(tif, zarr.open_array(store, mode="r"))

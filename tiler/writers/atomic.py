@@ -20,10 +20,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator
 
+from segtile.errors import SegtileError
+
 _REPLACED = ".replaced"  # inside a temporary folder: the old outputs moved aside while committing
 
 
-class OutputError(ValueError):
+class OutputError(SegtileError, ValueError):
     """An output cannot be written there (missing or read-only folder, named twice...)."""
 
 
@@ -94,7 +96,7 @@ class OutputSet:
             shutil.rmtree(folder, ignore_errors=True)
         self._folders.clear()
 
-    def __enter__(self) -> "OutputSet":
+    def __enter__(self) -> OutputSet:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -21,8 +21,9 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from segtile.models.card import ModelCard
 from segtile.cluster import active_client
+from segtile.errors import SegtileError
+from segtile.models.card import ModelCard
 
 Key = tuple[slice, ...]
 Progress = Callable[[int, int], None]
@@ -30,7 +31,7 @@ Progress = Callable[[int, int], None]
 For a tqdm bar: ``lambda done, total: bar.update(1)`` (with ``tqdm(total=...)``)."""
 
 
-class WriterInputError(ValueError):
+class WriterInputError(SegtileError, ValueError):
     """The arrays handed to a writer do not fit the model card or each other."""
 
 

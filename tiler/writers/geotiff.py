@@ -24,8 +24,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
-from segtile.models.card import ModelCard
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
 from segtile.writers.legend import colour_table, write_legend_sidecars

@@ -42,7 +42,7 @@ def output_paths(path: str, probabilities: bool) -> list[str]:
     return [path]
 
 
-def write_outputs(result: "Segmentation", paths: list[str], *, probabilities: bool = False,
+def write_outputs(result: Segmentation, paths: list[str], *, probabilities: bool = False,
                   simplify: float | None = None, min_area: float | None = None,
                   overwrite: bool = False) -> None:
     """Write ``result`` to every path in ``paths`` (see the module docstring)."""
@@ -75,7 +75,7 @@ def write_outputs(result: "Segmentation", paths: list[str], *, probabilities: bo
 
 
 def _materialise(scratch: ExitStack, directory: Path, labels: da.Array, probs: da.Array | None,
-                 result: "Segmentation") -> tuple[da.Array, da.Array | None]:
+                 result: Segmentation) -> tuple[da.Array, da.Array | None]:
     """Run inference once into a scratch Zarr store (removed afterwards); return lazy reads of it."""
     folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix=".segtile-pass-", dir=directory))
     store = Path(folder) / "pass.zarr"

@@ -23,8 +23,8 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
-from segtile.models.card import ModelCard
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk

@@ -27,13 +27,14 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
-from segtile.models.card import ModelCard
+from segtile.errors import SegtileError
 from segtile.georef import Georef
+from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import as_labels, as_probabilities
 
 
-class ZarrStoreError(ValueError):
+class ZarrStoreError(SegtileError, ValueError):
     """A Zarr store is not one segtile wrote (no labels array or no model card)."""
 
 
