@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from segtile.errors import SegtileError
+from segtile.errors import SegtileError, one_line
 from segtile.models.card import CardError, ModelCard, default_card
 from segtile.models.pspnet import PSPNet
 
@@ -101,7 +101,7 @@ def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard
             module = torch.jit.script(module)
         except Exception as exc:  # TorchScript's compiler raises many kinds; report one line
             raise CheckpointError(
-                f"{type(module).__name__} cannot be scripted ({_first_line(exc)}): "
+                f"{type(module).__name__} cannot be scripted ({one_line(exc)}): "
                 "pass a module from torch.jit.script or torch.jit.trace"
             ) from None
     path = Path(path)
@@ -214,7 +214,7 @@ def probe_card(module: nn.Module, bands: int | None = None) -> ModelCard:
                     try:
                         out = module(torch.zeros(1, count, size, size, device=device))
                     except Exception as exc:  # a probe that does not fit the network; try the next one
-                        failure = f"it fails on a (1, {count}, {size}, {size}) input: {_first_line(exc)}"
+                        failure = f"it fails on a (1, {count}, {size}, {size}) input: {one_line(exc)}"
                         continue
                     if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
                         return default_card(out.shape[1], count)
@@ -239,7 +239,7 @@ def build_network(config: Mapping[str, Any], path: Path | str = "checkpoint") ->
     try:
         return ARCHITECTURES[name](**config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: invalid {name} architecture: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: invalid {name} architecture: {one_line(exc)}") from None
 
 
 def _candidate_bands(module: nn.Module) -> list[int]:
@@ -262,7 +262,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # a damaged archive fails in many ways; report one line
-        raise CheckpointError(f"{path}: unreadable TorchScript file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: unreadable TorchScript file ({one_line(exc)})") from None
     module.eval()
     card_json = extra[CARD_FILE]
     if not card_json:
@@ -336,7 +336,3 @@ def _naming(path: Path) -> Iterator[None]:
     except CardError as exc:
         raise CardError(f"{path}: {exc}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -63,17 +63,17 @@ def test_existing_output_replaced_with_overwrite_only_on_success(tmp_path):
 
 def test_folder_output_created_and_replaced(tmp_path):
     final = tmp_path / "out.zarr"
-    with atomic_output(final) as temporary:
+    with atomic_output(final, directory=True) as temporary:
         (temporary / "labels").mkdir(parents=True)
         (temporary / "labels" / "c0").write_bytes(b"first")
     assert (final / "labels" / "c0").read_bytes() == b"first"
     with pytest.raises(Boom):
-        with atomic_output(final, overwrite=True) as temporary:
+        with atomic_output(final, overwrite=True, directory=True) as temporary:
             temporary.mkdir()
             (temporary / "partial").write_bytes(b"x")
             raise Boom()
     assert entries(final) == ["labels"]
-    with atomic_output(final, overwrite=True) as temporary:
+    with atomic_output(final, overwrite=True, directory=True) as temporary:
         temporary.mkdir()
         (temporary / "zarr.json").write_text("{}")
     assert entries(final) == ["zarr.json"]
@@ -138,7 +138,7 @@ def test_check_output_before_any_work(tmp_path):
     (tmp_path / "old.zarr").mkdir()
     with pytest.raises(OutputExistsError, match="output exists: .*old.zarr"):
         check_output(tmp_path / "old.zarr")
-    check_output(tmp_path / "old.zarr", overwrite=True)
+    check_output(tmp_path / "old.zarr", overwrite=True, directory=True)
     with pytest.raises(OutputError, match="output folder does not exist: .*missing"):
         check_output(tmp_path / "missing" / "new.tif", overwrite=True)
     assert entries(tmp_path) == ["old.zarr"]

@@ -130,7 +130,7 @@ def bad_inputs(tmp_path, data_dir):
         ("band count", "band"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
-        ("tile size", "tile size"),
+        ("tile size", "--tile-size"),
         ("extension", "unknown output format"),
         ("output dir", ""),
     ],

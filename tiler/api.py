@@ -7,13 +7,15 @@ from typing import Any, Sequence
 
 import torch
 
+from segtile.cluster import current_client
+from segtile.devices import check_device
 from segtile.engine import build_logits
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
-from segtile.plan import TilingOptions
-from segtile.predictor import ModelSpec, check_precision, resolve_device
+from segtile.plan import TilingOptions, fit_to_image
+from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
-from segtile.sources import open_source
+from segtile.sources import Source, open_source
 
 
 class SegmentError(SegtileError, ValueError):
@@ -60,19 +62,13 @@ def segment(
         a :class:`~segtile.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
         (dask arrays), the georeference, the card, and writers.
     """
-    check_precision(precision, resolve_device(device))
+    check_device(device, precision, here=current_client() is None)
     spec_kwargs = _model_spec_kwargs(model)
     card: ModelCard | None = spec_kwargs.get("card")
-    if bands is None and card is not None:
-        bands = card.bands
     opened = open_source(source, bands=bands)
     if card is None:
         card = probe_card(spec_kwargs["module"], bands=opened.count)
-    if opened.count != card.in_channels:
-        raise SegmentError(
-            f"the model takes {card.in_channels} band(s) but the image gives {opened.count}: "
-            "choose bands with bands=[...] (CLI: --bands 3,2,1)"
-        )
+    opened = _fit_bands(opened, card, chosen=bands is not None)
     if not 0 <= level < len(opened.level_shapes):
         raise SegmentError(f"level {level} does not exist: the image has {len(opened.level_shapes)} level(s)")
     options = TilingOptions(
@@ -82,12 +78,36 @@ def segment(
         stripe_width=stripe_width, level=level, device=device, precision=precision,
     )
     options.validate()
+    options = fit_to_image(options, *opened.level_shapes[level])
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
     logits = build_logits(opened, spec, options)
     level0 = opened.level_shapes[0]
     factor = level0[1] / opened.level_shapes[level][1]
     georef = opened.georef.scaled(factor) if level else opened.georef
-    return Segmentation(logits, georef, card, options)
+    return Segmentation(logits, georef, card, options, inputs=opened.files)
+
+
+def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> Source:
+    """``source`` with the bands the model takes: those ``chosen`` by the user, else those the
+    card names, else the first ``in_channels`` of the image. Raises :class:`SegmentError` naming
+    the fix when they cannot be had."""
+    wanted, given = card.in_channels, source.count
+    if not chosen and card.bands is not None and max(card.bands) <= given:
+        return source.select_bands(card.bands)
+    if not chosen and card.bands is None and given > wanted:
+        return source.select_bands(list(range(1, wanted + 1)))
+    if given != wanted or (not chosen and card.bands is not None):
+        names = f" (bands {','.join(map(str, card.bands))} of its card)" if card.bands and not chosen else ""
+        example = ",".join(["1"] * wanted) if given == 1 else ",".join(str(b) for b in range(1, wanted + 1))
+        raise SegmentError(
+            f"the model takes {_bands(wanted)}{names} but the image has {_bands(given)}: choose {wanted} with "
+            f"--bands (e.g. --bands {example}; Python: bands=[...]) or use a model made for {_bands(given)}"
+        )
+    return source
+
+
+def _bands(count: int) -> str:
+    return f"{count} band" if count == 1 else f"{count} bands"
 
 
 def _model_spec_kwargs(model: Any) -> dict[str, Any]:

@@ -1,109 +1,164 @@
-"""The ``segtile`` command: segment an image and write masks, Zarr stores and polygons.
+"""The ``segtile`` command: ``segtile [segment] IMAGE --out ...``, and the ``train``, ``eval``,
+``convert`` and ``qgis`` subcommands.
 
-Every failure the user can cause (bad input, bad model, bad arguments, an output in the way)
-ends in a one-line message on stderr and exit status 2, with no traceback (``--debug`` shows
-one) and no partial output left behind.
+Every error a user can cause (:class:`~segtile.errors.SegtileError`, and OS errors about their
+files) ends in one line on stderr and exit status 2; anything else is a failure of segtile
+itself, also one line, exit status 1 (``--debug`` shows the traceback and library messages).
+Ctrl-C and SIGTERM stop the run the same way: outputs in progress are removed, and a second
+signal during that clean-up is ignored rather than cutting it short.
+
+This module imports nothing heavy: ``segtile --help`` must answer at once. Each subcommand
+imports what it needs (torch, GDAL...) when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
+import signal
 import sys
-from typing import Sequence
-
-from segtile.blend import BLENDS
-from segtile.predictor import PRECISIONS
+import warnings
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def parse_bands(text: str) -> list[int]:
-    """``"3,2,1"`` -> ``[3, 2, 1]`` (1-based band indices)."""
-    try:
-        bands = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands must be comma-separated integers, got {text!r}") from None
-    if not bands:
-        raise argparse.ArgumentTypeError("bands must name at least one band")
-    return bands
+COMMANDS = ("segment",)
+_MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
 
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line on stderr, exit status 2."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"segtile: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("segtile")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``segtile`` parser with one subparser per command."""
     parser = _Parser(
         prog="segtile",
-        description="Segment an image too large for memory with a PSPNet, tile by tile. "
-        "The format of each output follows its extension: .tif/.tiff (Cloud-Optimised GeoTIFF "
-        "mask), .zarr (labels and metadata), .gpkg/.geojson/.fgb/.shp (polygons).",
+        description="Segment images too large for memory with a PSPNet, tile by tile. "
+        "`segtile IMAGE --out OUTPUT` is short for `segtile segment IMAGE --out OUTPUT`.",
     )
-    parser.add_argument("input", metavar="INPUT", help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF)")
-    parser.add_argument("--out", metavar="OUTPUT", action="append", required=True,
-                        help="output file; repeat for several outputs from one inference pass")
-    parser.add_argument("--model", metavar="MODEL", required=True,
-                        help="segtile checkpoint or TorchScript file")
-    parser.add_argument("--tile-size", type=int, metavar="N", help="tile side in pixels (default: the model card's)")
-    parser.add_argument("--overlap", type=int, metavar="N", help="pixels shared by neighbouring tiles (default: the model card's)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per model call (default: 4)")
-    parser.add_argument("--blend", choices=BLENDS, default="gaussian", help="weighting of overlapping tiles (default: gaussian)")
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]", help="where the model runs (default: auto)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast precision (fp16 needs CUDA; default: fp32)")
-    parser.add_argument("--bands", type=parse_bands, metavar="3,2,1", help="1-based input bands to feed the model, in order (default: the model card's)")
-    parser.add_argument("--level", type=int, default=0, metavar="L", help="pyramid level to process, 0 = full resolution (default: 0)")
-    parser.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
-    parser.add_argument("--simplify", type=float, metavar="TOL", help="simplify polygons (topology preserving), tolerance in CRS units")
-    parser.add_argument("--min-area", type=float, metavar="A", help="drop polygons smaller than A (CRS units squared)")
-    parser.add_argument("--chunk-size", type=int, default=1024, metavar="N", help="side of the output chunks stitched at once (default: 1024)")
-    parser.add_argument("--stripe-width", type=int, default=8192, metavar="N",
-                        help="width of the vertical stripes processed one after another: bounds memory on "
-                        "wide images, runs the tiles on each stripe boundary twice; 0 = whole width (default: 8192)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"segtile {version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"segtile.commands.{_MODULES.get(name, name)}").register(commands)
     return parser
 
 
-def help_text(width: int = 100) -> str:
-    """The ``--help`` text at a fixed width (docs/cli.md embeds it; a test keeps them equal)."""
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand (for its ``--help`` text)."""
     parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def help_text(command: str = "segment", width: int = 100) -> str:
+    """A subcommand's ``--help`` at a fixed width (docs/cli.md embeds it; a test keeps them equal)."""
+    parser = command_parser(command)
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=width)
     return parser.format_help()
 
 
+def with_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``segment`` put in front when it names no command (``segtile IMAGE ...``)."""
+    argv = list(argv)
+    if argv and (argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version")):
+        return argv
+    return ["segment", *argv] if argv else argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segtile`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from segtile.run import RunError, run
-
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("segtile: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except (RunError, ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"segtile: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:  # anything else is our failure, still reported in one line
-        if args.debug:
-            raise
-        print(f"segtile: failed: {one_line(exc)} (run with --debug for details)", file=sys.stderr)
-        return EXIT_FAILED
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    with _signals_as_interrupts() as received:
+        try:
+            try:
+                args = build_parser().parse_args(with_command(argv))
+            except SystemExit as done:  # --help, --version, or a usage error already printed
+                return int(done.code or 0)
+            if args.command is None:
+                build_parser().print_help(sys.stderr)
+                return EXIT_USAGE
+            with _library_messages(shown=debug):
+                args.run(args)
+        except KeyboardInterrupt:
+            name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
+            print(f"segtile: {name}; no output was written", file=sys.stderr)
+            return 128 + received.get("signal", signal.SIGINT)
+        except Exception as exc:
+            if debug:
+                raise
+            return report(exc)
     return EXIT_OK
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def report(exc: BaseException) -> int:
+    """Print ``exc`` in one line; return the exit status it deserves."""
+    from segtile.errors import SegtileError, one_line
+
+    if isinstance(exc, SegtileError):
+        print(f"segtile: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(exc, OSError) and exc.filename is not None:  # the user's file: missing, full disk...
+        print(f"segtile: error: {exc.filename}: {exc.strerror or one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"segtile: failed: {one_line(exc)} (run with --debug for details)", file=sys.stderr)
+    return EXIT_FAILED
+
+
+@contextmanager
+def _signals_as_interrupts() -> Iterator[dict[str, int]]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, once: later signals are
+    ignored, so the clean-up the first one started runs to its end. Yields a dict that records
+    the signal received."""
+    received: dict[str, int] = {}
+
+    def interrupt(signum: int, _frame: object) -> None:
+        if received:
+            return
+        received["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _library_messages(shown: bool) -> Iterator[None]:
+    """Unless ``shown``, keep library log records (GDAL through rasterio, tifffile, distributed)
+    and Python warnings off stderr: segtile says what went wrong itself, in one line."""
+    if shown:
+        logging.basicConfig(level=logging.WARNING)
+        yield
+        return
+    root = logging.getLogger()
+    silence = logging.NullHandler()  # a handler on the root: Python's last-resort printer stays quiet
+    root.addHandler(silence)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(silence)
 
 
 if __name__ == "__main__":

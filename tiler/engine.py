@@ -29,7 +29,7 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from segtile.blend import tile_weight
-from segtile.events import report
+from segtile.events import TileCounts, report
 from segtile.grid import Tile
 from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
@@ -58,16 +58,18 @@ class TileResult:
 def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.ndarray]:
     """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)``.
 
-    A tile running past the image (only when the image is smaller than a tile) is padded by
+    Pixels that are not finite (NaN, infinite) are invalid, whatever the source says. A tile
+    running past the image (only when the image is smaller than a tile) is padded by
     reflection; the padding is marked invalid so it never counts.
     """
     height, width = source.level_shapes[level]
     window = tile.window
     inside = intersection(window, Window(0, 0, width, height))
-    pixels = source.read(inside, level)
-    valid = source.read_valid(inside, level)
+    pixels, valid = source.read_with_valid(inside, level)
     if valid is None:
         valid = np.ones(pixels.shape[1:], dtype=bool)
+    if pixels.dtype.kind in "fc":
+        valid = valid & np.isfinite(pixels).all(axis=0)
     pad = ((0, window.height - inside.height), (0, window.width - inside.width))
     if any(after for _, after in pad):
         pixels = np.pad(pixels, ((0, 0), *pad), mode="reflect" if min(pixels.shape[1:]) > 1 else "edge")
@@ -84,24 +86,25 @@ def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
               progress_topic: str) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
-    The tile count is then reported under ``progress_topic`` (:mod:`segtile.events`)."""
+    The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`)."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     height, width = source.level_shapes[options.level]
     reads = [read_tile(source, tile, options.level) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    results = []
+    results, nonfinite = [], 0
     if keep:
         pixels = np.stack([reads[i][0] for i in keep])
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
-        kept_weights = np.stack([weights[i] for i in keep])
-        weighted = get_predictor(spec, options.device, options.precision)(pixels, kept_weights)
+        predicted = get_predictor(spec, options.device, options.precision)(pixels, np.stack([weights[i] for i in keep]))
+        nonfinite = predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, width, height))
             h, w = inside.height, inside.width
-            results.append(TileResult(inside, weighted[row, :, :h, :w], weights[i][:h, :w]))
-    report(progress_topic, len(tiles))
+            weight = weights[i] if predicted.weights is None else predicted.weights[row]
+            results.append(TileResult(inside, predicted.weighted[row, :, :h, :w], weight[:h, :w]))
+    report(progress_topic, TileCounts(read=len(tiles), run=len(keep), nonfinite=nonfinite))
     return results
 
 

@@ -12,35 +12,45 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from distributed import Client, get_worker
 
-_LISTENERS: dict[str, Callable[[int], None]] = {}
+
+class TileCounts(NamedTuple):
+    """What one batch task did: tiles read, tiles run through the model (the others held no
+    valid pixel), and pixels whose logits were not finite (they become nodata)."""
+
+    read: int
+    run: int
+    nonfinite: int = 0
+
+
+_LISTENERS: dict[str, Callable[[TileCounts], None]] = {}
 _LOCK = threading.Lock()
 
 
-def report(topic: str, count: int) -> None:
-    """Tell the listener of ``topic`` that ``count`` more tiles are done (no listener: nothing)."""
+def report(topic: str, counts: TileCounts) -> None:
+    """Tell the listener of ``topic`` what a batch did (no listener: nothing)."""
     try:
         worker = get_worker()
     except ValueError:  # not on a distributed worker: a listener in this process, if any
         with _LOCK:
             listener = _LISTENERS.get(topic)
             if listener is not None:
-                listener(count)
+                listener(counts)
         return
-    worker.log_event(topic, count)
+    worker.log_event(topic, tuple(counts))
 
 
 @contextmanager
-def listen(topic: str, callback: Callable[[int], None], client: Client | None = None) -> Iterator[None]:
-    """Call ``callback(count)`` for every :func:`report` under ``topic`` inside the ``with``
+def listen(topic: str, callback: Callable[[TileCounts], None], client: Client | None = None) -> Iterator[None]:
+    """Call ``callback(counts)`` for every :func:`report` under ``topic`` inside the ``with``
     block: from this process's threads, and from the workers of ``client`` when one is given."""
     with _LOCK:
         _LISTENERS[topic] = callback
     if client is not None:
-        client.subscribe_topic(topic, lambda event: callback(event[1]))
+        client.subscribe_topic(topic, lambda event: callback(TileCounts(*event[1])))
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ Pure functions, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
 from segtile.grid import Tile, check_tiling, is_integer, tile_grid
@@ -44,6 +44,13 @@ class TilingOptions:
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
         if not is_integer(self.stripe_width) or self.stripe_width < 0:
             raise ValueError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
+
+
+def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptions:
+    """``options`` with tiles no larger than the image's longer side (a tile of 100000 px on a
+    small image would allocate gigabytes for one padded tile) and an overlap below the tile."""
+    tile_size = min(options.tile_size, max(height, width))
+    return replace(options, tile_size=tile_size, overlap=min(options.overlap, tile_size - 1))
 
 
 @dataclass(frozen=True)

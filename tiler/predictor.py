@@ -16,14 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from segtile.errors import SegtileError
+from segtile.devices import check_precision, resolve_device
+from segtile.errors import SegtileError, one_line
 from segtile.models import ModelCard
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-class DeviceError(SegtileError, ValueError):
-    """The device or precision asked for cannot be used here."""
+from segtile.normalise import Normalisation, normalise_
 
 
 @dataclass(frozen=True)
@@ -47,34 +43,33 @@ class ModelSpec:
         return load_checkpoint(self.path).module
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {device!r}: use auto, cpu or cuda[:i]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} asked for, but CUDA is not available here")
-    if resolved.type not in ("cpu", "cuda"):
-        raise DeviceError(f"unsupported device {device!r}: use auto, cpu or cuda[:i]")
-    return resolved
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise DeviceError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise DeviceError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-
-
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     """The autocast region a batch runs in: none for ``fp32``, else ``fp16`` / ``bf16``."""
     if precision == "fp32":
         return nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
+
+
+class ModelError(SegtileError):
+    """The network failed on a batch, or returned something that is not logits for its card."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a predictor returns for a batch.
+
+    Attributes:
+        weighted: weighted logits ``(B, classes, h, w)`` float32, 0 where the weight is 0.
+        weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
+            (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
+            logit was finite and the weights given still hold.
+        nonfinite: how many pixels with a weight got logits that were not finite.
+    """
+
+    weighted: np.ndarray
+    weights: np.ndarray | None
+    nonfinite: int
 
 
 class Predictor:
@@ -89,6 +84,7 @@ class Predictor:
         check_precision(precision, device)
         self.device = device
         self.precision = precision
+        self.card = card
         self.module = module.to(device).eval()
         # Channels-last wherever the network allows it: oneDNN (CPU) and cuDNN then run their
         # fastest kernels without copying 3-band tiles into 16-channel blocked layouts (that copy
@@ -101,10 +97,7 @@ class Predictor:
             self.module = self.module.to(memory_format=torch.channels_last)
         except RuntimeError:
             self._use_plain_layout()
-        bands = card.in_channels
-        self.scale = card.scale
-        self.mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(1, bands, 1, 1)
-        self.std = torch.tensor(card.std, dtype=torch.float32, device=device).view(1, bands, 1, 1)
+        self.normalisation = Normalisation.of(card, device)
         self._lock = threading.Lock()
         self._input: torch.Tensor | None = None
 
@@ -114,52 +107,93 @@ class Predictor:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def __call__(self, pixels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Weighted logits ``(B, classes, h, w)`` float32 for ``pixels`` ``(B, bands, h, w)``
-        (any numeric dtype) and blend ``weights`` ``(B, h, w)``."""
+    def __call__(self, pixels: np.ndarray, weights: np.ndarray) -> BatchResult:
+        """Weighted logits for ``pixels`` ``(B, bands, h, w)`` (any numeric dtype) and blend
+        ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
+        normalised, whatever they hold: NaN included).
+
+        Raises:
+            ModelError: the network failed, or its output is not ``(B, classes, h, w)`` logits
+                for the card's classes.
+        """
         with self._lock, torch.inference_mode():
-            pixels = self._to_device(pixels)
-            x, logits = self._forward(pixels)
+            weight = self._to_device(weights).unsqueeze(1)
+            x, logits = self._forward(self._to_device(pixels), weight)
+            self._check_output(logits, x)
             # Back to a plain (B, classes, h, w) float32 layout, which stitching slices row by row,
             # and never a view of the input buffer, which the next batch overwrites.
             logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
-            logits.mul_(self._to_device(weights).unsqueeze(1))
-            return logits.cpu().numpy()
+            finite = torch.isfinite(logits).all(dim=1, keepdim=True)
+            nonfinite = int(((weight > 0) & ~finite).sum())
+            weights = None
+            if nonfinite:
+                weight = weight * finite
+                logits.masked_fill_(~finite, 0.0)
+                weights = weight[:, 0].cpu().numpy()
+            logits.mul_(weight)
+            return BatchResult(logits.cpu().numpy(), weights, nonfinite)
 
-    def _forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, pixels: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised input and the network's logits; on the first batch that fails in
         channels-last, the layout falls back to plain and the batch runs again."""
-        x = self._normalised(pixels)
+        x = self._normalised(pixels, weight)
         try:
             with autocast(self.device, self.precision):
                 logits = self.module(x)
         except torch.cuda.OutOfMemoryError:  # a RuntimeError too, but not one the layout explains
-            raise
-        except RuntimeError:
+            raise ModelError(
+                f"out of memory on {self.device} running {_batch_text(x)}: lower --batch-size or --tile-size"
+            ) from None
+        except RuntimeError as exc:
             if self._layout_settled or self.memory_format != torch.channels_last:
-                raise
+                raise ModelError(f"the model failed on {_batch_text(x)}: {one_line(exc)}") from exc
             self._use_plain_layout()
-            return self._forward(pixels)
+            return self._forward(pixels, weight)
+        except Exception as exc:  # a network may raise anything (TypeError, AssertionError...)
+            raise ModelError(f"the model failed on {_batch_text(x)}: {one_line(exc)}") from exc
         self._layout_settled = True
         return x, logits
+
+    def _check_output(self, logits: object, x: torch.Tensor) -> None:
+        """Raise :class:`ModelError` unless ``logits`` are ``(B, classes, h, w)`` for input ``x``."""
+        classes = self.card.num_classes
+        batch, _, height, width = x.shape
+        if not isinstance(logits, torch.Tensor):
+            hint = " (a PSPNet in training mode returns two: put it in eval mode)" if isinstance(logits, tuple) else ""
+            raise ModelError(f"the model returned a {type(logits).__name__}, not a tensor of logits{hint}")
+        if logits.ndim == 4 and logits.shape[0] == batch and logits.shape[1] != classes:
+            raise ModelError(
+                f"the model gives {logits.shape[1]} classes but its card names {classes} "
+                f"({', '.join(self.card.classes)}): the card does not belong to this network"
+            )
+        if tuple(logits.shape) != (batch, classes, height, width):
+            raise ModelError(
+                f"the model returned an array of shape {tuple(logits.shape)} for {_batch_text(x)}; "
+                f"segtile needs logits of shape ({batch}, {classes}, {height}, {width})"
+            )
 
     def _use_plain_layout(self) -> None:
         self.memory_format = torch.contiguous_format
         self.module = self.module.to(memory_format=torch.contiguous_format)
         self._input = None
 
-    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``pixels`` as float32 in the network's layout, normalised by the card, in an input
-        buffer reused from batch to batch (one large allocation per predictor, not one per
-        batch). Called under the lock."""
+    def _normalised(self, pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``pixels`` as float32 in the network's layout, normalised by the card (0 where the
+        weight is 0), in an input buffer reused from batch to batch (one large allocation per
+        predictor, not one per batch). Called under the lock."""
         if self._input is None or self._input.shape[1:] != pixels.shape[1:] or len(self._input) < len(pixels):
             self._input = torch.empty(pixels.shape, dtype=torch.float32, device=self.device,
                                       memory_format=self.memory_format)
         x = self._input[:len(pixels)]
         x.copy_(pixels)
-        return x.div_(self.scale).sub_(self.mean).div_(self.std)
+        return normalise_(x, self.normalisation, weight)
+
+
+def _batch_text(x: torch.Tensor) -> str:
+    batch, bands, height, width = x.shape
+    return f"a batch of {batch} tile(s) of {height}x{width} px with {bands} band(s)"
 
 
 _PREDICTORS: OrderedDict[tuple[str, str, str], Predictor] = OrderedDict()

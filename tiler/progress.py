@@ -26,5 +26,5 @@ def tile_progress(logits: da.Array, total_tiles: int, enabled: bool = True) -> I
         yield
         return
     with tqdm(total=total_tiles, unit="tile", desc="segtile", dynamic_ncols=True) as bar:
-        with listen(batch_name(logits), bar.update, active_client(logits)):
+        with listen(batch_name(logits), lambda counts: bar.update(counts.read), active_client(logits)):
             yield

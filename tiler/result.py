@@ -15,6 +15,7 @@ from segtile.models import ModelCard
 from segtile.plan import TilingOptions, plan_stripes, tile_runs
 from segtile.progress import tile_progress
 from segtile.writers.legend import rgb
+from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
 
 def softmax_block(logits: np.ndarray) -> np.ndarray:
@@ -48,12 +49,14 @@ class Segmentation:
         georef: where the result sits (CRS and transform, or µm/px, or nothing).
         card: the model card (class names, colours...).
         options: the tiling the logits were built with.
+        inputs: the files read (no output may replace them).
     """
 
     logits: da.Array
     georef: Georef
     card: ModelCard
     options: TilingOptions
+    inputs: tuple[str, ...] = ()
 
     @property
     def crs(self):
@@ -120,16 +123,18 @@ class Segmentation:
         Shapefile, by extension)."""
         self.write(path, simplify=simplify, min_area=min_area, overwrite=overwrite)
 
+    def layers(self, probabilities: bool = False) -> Layers:
+        """The arrays and metadata writers take (the probabilities only when asked for)."""
+        return Layers(self.labels, self.probabilities if probabilities else None, self.georef, self.card,
+                      self.nodata)
+
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
               min_area: float | None = None, overwrite: bool = False) -> None:
         """Write several outputs from one inference pass; each format follows its extension.
 
         Either every output appears, complete, or none does: all are written under temporary
-        names and renamed only when the last one is done.
+        names and renamed only when the last one is done. No output may replace the input.
         """
-        from segtile.writers.outputs import write_outputs
-
-        write_outputs(
-            self, [str(p) for p in paths], probabilities=probabilities,
-            simplify=simplify, min_area=min_area, overwrite=overwrite,
-        )
+        options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area)
+        write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
+                      protected=self.inputs)

@@ -1,39 +1,32 @@
-"""What the ``segtile`` command does once its arguments are parsed: check, segment, write."""
+"""What ``segtile segment`` does once its arguments are parsed: check, segment, write."""
 
 from __future__ import annotations
 
 import argparse
 from contextlib import ExitStack
-from pathlib import Path
+from typing import ContextManager
 
 from segtile.api import segment
+from segtile.devices import check_device
 from segtile.errors import SegtileError
-from segtile.writers.atomic import check_output
-from segtile.writers.outputs import OUTPUT_KINDS, output_kind, output_paths
+from segtile.grid import check_tiling
+from segtile.writers.outputs import WriteOptions, plan_outputs
 
 
 class RunError(SegtileError, ValueError):
     """The command line asks for something that cannot be done."""
 
 
-def check_outputs(paths: list[str], overwrite: bool, probabilities: bool) -> None:
-    """Refuse unknown extensions, repeated outputs and outputs in the way, before any work."""
-    seen: set[Path] = set()
-    for path in paths:
-        if output_kind(path) is None:
-            known = ", ".join(sorted(OUTPUT_KINDS))
-            raise RunError(f"unknown output format for {path}: use one of {known}")
-        for written in output_paths(path, probabilities):
-            resolved = Path(written).resolve()
-            if resolved in seen:
-                raise RunError(f"output given twice: {written}")
-            seen.add(resolved)
-            check_output(written, overwrite)
+def run_segment(args: argparse.Namespace) -> None:
+    """Segment ``args.input`` and write every ``--out`` from one inference pass.
 
-
-def run(args: argparse.Namespace) -> None:
-    """Segment ``args.input`` and write every ``--out``, from one inference pass."""
-    check_outputs(args.out, args.overwrite, args.probabilities)
+    Every option is checked, and every output planned, before anything is read or computed.
+    """
+    options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area)
+    if args.tile_size is not None and args.overlap is not None:
+        check_tiling(args.tile_size, args.overlap)
+    check_device(args.device, args.precision, here=args.scheduler is None)
+    plan_outputs(args.out, options, overwrite=args.overwrite, protected=[args.input, args.model])
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
@@ -45,13 +38,11 @@ def run(args: argparse.Namespace) -> None:
             stripe_width=args.stripe_width,
         )
         with result.progress(enabled=not args.quiet):
-            result.write(
-                *args.out, probabilities=args.probabilities, simplify=args.simplify,
-                min_area=args.min_area, overwrite=args.overwrite,
-            )
+            result.write(*args.out, probabilities=args.probabilities, simplify=args.simplify,
+                         min_area=args.min_area, overwrite=args.overwrite)
 
 
-def _connect(address: str):
+def _connect(address: str) -> ContextManager:
     """A ``dask.distributed`` client for ``address``; the graph then runs on that cluster."""
     from distributed import Client
 

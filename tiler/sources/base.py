@@ -26,7 +26,8 @@ class Source(ABC):
     * ``band_names``: one name per selected band;
     * ``georef``: :class:`~segtile.georef.Georef` of level 0;
     * ``level_shapes``: ``(height, width)`` of each pyramid level, level 0 first;
-    * ``has_mask``: whether some pixels may be invalid (nodata, alpha, internal mask).
+    * ``has_mask``: whether some pixels may be invalid (nodata, alpha, internal mask);
+    * ``files``: the local files read (outputs must never replace them), empty for arrays.
     """
 
     shape: tuple[int, int, int]
@@ -35,6 +36,7 @@ class Source(ABC):
     georef: Georef
     level_shapes: tuple[tuple[int, int], ...]
     has_mask: bool = False
+    files: tuple[str, ...] = ()
 
     @abstractmethod
     def read(self, window: Window, level: int = 0) -> np.ndarray:
@@ -46,6 +48,11 @@ class Source(ABC):
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
         """Boolean ``(h, w)`` array, True where pixels are valid; ``None`` when all are."""
         return None
+
+    def read_with_valid(self, window: Window, level: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`read` and :meth:`read_valid` of one window; sources whose validity comes from
+        the pixels themselves override it to read them once."""
+        return self.read(window, level), self.read_valid(window, level)
 
     def select_bands(self, bands: Sequence[int]) -> Source:
         """A source reading only ``bands`` (1-based, among this source's bands, order kept).

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import tifffile
 
+from segtile.errors import root_cause_line
 from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -57,7 +58,7 @@ def open_tiff(path: str) -> tifffile.TiffFile:
     try:
         return tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, IndexError...) on bad bytes
-        raise SourceError(f"cannot open {path} as a TIFF: {one_line(exc)}") from None
+        raise SourceError(f"cannot open {path} as a TIFF: {root_cause_line(exc)}") from None
 
 
 def check_tiff_complete(tif: tifffile.TiffFile, path: str) -> None:
@@ -79,13 +80,3 @@ def check_tiff_complete(tif: tifffile.TiffFile, path: str) -> None:
                         f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes"
                     )
 
-
-def one_line(exc: BaseException) -> str:
-    """The most specific message of ``exc`` and its causes, on one line.
-
-    rasterio wraps GDAL's error in a generic one ("Read failed. See previous exception"); the
-    useful message is the innermost cause.
-    """
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -77,12 +77,15 @@ class MemorySource(Source):
 
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
         """False where every selected band equals ``nodata``; ``None`` without a nodata value."""
-        if self.nodata is None:
-            window_bounds(window, self.level_shapes, level)  # the same errors as a read
-            return None
+        return self.read_with_valid(window, level)[1]
+
+    def read_with_valid(self, window: Window, level: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pixels of ``window`` and their validity, from one read of the array."""
         pixels = self.read(window, level)
+        if self.nodata is None:
+            return pixels, None
         missing = np.isnan(pixels) if np.isnan(self.nodata) else pixels == self.nodata
-        return ~missing.all(axis=0)
+        return pixels, ~missing.all(axis=0)
 
     def select_bands(self, bands: Sequence[int]) -> MemorySource:
         selected = copy.copy(self)  # shares the array: nothing to reopen, nothing copied

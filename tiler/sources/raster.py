@@ -15,9 +15,10 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff, one_line
+from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -50,6 +51,7 @@ class RasterSource(Source):
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
         self.path = os.fspath(path)
+        self.files = () if is_remote(self.path) else (self.path,)
         if not is_remote(self.path):
             check_local_file(self.path)
         if is_tiff(self.path):
@@ -76,7 +78,7 @@ class RasterSource(Source):
         try:
             return self._datasets.get(level).read(list(self.band_indexes), window=bounds, out_dtype=self.dtype)
         except RasterioError as exc:
-            raise SourceError(f"cannot read {self.path}: {one_line(exc)}") from None
+            raise SourceError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
 
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
         """True where any selected band is valid per GDAL's masks (so nodata means all bands
@@ -87,7 +89,7 @@ class RasterSource(Source):
         try:
             masks = self._datasets.get(level).read_masks(list(self.band_indexes), window=bounds)
         except RasterioError as exc:
-            raise SourceError(f"cannot read the mask of {self.path}: {one_line(exc)}") from None
+            raise SourceError(f"cannot read the mask of {self.path}: {root_cause_line(exc)}") from None
         return masks.any(axis=0)
 
     def select_bands(self, bands: Sequence[int]) -> RasterSource:
@@ -107,7 +109,7 @@ def _open_dataset(path: str, level: int) -> DatasetReader:
     except RasterioError as exc:
         if os.path.isdir(path):
             raise SourceError(f"input is a directory GDAL cannot read as a raster: {path}") from None
-        raise SourceError(f"cannot open {path}: {one_line(exc)}") from None
+        raise SourceError(f"cannot open {path}: {root_cause_line(exc)}") from None
 
 
 def _check_tiff_complete(path: str) -> None:

@@ -14,9 +14,10 @@ import zarr
 from rasterio.windows import Window
 from tifffile.tifffile import svs_description_metadata
 
+from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, one_line, open_tiff
+from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -49,6 +50,7 @@ class SlideSource(Source):
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
         self.path = os.fspath(path)
+        self.files = (self.path,)
         check_local_file(self.path)
         if os.path.isdir(self.path):
             raise SourceError(f"input is a directory, not a slide file: {self.path}")
@@ -79,7 +81,7 @@ class SlideSource(Source):
         except SourceError:
             raise
         except Exception as exc:  # decoders raise their own kinds (DeflateError, JpegError...) on bad tiles
-            raise SourceError(f"cannot read {self.path}: {one_line(exc)}") from None
+            raise SourceError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
         band_axis = next((i for i, axis in enumerate(self._axes) if axis in BAND_AXES), None)
         if band_axis is None:
             return np.ascontiguousarray(pixels[np.newaxis][positions])

@@ -28,7 +28,7 @@ from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
-from segtile.writers.legend import colour_table, write_legend_sidecars
+from segtile.writers.legend import colour_table, legend_sidecars, write_legend_sidecars
 
 BLOCK_SIZE = 512
 COMPRESSION = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it
@@ -68,7 +68,7 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
         store_chunks(labels, lambda key, chunk: stage.write(chunk, 1, window=_window(key)),
                      progress=progress)
 
-    with destination(path, overwrite, atomic) as target:
+    with destination(path, overwrite, atomic, files=legend_sidecars(Path(path))) as target:
         profile = _profile(labels.shape, 1, labels.dtype, georef, nodata=nodata)
         _write_cog(target, profile, _dataset_tags(georef, card), fill, overview_resampling="MODE")
         write_legend_sidecars(target, card)

@@ -62,7 +62,13 @@ def qgis_style_path(raster: Path) -> Path:
     return raster.with_suffix(".qml")
 
 
+def legend_sidecars(raster: Path) -> list[Path]:
+    """The files :func:`write_legend_sidecars` writes beside ``raster``."""
+    return [qgis_style_path(raster), raster.with_name(raster.name + ".aux.xml")]
+
+
 def write_legend_sidecars(raster: Path, card: ModelCard) -> None:
     """Write the QGIS style and the GDAL category names beside ``raster``."""
-    qgis_style_path(raster).write_text(qgis_style(card), encoding="utf-8")
-    raster.with_name(raster.name + ".aux.xml").write_text(category_names(card), encoding="utf-8")
+    style, categories = legend_sidecars(raster)
+    style.write_text(qgis_style(card), encoding="utf-8")
+    categories.write_text(category_names(card), encoding="utf-8")

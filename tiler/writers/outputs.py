@@ -1,85 +1,205 @@
-"""Several outputs from one inference pass, each format chosen by its extension.
+"""The table of output kinds, and several outputs written together from one inference pass.
 
-One output is written straight from the lazy result. Several outputs (or a mask with its
-probabilities) first materialise the labels, and the probabilities when asked, into a scratch
-Zarr store beside the outputs, in one pass; every output is then written from that store. All
-outputs are written under temporary names and appear together only when the last is complete.
+Each kind of output is one row of :data:`OUTPUT_KINDS`: the extensions it answers to, every file
+it writes (so that a sidecar in the way counts as the output existing), whether it is a folder,
+whether it writes probabilities, and its writer. Writers take arrays and metadata
+(:class:`Layers`), never the lazy result object.
+
+One output is written straight from the arrays given. Several outputs (or a mask with its
+probabilities) first materialise what they need into a scratch Zarr store beside the outputs,
+in one pass (:mod:`segtile.workstore`): the labels, and the probabilities only when an output
+writes them, at the precision that output keeps. Every output is then written from that
+store, under a temporary name, and all appear together only when the last is complete.
 """
 
 from __future__ import annotations
 
-import tempfile
-from contextlib import ExitStack
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dask.array as da
 
-from segtile.writers.atomic import OutputSet
+from segtile.georef import Georef
+from segtile.models.card import ModelCard
+from segtile.writers.atomic import OutputError, OutputSet, check_output
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
-from segtile.writers.vector import write_polygons
-from segtile.writers.zarr_store import read_zarr, write_zarr
-
-if TYPE_CHECKING:
-    from segtile.result import Segmentation
-
-OUTPUT_KINDS = {
-    ".tif": "mask", ".tiff": "mask",
-    ".zarr": "zarr",
-    ".gpkg": "vector", ".geojson": "vector", ".fgb": "vector", ".shp": "vector",
-}
+from segtile.writers.legend import legend_sidecars
+from segtile.writers.vector import shapefile_sidecars, write_polygons
+from segtile.writers.zarr_store import write_zarr
 
 
-def output_kind(path: str) -> str | None:
-    """``"mask"``, ``"zarr"`` or ``"vector"`` from the extension; ``None`` when unknown."""
-    return OUTPUT_KINDS.get(Path(path.rstrip("/\\")).suffix.lower())
+@dataclass(frozen=True)
+class Layers:
+    """What writers take: the arrays of a segmentation and where they sit.
+
+    Attributes:
+        labels: dask array ``(H, W)`` of class indices, ``nodata`` where nothing was segmented.
+        probabilities: dask array ``(classes, H, W)`` float, NaN where nothing was segmented;
+            ``None`` when no output asks for them.
+        georef: CRS and transform, or µm/px, or nothing.
+        card: the model card (classes, colours).
+        nodata: the label of pixels that were not segmented.
+    """
+
+    labels: da.Array
+    probabilities: da.Array | None
+    georef: Georef
+    card: ModelCard
+    nodata: int
 
 
-def output_paths(path: str, probabilities: bool) -> list[str]:
-    """Every file ``path`` stands for: a mask with probabilities also writes a second GeoTIFF."""
-    if probabilities and output_kind(path) == "mask":
-        return [path, str(probabilities_path_for(path))]
-    return [path]
+@dataclass(frozen=True)
+class WriteOptions:
+    """How outputs are written: the options of the ``segtile`` command that concern writers."""
+
+    probabilities: bool = False
+    simplify: float | None = None
+    min_area: float | None = None
 
 
-def write_outputs(result: Segmentation, paths: list[str], *, probabilities: bool = False,
-                  simplify: float | None = None, min_area: float | None = None,
-                  overwrite: bool = False) -> None:
-    """Write ``result`` to every path in ``paths`` (see the module docstring)."""
-    kinds = [output_kind(path) for path in paths]
-    if None in kinds:
-        unknown = paths[kinds.index(None)]
-        raise ValueError(f"unknown output format for {unknown}: use one of {', '.join(sorted(OUTPUT_KINDS))}")
-    georef, card, nodata = result.georef, result.card, result.nodata
-    labels = result.labels
-    probs = result.probabilities if probabilities and {"mask", "zarr"} & set(kinds) else None
-    with OutputSet(overwrite=overwrite) as outputs, ExitStack() as scratch:
-        temporaries = {path: outputs.add(path) for path in paths}
-        for path in paths:
-            for extra in output_paths(path, probs is not None)[1:]:
-                temporaries[extra] = outputs.add(extra)
-        if len(temporaries) > 1:
-            labels, probs = _materialise(scratch, Path(paths[0]).parent, labels, probs, result)
-        for path, kind in zip(paths, kinds):
-            target = temporaries[path]
-            if kind == "mask":
-                write_mask(target, labels, georef, card, nodata=nodata, atomic=False)
-                if probs is not None:
-                    extra = output_paths(path, True)[1]
-                    write_probabilities(temporaries[extra], probs, georef, card, atomic=False)
-            elif kind == "zarr":
-                write_zarr(target, labels, georef, card, probabilities=probs, nodata=nodata, atomic=False)
-            else:
-                write_polygons(target, labels, georef, card, nodata=nodata, simplify=simplify,
-                               min_area=min_area, atomic=False)
+@dataclass(frozen=True)
+class OutputKind:
+    """One kind of output.
+
+    Attributes:
+        name: what it is, for messages.
+        suffixes: the extensions that select it (lower case).
+        files: every path the writer makes for an output at ``path``, ``path`` first.
+        write: ``write(target, layers, options)`` writes the output to ``target`` (a temporary
+            path; the files beside it land beside ``target``).
+        probabilities: it writes probabilities when ``options.probabilities`` (and at which
+            precision: ``"float32"`` or ``"uint8"``); ``None``: never.
+        directory: the output is a folder.
+        separate_probabilities: the probabilities go to a file of their own, a second pass
+            over the data.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    files: Callable[[Path, WriteOptions], list[Path]]
+    write: Callable[[Path, Layers, WriteOptions], None]
+    probabilities: str | None = None
+    directory: bool = False
+    separate_probabilities: bool = False
 
 
-def _materialise(scratch: ExitStack, directory: Path, labels: da.Array, probs: da.Array | None,
-                 result: Segmentation) -> tuple[da.Array, da.Array | None]:
-    """Run inference once into a scratch Zarr store (removed afterwards); return lazy reads of it."""
-    folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix=".segtile-pass-", dir=directory))
-    store = Path(folder) / "pass.zarr"
-    write_zarr(store, labels, result.georef, result.card, probabilities=probs,
-               nodata=result.nodata, atomic=False)
-    stored_labels, stored_probs, _, _ = read_zarr(store)
-    return stored_labels, stored_probs
+def _mask_files(path: Path, options: WriteOptions) -> list[Path]:
+    probabilities = probabilities_path_for(path)
+    extra = [probabilities, *_raster_sidecars(probabilities)] if options.probabilities else []
+    return [path, *legend_sidecars(path), *extra]
+
+
+def _raster_sidecars(path: Path) -> list[Path]:
+    return [path.with_name(path.name + ".aux.xml")]
+
+
+def _write_mask(target: Path, layers: Layers, options: WriteOptions) -> None:
+    write_mask(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False)
+    if options.probabilities:
+        write_probabilities(probabilities_path_for(target), layers.probabilities, layers.georef, layers.card,
+                            atomic=False)
+
+
+def _write_zarr(target: Path, layers: Layers, options: WriteOptions) -> None:
+    write_zarr(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
+               probabilities=layers.probabilities if options.probabilities else None)
+
+
+def _write_polygons(target: Path, layers: Layers, options: WriteOptions) -> None:
+    write_polygons(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata,
+                   simplify=options.simplify, min_area=options.min_area, atomic=False)
+
+
+OUTPUT_KINDS: tuple[OutputKind, ...] = (
+    OutputKind("mask (Cloud-Optimised GeoTIFF)", (".tif", ".tiff"), _mask_files, _write_mask, probabilities="uint8",
+               separate_probabilities=True),
+    OutputKind("Zarr store", (".zarr",), lambda path, _: [path], _write_zarr, probabilities="float32",
+               directory=True),
+    OutputKind("polygons", (".gpkg", ".geojson", ".fgb"), lambda path, _: [path], _write_polygons),
+    OutputKind("polygons", (".shp",), lambda path, _: [path, *shapefile_sidecars(path)], _write_polygons),
+)
+
+
+def output_kind(path: str | os.PathLike) -> OutputKind:
+    """The kind of output ``path`` names, by its extension.
+
+    Raises:
+        OutputError: no kind has that extension.
+    """
+    suffix = Path(os.fspath(path).rstrip("/\\")).suffix.lower()
+    for kind in OUTPUT_KINDS:
+        if suffix in kind.suffixes:
+            return kind
+    known = ", ".join(s for kind in OUTPUT_KINDS for s in kind.suffixes)
+    raise OutputError(f"unknown output format for {path}: use one of {known}")
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """An output checked before any work: its path, its kind and every file it will write."""
+
+    path: Path
+    kind: OutputKind
+    files: list[Path] = field(default_factory=list)
+
+
+def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, overwrite: bool = False,
+                 protected: Iterable[str | os.PathLike] = ()) -> list[PlannedOutput]:
+    """Check every output and every file it writes, before any work.
+
+    Raises:
+        OutputError: an unknown extension; two outputs writing the same file; a folder that is
+            missing or read-only; an output that would replace a ``protected`` path (the input)
+            or a folder that is not the output's own kind.
+        OutputExistsError: a file exists and ``overwrite`` is false.
+    """
+    protected = list(protected)
+    planned, seen = [], {}
+    for path in paths:
+        path = Path(path)
+        kind = output_kind(path)
+        files = kind.files(path, options)
+        for written in files:
+            resolved = Path(os.path.abspath(written))
+            if resolved in seen:
+                raise OutputError(f"{written} would be written twice (by {seen[resolved]} and {path})")
+            seen[resolved] = path
+        check_output(path, overwrite, files=files[1:], directory=kind.directory, protected=protected)
+        if kind.directory and overwrite and path.is_dir() and not (path / "zarr.json").exists():
+            raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it could have written")
+        planned.append(PlannedOutput(path, kind, files))
+    return planned
+
+
+def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: WriteOptions = WriteOptions(), *,
+                  overwrite: bool = False, protected: Iterable[str | os.PathLike] = ()) -> None:
+    """Write ``layers`` to every path in ``paths`` (see the module docstring).
+
+    Args:
+        layers: the arrays; ``layers.probabilities`` is needed only when ``options.probabilities``.
+        protected: paths no output may replace, even with ``overwrite`` (the input image).
+    """
+    from segtile.workstore import staged
+
+    planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected)
+    precision = probability_precision([p.kind for p in planned], options)
+    passes = sum(2 if p.kind.separate_probabilities and precision else 1 for p in planned)
+    with OutputSet(overwrite=overwrite) as outputs:
+        targets = [outputs.add(p.path, files=p.files[1:], directory=p.kind.directory, protected=protected)
+                   for p in planned]
+        with staged(layers, planned[0].path.parent, precision, enabled=passes > 1) as ready:
+            for target, output in zip(targets, planned):
+                output.kind.write(target, ready, options)
+
+
+def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:
+    """The precision the probabilities must be kept at for ``kinds``: ``"float32"`` when one of
+    them keeps floats, ``"uint8"`` when they only write bytes, ``None`` when none writes them."""
+    if not options.probabilities:
+        return None
+    wanted = {kind.probabilities for kind in kinds} - {None}
+    if not wanted:
+        return None
+    return "float32" if "float32" in wanted else "uint8"

@@ -47,6 +47,12 @@ def vector_driver(path: str | PathLike) -> str:
     return DRIVERS[suffix]
 
 
+def shapefile_sidecars(path: str | PathLike) -> list[Path]:
+    """The files a Shapefile is made of besides ``NAME.shp`` (index, attributes, CRS, encoding)."""
+    path = Path(path)
+    return [path.with_suffix(suffix) for suffix in (".shx", ".dbf", ".prj", ".cpg")]
+
+
 def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
                    nodata: int = 255, simplify: float | None = None, min_area: float | None = None,
                    overwrite: bool = False, progress: Progress | None = None,
@@ -64,7 +70,8 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
     driver = vector_driver(path)
     labels = as_labels(labels, card, nodata)
     merger = SeamMerger(labels.chunks)
-    with destination(path, overwrite, atomic) as target:
+    sidecars = shapefile_sidecars(path) if driver == "ESRI Shapefile" else []
+    with destination(path, overwrite, atomic, files=sidecars) as target:
         layer = _PolygonLayer(target, driver, georef, card, simplify=simplify, min_area=min_area)
 
         def collect(key: Key, chunk: np.ndarray) -> None:

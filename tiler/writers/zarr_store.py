@@ -45,7 +45,7 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
     return ``path``. See the module docstring for the layout."""
     labels = _regular(as_labels(labels, card, nodata))
     sources, targets = [labels], []
-    with destination(path, overwrite, atomic) as target:
+    with destination(path, overwrite, atomic, directory=True) as target:
         group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=_attributes(georef, card, nodata))
         targets.append(group.create_array(
             "labels", shape=labels.shape, chunks=labels.chunksize, dtype=labels.dtype,

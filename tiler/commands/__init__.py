@@ -1,0 +1,1 @@
+"""The subcommands of the ``segtile`` command, one module each (see :mod:`segtile.cli`)."""

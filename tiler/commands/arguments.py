@@ -1,0 +1,66 @@
+"""Argument types shared by the subcommands: each rejects a bad value with a one-line usage
+error before any work starts (argparse reports it, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _integer(text, 0, "a non-negative integer")
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def finite_float(minimum: float = 0.0, *, strict: bool = False) -> Callable[[str], float]:
+    """A type accepting finite numbers ``>= minimum`` (``> minimum`` when ``strict``)."""
+    what = f"a finite number {'>' if strict else '>='} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
+def band_list(text: str) -> list[int]:
+    """``"3,2,1"`` -> ``[3, 2, 1]`` (1-based band indices)."""
+    try:
+        bands = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be comma-separated integers, got {text!r}") from None
+    if not bands:
+        raise argparse.ArgumentTypeError("bands must name at least one band")
+    if min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"bands are numbered from 1, got {text!r}")
+    return bands
+
+
+def name_list(text: str) -> list[str]:
+    """``"a,b , c"`` -> ``["a", "b", "c"]`` (at least one non-empty name)."""
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names

@@ -1,0 +1,66 @@
+"""``segtile segment IMAGE --out OUTPUT ...``: segment an image and write masks, stores, polygons."""
+
+from __future__ import annotations
+
+import argparse
+
+from segtile.blend import BLENDS
+from segtile.commands.arguments import band_list, finite_float, non_negative_int, positive_int
+from segtile.devices import PRECISIONS
+
+DESCRIPTION = (
+    "Segment an image too large for memory with a PSPNet, tile by tile. The format of each output "
+    "follows its extension: .tif/.tiff (Cloud-Optimised GeoTIFF mask), .zarr (labels and metadata), "
+    ".gpkg/.geojson/.fgb/.shp (polygons)."
+)
+
+
+def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``segment`` subcommand to ``commands``."""
+    parser = commands.add_parser("segment", help="segment an image (the default command)",
+                                 description=DESCRIPTION)
+    parser.add_argument("input", metavar="INPUT",
+                        help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF)")
+    parser.add_argument("-o", "--out", metavar="OUTPUT", action="append", required=True,
+                        help="output file; repeat for several outputs from one inference pass")
+    parser.add_argument("--model", metavar="MODEL", required=True, help="segtile checkpoint or TorchScript file")
+    parser.add_argument("--tile-size", type=positive_int, metavar="N",
+                        help="tile side in pixels (default: the model card's; at most the image's size)")
+    parser.add_argument("--overlap", type=non_negative_int, metavar="N",
+                        help="pixels shared by neighbouring tiles (default: the model card's)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
+                        help="tiles per model call (default: 4)")
+    parser.add_argument("--blend", choices=BLENDS, default="gaussian",
+                        help="weighting of overlapping tiles (default: gaussian)")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]",
+                        help="where the model runs (default: auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="autocast precision (fp16 needs CUDA; default: fp32)")
+    parser.add_argument("--bands", type=band_list, metavar="3,2,1",
+                        help="1-based input bands to feed the model, in order (default: the model card's)")
+    parser.add_argument("--level", type=non_negative_int, default=0, metavar="L",
+                        help="pyramid level to process, 0 = full resolution (default: 0)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
+    parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",
+                        help="simplify polygons (topology preserving), tolerance in CRS units")
+    parser.add_argument("--min-area", type=finite_float(0.0), metavar="A",
+                        help="drop polygons smaller than A (CRS units squared)")
+    parser.add_argument("--chunk-size", type=positive_int, default=1024, metavar="N",
+                        help="side of the output chunks stitched at once (default: 1024)")
+    parser.add_argument("--stripe-width", type=non_negative_int, default=8192, metavar="N",
+                        help="width of the vertical stripes processed one after another: bounds memory on "
+                        "wide images, runs the tiles on each stripe boundary twice; 0 = whole width (default: 8192)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library messages")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Check every option, then segment ``args.input`` and write every ``--out``."""
+    from segtile.run import run_segment
+
+    run_segment(args)

@@ -1,0 +1,44 @@
+"""The one normalisation of pixels before a network sees them, for inference and training alike.
+
+A model card says how its network was trained to see pixels: divide by ``scale``, subtract
+``mean``, divide by ``std``, per band. Pixels marked invalid (nodata, NaN, outside the tissue) are
+then set to 0, the mean of the normalised data: a neutral value that no NaN or sentinel can leak
+through into the valid pixels around them. The tiler and ``segtile train`` both call
+:func:`normalise_`, so a model is always fed as it was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from segtile.models.card import ModelCard
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """A card's normalisation as tensors on one device, shaped to broadcast over ``(N, bands, h, w)``."""
+
+    scale: float
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, card: ModelCard, device: torch.device | str = "cpu") -> Normalisation:
+        shape = (1, card.in_channels, 1, 1)
+        mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
+        std = torch.tensor(card.std, dtype=torch.float32, device=device).view(shape)
+        return cls(card.scale, mean, std)
+
+
+def normalise_(x: torch.Tensor, normalisation: Normalisation, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalise float32 pixels ``x`` ``(N, bands, h, w)`` in place; zero where ``valid``
+    (``(N, 1, h, w)`` or ``(N, h, w)``, bool or weights > 0) is false. Returns ``x``."""
+    x.div_(normalisation.scale).sub_(normalisation.mean).div_(normalisation.std)
+    if valid is not None:
+        if valid.ndim == 3:
+            valid = valid.unsqueeze(1)
+        keep = valid if valid.dtype == torch.bool else valid > 0
+        x.masked_fill_(~keep, 0.0)
+    return x
