@@ -22,6 +22,9 @@ _DEFAULT_COLOURS = (
 )
 
 
+TTA_MODES = (None, "flip", "d4")
+
+
 class CardError(SegtileError, ValueError):
     """A model card is missing fields or its fields disagree with each other."""
 
@@ -41,6 +44,12 @@ class ModelCard:
         resolution: native pixel size the network was trained at, or ``None``.
         resolution_unit: ``"m"`` (metres per pixel, rasters) or ``"um"`` (µm per pixel, slides).
         tile_size, overlap: suggested tiling for inference.
+        alignment: the network's logits line up pixel for pixel from one tile to the next only
+            when tiles start at multiples of ``alignment`` pixels and are ``k * alignment + 1``
+            pixels wide (PSPNet: 8, for its ``align_corners=True`` upsampling from stride 8);
+            1 for networks that take any size and offset.
+        tta: the test-time augmentation the network was evaluated with (``"flip"``, ``"d4"``),
+            suggested to the tiler; ``None`` for none.
     """
 
     classes: tuple[str, ...]
@@ -54,6 +63,8 @@ class ModelCard:
     resolution_unit: str | None = None
     tile_size: int = 512
     overlap: int = 64
+    alignment: int = 1
+    tta: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +127,10 @@ class ModelCard:
             raise CardError("model card: 'resolution_unit' must be 'm' or 'um'")
         if self.tile_size < 1 or self.overlap < 0 or self.overlap >= self.tile_size:
             raise CardError("model card: need tile_size >= 1 and 0 <= overlap < tile_size")
+        if not isinstance(self.alignment, int) or self.alignment < 1:
+            raise CardError("model card: 'alignment' must be a positive integer")
+        if self.tta not in TTA_MODES:
+            raise CardError(f"model card: 'tta' must be one of {', '.join(str(m) for m in TTA_MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""
