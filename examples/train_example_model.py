@@ -1,4 +1,4 @@
-"""Train the demo model examples/models/bahamas_psp18.pt: a tiny PSPNet-18 on a Landsat scene.
+"""Train the demo model models/demo/bahamas_psp18.pt: a tiny PSPNet-18 on a Landsat scene.
 
 The labels are not ground truth: they come from a spectral rule on the RGB values (below), so
 the network learns to reproduce that rule with spatial context. It exists to show the whole
@@ -6,7 +6,7 @@ chain (training, checkpoint with its card, tiled inference) on real imagery in a
 on a laptop CPU, not to map anything.
 
 Run it with segtile installed (``pip install -e .``):  python examples/train_example_model.py
-It is seeded and takes under three minutes on two CPU cores. examples/models/README.md is the
+It is seeded and takes under three minutes on two CPU cores. models/demo/README.md is the
 model card in prose.
 """
 
@@ -24,7 +24,7 @@ from segtile.models.train import pixel_accuracy, predict_labels, train
 
 HERE = Path(__file__).resolve().parent
 IMAGE = HERE / "data" / "bahamas_rgb.tif"
-CHECKPOINT = HERE / "models" / "bahamas_psp18.pt"
+CHECKPOINT = HERE.parent / "models" / "demo" / "bahamas_psp18.pt"
 
 IGNORE = 255
 WATER, LAND, CLOUD = 0, 1, 2

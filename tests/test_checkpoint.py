@@ -27,7 +27,7 @@ from segtile.models.train import pixel_accuracy, predict_labels
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_CHECKPOINT = REPO / "examples" / "models" / "bahamas_psp18.pt"
+EXAMPLE_CHECKPOINT = REPO / "models" / "demo" / "bahamas_psp18.pt"
 
 
 def small_pspnet(classes: int = 3, seed: int = 0, **kwargs) -> PSPNet:

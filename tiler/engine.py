@@ -92,19 +92,19 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     reads = [read_tile(source, tile, options.level) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    results, nonfinite = [], 0
+    results, valid, nonfinite = [], 0, 0
     if keep:
         pixels = np.stack([reads[i][0] for i in keep])
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
         predicted = get_predictor(spec, options.device, options.precision)(pixels, np.stack([weights[i] for i in keep]))
-        nonfinite = predicted.nonfinite
+        valid, nonfinite = predicted.valid, predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, width, height))
             h, w = inside.height, inside.width
             weight = weights[i] if predicted.weights is None else predicted.weights[row]
             results.append(TileResult(inside, predicted.weighted[row, :, :h, :w], weight[:h, :w]))
-    report(progress_topic, TileCounts(read=len(tiles), run=len(keep), nonfinite=nonfinite))
+    report(progress_topic, TileCounts(read=len(tiles), run=len(keep), valid=valid, nonfinite=nonfinite))
     return results
 
 

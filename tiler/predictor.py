@@ -64,11 +64,13 @@ class BatchResult:
         weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
             (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
             logit was finite and the weights given still hold.
-        nonfinite: how many pixels with a weight got logits that were not finite.
+        valid: how many pixels had a weight (were valid).
+        nonfinite: how many of them got logits that were not finite.
     """
 
     weighted: np.ndarray
     weights: np.ndarray | None
+    valid: int
     nonfinite: int
 
 
@@ -126,14 +128,15 @@ class Predictor:
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
             finite = torch.isfinite(logits).all(dim=1, keepdim=True)
-            nonfinite = int(((weight > 0) & ~finite).sum())
+            valid = weight > 0
+            nonfinite = int((valid & ~finite).sum())
             weights = None
             if nonfinite:
                 weight = weight * finite
                 logits.masked_fill_(~finite, 0.0)
                 weights = weight[:, 0].cpu().numpy()
             logits.mul_(weight)
-            return BatchResult(logits.cpu().numpy(), weights, nonfinite)
+            return BatchResult(logits.cpu().numpy(), weights, int(valid.sum()), nonfinite)
 
     def _forward(self, pixels: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised input and the network's logits; on the first batch that fails in

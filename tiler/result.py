@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from os import PathLike
+from pathlib import Path
 from typing import ContextManager
 
 import dask.array as da
@@ -13,7 +16,7 @@ import numpy as np
 from segtile.georef import Georef
 from segtile.models import ModelCard
 from segtile.plan import TilingOptions, plan_stripes, tile_runs
-from segtile.progress import tile_progress
+from segtile.progress import Progress, TileTally, tile_progress
 from segtile.writers.legend import rgb
 from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
@@ -86,15 +89,23 @@ class Segmentation:
         dtype, nodata = label_dtype(self.card.num_classes)
         return self.logits.map_blocks(labels_block, nodata, dtype, drop_axis=0, dtype=dtype)
 
-    def progress(self, enabled: bool = True) -> ContextManager[None]:
+    def progress(self, enabled: bool = True, progress: Progress | None = None,
+                 tally: TileTally | None = None) -> ContextManager[TileTally]:
         """A context manager showing a tile progress bar (stderr) for this result's work done
         inside it, on the local scheduler or a ``dask.distributed`` cluster::
 
             with result.progress():
                 result.to_geotiff("mask.tif")
-        """
-        total = tile_runs(plan_stripes(*self.shape, self.options))
-        return tile_progress(self.logits, total, enabled=enabled)
+
+        It yields the tally of tiles read and run (``tally``, when given, is the one filled).
+        ``progress`` shows the tiles as one stage of a larger run instead of a bar of their own."""
+        progress = progress or Progress("bar" if enabled else "none", [("inference", 1.0)])
+        return tile_progress(self.logits, self.tile_count, progress, tally)
+
+    @property
+    def tile_count(self) -> int:
+        """How many tiles computing the whole result reads (stripe boundaries count twice)."""
+        return tile_runs(plan_stripes(*self.shape, self.options))
 
     def thumbnail(self, max_size: int = 512) -> np.ndarray:
         """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
@@ -129,12 +140,15 @@ class Segmentation:
                       self.nodata)
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
-              min_area: float | None = None, overwrite: bool = False) -> None:
+              min_area: float | None = None, overwrite: bool = False, progress: Progress | None = None,
+              computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
         Either every output appears, complete, or none does: all are written under temporary
         names and renamed only when the last one is done. No output may replace the input.
+        ``progress``, ``computing`` and ``stage`` are those of
+        :func:`segtile.writers.outputs.write_outputs`. Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area)
-        write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
-                      protected=self.inputs)
+        return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
+                             protected=self.inputs, progress=progress, computing=computing, stage=stage)

@@ -26,7 +26,7 @@ from shapely.geometry import mapping, shape
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
+from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, store_chunks
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
@@ -55,7 +55,7 @@ def shapefile_sidecars(path: str | PathLike) -> list[Path]:
 
 def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
                    nodata: int = 255, simplify: float | None = None, min_area: float | None = None,
-                   overwrite: bool = False, progress: Progress | None = None,
+                   overwrite: bool = False, progress: Advance | None = None,
                    atomic: bool = True) -> Path:
     """Write one polygon per 4-connected region of each class of ``labels``; return ``path``.
 
@@ -64,7 +64,7 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
         simplify: tolerance in CRS units for shapely's topology-preserving simplification of each
             polygon (off by default; neighbouring polygons are simplified independently).
         min_area: leave out regions smaller than this, in CRS units² (off by default).
-        progress: called with (chunks done, chunks in all).
+        progress: called with 1 after each chunk is done.
         atomic: see :func:`segtile.writers.geotiff.write_mask`.
     """
     driver = vector_driver(path)
