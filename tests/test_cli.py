@@ -124,15 +124,17 @@ def bad_inputs(tmp_path, data_dir):
     "case, message",
     [
         ("missing input", "not found"),
-        ("text", ""), ("empty", ""), ("truncated", ""),
+        ("text", "not recognized as being in a supported file format"),
+        ("empty", "input is empty"),
+        ("truncated", "is truncated: its image data run to byte"),
         ("missing model", "no such file"),
-        ("garbage model", ""),
-        ("band count", "band"),
+        ("garbage model", "not a segtile checkpoint"),
+        ("band count", "the model takes 3 bands but the image has 1 band"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
         ("extension", "unknown output format"),
-        ("output dir", ""),
+        ("output dir", "output folder does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoint, capsys, case, message):

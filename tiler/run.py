@@ -16,7 +16,7 @@ from segtile.models.builtin import choose_model
 from segtile.predictor import ModelError
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
-from segtile.writers.outputs import WriteOptions, plan_outputs, write_outputs
+from segtile.writers.outputs import WriteOptions, plan_outputs
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
 
