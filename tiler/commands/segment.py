@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF)")
     parser.add_argument("-o", "--out", metavar="OUTPUT", action="append", required=True,
                         help="output file; repeat for several outputs from one inference pass")
-    parser.add_argument("--model", metavar="MODEL", required=True, help="segtile checkpoint or TorchScript file")
+    parser.add_argument("--model", metavar="MODEL", required=True, help="segtile checkpoint, TorchScript or ONNX file")
     parser.add_argument("--tile-size", type=positive_int, metavar="N",
                         help="tile side in pixels (default: the model card's; at most the image's size)")
     parser.add_argument("--overlap", type=non_negative_int, metavar="N",
