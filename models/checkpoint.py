@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -75,6 +75,7 @@ def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard) -> 
         )
     arch = architecture(model)
     check_card_fits(card, arch["classes"], arch["in_channels"])
+    card = with_network_alignment(card, model)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -140,7 +141,13 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         card = ModelCard.from_dict(card_dict)
         check_card_fits(card, arch["classes"], arch["in_channels"])
     _load_weights(module, state_dict, f"{path}:")
-    return LoadedModel(module.eval(), card, arch)
+    return LoadedModel(module.eval(), with_network_alignment(card, module), arch)
+
+
+def with_network_alignment(card: ModelCard, module: nn.Module) -> ModelCard:
+    """``card`` with the tile alignment its network needs (PSPNet: 8), when the card names none."""
+    alignment = getattr(module, "alignment", 1) if isinstance(module, PSPNet) else 1
+    return replace(card, alignment=alignment) if card.alignment == 1 and alignment != 1 else card
 
 
 def load_model(model: str | os.PathLike | LoadedModel | nn.Module) -> LoadedModel:
@@ -156,7 +163,8 @@ def load_model(model: str | os.PathLike | LoadedModel | nn.Module) -> LoadedMode
         return load_checkpoint(model)
     if isinstance(model, PSPNet):
         arch = architecture(model)
-        return LoadedModel(model.eval(), default_card(arch["classes"], arch["in_channels"]), arch)
+        card = with_network_alignment(default_card(arch["classes"], arch["in_channels"]), model)
+        return LoadedModel(model.eval(), card, arch)
     if isinstance(model, nn.Module):
         return LoadedModel(model.eval(), probe_card(model), None)
     raise CheckpointError(

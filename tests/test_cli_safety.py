@@ -17,6 +17,8 @@ import torch
 from segtile.cli import main
 from segtile.models import ModelCard, save_torchscript
 
+FULL_RESOLUTION = ("--resolution", "30")  # landsat7's own: the default model would run it at 300 m
+
 
 def run(*args) -> int:
     return main([str(a) for a in args])
@@ -154,7 +156,8 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, image, 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_run_leaves_nothing(tmp_path, data_dir, signum, status):
     process = segtile_process(data_dir / "landsat7.tif", "-o", tmp_path / "m.tif", "-o", tmp_path / "p.gpkg",
-                              "--tile-size", "64", "--overlap", "8", "--batch-size", "1", "--progress", "json")
+                              "--tile-size", "64", "--overlap", "8", "--batch-size", "1", "--progress", "json",
+                              *FULL_RESOLUTION)
     for line in process.stderr:
         if line.startswith("{") and json.loads(line).get("done", 0) > 0:
             break
@@ -173,7 +176,7 @@ def test_ctrl_c_while_starting_and_twice_while_stopping_prints_no_traceback(tmp_
     err = early.stderr.read()
     assert early.wait(timeout=60) == 130 and "Traceback" not in err
     late = segtile_process(data_dir / "landsat7.tif", "-o", tmp_path / "m.tif", "--tile-size", "64",
-                           "--batch-size", "1", "--progress", "json")
+                           "--batch-size", "1", "--progress", "json", *FULL_RESOLUTION)
     for line in late.stderr:
         if line.startswith("{") and json.loads(line).get("done", 0) > 0:
             break
@@ -215,7 +218,7 @@ def _limit_file_size() -> None:
 @pytest.mark.parametrize("output", ["m.tif", "p.gpkg", "p.shp", "s.zarr"])
 def test_a_full_disk_is_one_line_and_exit_2_whatever_the_format(tmp_path, data_dir, output):
     process = segtile_process(data_dir / "landsat7.tif", "-o", tmp_path / output, "--quiet", "--chunk-size", "2048",
-                              preexec_fn=_limit_file_size)
+                              *FULL_RESOLUTION, preexec_fn=_limit_file_size)
     err = process.stderr.read()
     status = process.wait(timeout=120)
     if status == 0:

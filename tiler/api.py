@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -12,10 +13,12 @@ from segtile.devices import check_device
 from segtile.engine import build_logits
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
+from segtile.models.checkpoint import with_network_alignment
 from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
+from segtile.working_grid import choose_grid
 
 
 class SegmentError(SegtileError, ValueError):
@@ -32,7 +35,9 @@ def segment(
     batch_size: int = 4,
     device: str = "auto",
     bands: Sequence[int] | None = None,
-    level: int = 0,
+    resolution: float | None = None,
+    mpp: float | None = None,
+    level: int | None = None,
     precision: str = "fp32",
     chunk_size: int = 1024,
     stripe_width: int = 8192,
@@ -51,7 +56,11 @@ def segment(
         batch_size: tiles per model call.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:i``.
         bands: 1-based band indices to read, in the model's order (default: the card's).
-        level: pyramid level to process (0 is full resolution).
+        resolution: process a raster at this many metres per pixel (resampled window by window).
+        mpp: process a slide at this many µm per pixel.
+        level: process this pyramid level (0 is full resolution). With none of the three, an
+            image with a known pixel size is processed at the model card's (see
+            :mod:`segtile.working_grid`), else at full resolution.
         precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
         chunk_size: side of the output chunks that are stitched and written one at a time.
         stripe_width: width in pixels of the vertical stripes processed one after another
@@ -67,24 +76,26 @@ def segment(
     card: ModelCard | None = spec_kwargs.get("card")
     opened = open_source(source, bands=bands)
     if card is None:
-        card = probe_card(spec_kwargs["module"], bands=opened.count)
+        card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     opened = _fit_bands(opened, card, chosen=bands is not None)
-    if not 0 <= level < len(opened.level_shapes):
-        raise SegmentError(f"level {level} does not exist: the image has {len(opened.level_shapes)} level(s)")
+    grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,
         overlap=card.overlap if overlap is None else overlap,
-        blend=blend, batch_size=batch_size, chunk_size=chunk_size,
-        stripe_width=stripe_width, level=level, device=device, precision=precision,
+        blend=blend, batch_size=batch_size, chunk_size=chunk_size, stripe_width=stripe_width,
+        alignment=card.alignment, device=device, precision=precision,
     )
     options.validate()
-    options = fit_to_image(options, *opened.level_shapes[level])
+    options = fit_to_image(options, grid.height, grid.width)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    logits = build_logits(opened, spec, options)
-    level0 = opened.level_shapes[0]
-    factor = level0[1] / opened.level_shapes[level][1]
-    georef = opened.georef.scaled(factor) if level else opened.georef
-    return Segmentation(logits, georef, card, options, inputs=opened.files)
+    for note in notes:
+        warnings.warn(note, ResolutionWarning, stacklevel=2)
+    return Segmentation(build_logits(grid, spec, options), grid.georef, card, options, inputs=grid.files,
+                        notes=tuple(notes))
+
+
+class ResolutionWarning(UserWarning):
+    """The image is processed at another pixel size than its own, as its model was trained."""
 
 
 def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> Source:

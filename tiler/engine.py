@@ -55,17 +55,16 @@ class TileResult:
     weight: np.ndarray
 
 
-def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.ndarray]:
+def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)``.
 
     Pixels that are not finite (NaN, infinite) are invalid, whatever the source says. A tile
-    running past the image (only when the image is smaller than a tile) is padded by
-    reflection; the padding is marked invalid so it never counts.
+    running past the image (see :mod:`segtile.grid`) is padded by reflection; the padding is
+    marked invalid so it never counts.
     """
-    height, width = source.level_shapes[level]
     window = tile.window
-    inside = intersection(window, Window(0, 0, width, height))
-    pixels, valid = source.read_with_valid(inside, level)
+    inside = intersection(window, Window(0, 0, source.width, source.height))
+    pixels, valid = source.read_with_valid(inside)
     if valid is None:
         valid = np.ones(pixels.shape[1:], dtype=bool)
     if pixels.dtype.kind in "fc":
@@ -88,8 +87,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`)."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
-    height, width = source.level_shapes[options.level]
-    reads = [read_tile(source, tile, options.level) for tile in tiles]
+    reads = [read_tile(source, tile) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
     results, valid, nonfinite = [], 0, 0
@@ -100,7 +98,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
         predicted = get_predictor(spec, options.device, options.precision)(pixels, np.stack([weights[i] for i in keep]))
         valid, nonfinite = predicted.valid, predicted.nonfinite
         for row, i in enumerate(keep):
-            inside = intersection(tiles[i].window, Window(0, 0, width, height))
+            inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
             h, w = inside.height, inside.width
             weight = weights[i] if predicted.weights is None else predicted.weights[row]
             results.append(TileResult(inside, predicted.weighted[row, :, :h, :w], weight[:h, :w]))
@@ -148,9 +146,10 @@ def _chunks(length: int, size: int) -> tuple[int, ...]:
 
 
 def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.Array:
-    """The lazy logits ``(classes, H, W)`` float32 of ``source`` at ``options.level``."""
+    """The lazy logits ``(classes, H, W)`` float32 of ``source`` (its level 0: the grid the
+    model runs on)."""
     options.validate()
-    height, width = source.level_shapes[options.level]
+    height, width = source.height, source.width
     num_classes = spec.card.num_classes
     size = options.chunk_size
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
-from segtile.grid import Tile, check_tiling, is_integer, tile_grid
+from segtile.grid import Tile, aligned_tiling, check_tiling, is_integer, tile_grid
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TilingOptions:
     batch_size: int = 4
     chunk_size: int = 1024
     stripe_width: int = 8192
-    level: int = 0
+    alignment: int = 1
     device: str = "auto"
     precision: str = "fp32"
 
@@ -44,13 +44,20 @@ class TilingOptions:
                 raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
         if not is_integer(self.stripe_width) or self.stripe_width < 0:
             raise ValueError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
+        if not is_integer(self.alignment) or self.alignment < 1:
+            raise ValueError(f"alignment must be a positive integer, got {self.alignment}")
 
 
 def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptions:
-    """``options`` with tiles no larger than the image's longer side (a tile of 100000 px on a
-    small image would allocate gigabytes for one padded tile) and an overlap below the tile."""
-    tile_size = min(options.tile_size, max(height, width))
-    return replace(options, tile_size=tile_size, overlap=min(options.overlap, tile_size - 1))
+    """``options`` with tiles of the size the network's ``alignment`` wants (see
+    :func:`segtile.grid.aligned_tiling`), no larger than needed to cover the image's longer side
+    (a tile of 100000 px on a small image would allocate gigabytes for one padded tile), and an
+    overlap below the tile."""
+    alignment = options.alignment
+    largest = -(-(max(height, width) - 1) // alignment) * alignment + 1
+    tile_size = min(options.tile_size, largest)
+    tile_size, overlap = aligned_tiling(tile_size, min(options.overlap, tile_size - 1), alignment)
+    return replace(options, tile_size=tile_size, overlap=overlap)
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def stripe_chunk_columns(width: int, chunk_size: int, stripe_width: int) -> list
 
 def plan_stripes(height: int, width: int, options: TilingOptions) -> list[Stripe]:
     """The stripes of a ``height`` x ``width`` image, left to right, with their batches."""
-    tiles = tile_grid(height, width, options.tile_size, options.overlap)
+    tiles = tile_grid(height, width, options.tile_size, options.overlap, options.alignment)
     stripes = []
     for chunk_columns in stripe_chunk_columns(width, options.chunk_size, options.stripe_width):
         left = chunk_columns.start * options.chunk_size

@@ -53,6 +53,7 @@ class Segmentation:
         card: the model card (class names, colours...).
         options: the tiling the logits were built with.
         inputs: the files read (no output may replace them).
+        notes: what the user should know about how the job runs (e.g. the grid chosen).
     """
 
     logits: da.Array
@@ -60,6 +61,7 @@ class Segmentation:
     card: ModelCard
     options: TilingOptions
     inputs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def crs(self):

@@ -49,12 +49,14 @@ def run_segment(args: argparse.Namespace) -> None:
         result = segment(
             args.input, model.path,
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
-            batch_size=args.batch_size, device=args.device, bands=args.bands,
-            level=args.level, precision=args.precision, chunk_size=args.chunk_size,
+            batch_size=args.batch_size, device=args.device, bands=args.bands, resolution=args.resolution,
+            mpp=args.mpp, level=args.level, precision=args.precision, chunk_size=args.chunk_size,
             stripe_width=args.stripe_width,
         )
         if not args.quiet:
             print(f"segtile: model: {model.path} ({model.origin})", file=sys.stderr)
+            for note in result.notes:
+                print(f"segtile: note: {note}", file=sys.stderr)
         tally = TileTally()
         written = result.write(*args.out, probabilities=args.probabilities, simplify=args.simplify,
                                min_area=args.min_area, overwrite=args.overwrite, progress=progress,
@@ -81,7 +83,8 @@ def _summary(result: Segmentation, tally: TileTally, written: list, seconds: flo
     megapixels = result.shape[0] * result.shape[1] / 1e6
     skipped = f", {tally.skipped} skipped (no valid pixel)" if tally.skipped else ""
     names = ", ".join(str(path) for path in written)
-    return (f"{tally.run} tiles run{skipped}; {megapixels:.1f} Mpx in {seconds:.1f} s "
+    tiles = "1 tile" if tally.run == 1 else f"{tally.run} tiles"
+    return (f"{tiles} run{skipped}; {megapixels:.1f} Mpx in {seconds:.1f} s "
             f"({megapixels / seconds:.2f} Mpx/s); wrote {names}")
 
 

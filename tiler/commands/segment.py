@@ -40,8 +40,13 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="autocast precision (fp16 needs CUDA; default: fp32)")
     parser.add_argument("--bands", type=band_list, metavar="3,2,1",
                         help="1-based input bands to feed the model, in order (default: the model card's)")
-    parser.add_argument("--level", type=non_negative_int, default=0, metavar="L",
-                        help="pyramid level to process, 0 = full resolution (default: 0)")
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--resolution", type=finite_float(0.0, strict=True), metavar="M",
+                      help="process a raster at M metres per pixel (default: the model card's, when both are known)")
+    grid.add_argument("--mpp", type=finite_float(0.0, strict=True), metavar="UM",
+                      help="process a slide at UM µm per pixel (default: the model card's, when both are known)")
+    grid.add_argument("--level", type=non_negative_int, metavar="L",
+                      help="process pyramid level L of the image (0: full resolution)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
     parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",

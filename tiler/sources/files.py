@@ -11,6 +11,8 @@ from segtile.errors import root_cause_line
 from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
+LENGTH_UNITS = (tifffile.RESUNIT.CENTIMETER, tifffile.RESUNIT.MILLIMETER, tifffile.RESUNIT.MICROMETER)
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".scn", ".bif")
 
 
@@ -40,7 +42,8 @@ def is_slide(path: str) -> bool:
     """Whether ``path`` is a whole-slide / microscopy TIFF (read with tifffile, not GDAL).
 
     Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
-    Hamamatsu, OME, Leica or Ventana layout in their first page.
+    Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are no GeoTIFF but
+    a pyramid or an image whose resolution is in a unit of length (a microscope's pixel size).
     """
     if path.lower().endswith(SLIDE_SUFFIXES):
         return True
@@ -48,7 +51,12 @@ def is_slide(path: str) -> bool:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
-            return bool(tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif)
+            if tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif:
+                return True
+            page = tif.pages.first
+            if any(code in page.tags for code in GEOTIFF_TAGS):
+                return False
+            return len(tif.series[0].levels) > 1 or page.resolutionunit in LENGTH_UNITS
     except Exception:  # an unreadable TIFF is reported by the backend that then tries it
         return False
 

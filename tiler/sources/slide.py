@@ -17,13 +17,12 @@ from tifffile.tifffile import svs_description_metadata
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff
+from segtile.sources.files import LENGTH_UNITS, check_local_file, check_tiff_complete, open_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
 _MICRONS_PER_UNIT = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
-_LENGTH_UNITS = (tifffile.RESUNIT.CENTIMETER, tifffile.RESUNIT.MILLIMETER, tifffile.RESUNIT.MICROMETER)
 # With more than one worker, tifffile decodes each tile in a thread of its own instead of in
 # Zarr's single event-loop thread, so tiles asked for by many Dask threads decode in parallel.
 _DECODE_WORKERS = 2
@@ -171,7 +170,7 @@ def _ome_mpp(xml: str | None) -> float | None:
 
 def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
     """µm per pixel from XResolution when ResolutionUnit is a length (not inch: 72 dpi means nothing)."""
-    if "XResolution" not in page.tags or page.resolutionunit not in _LENGTH_UNITS:
+    if "XResolution" not in page.tags or page.resolutionunit not in LENGTH_UNITS:
         return None
     pixels_per_micron = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
     return 1.0 / pixels_per_micron if pixels_per_micron > 0 else None
