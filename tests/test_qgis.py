@@ -24,7 +24,7 @@ from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import load_checkpoint
 from segtile.qgis_install import segtile_executable
 
-IMAGE = Path(__file__).resolve().parents[1] / "examples" / "data" / "bahamas_rgb.tif"
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "bahamas_rgb.tif"
 SESSION = Path(__file__).resolve().parent / "qgis_session.py"
 PROFILE_PLUGINS = Path(".local/share/QGIS/QGIS3/profiles/default/python/plugins")
 QGIS_TIMEOUT = 300  # seconds for one QGIS command: a hang fails the test instead of the suite
@@ -70,7 +70,10 @@ def qgis(tmp_path_factory):
     enabled = subprocess.run([qgis_process, "plugins", "enable", "segtile"], env=env, capture_output=True,
                              text=True, timeout=QGIS_TIMEOUT)
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr
-    return {"env": env, "qgis_process": qgis_process, "python": python, "plugins": home / PROFILE_PLUGINS}
+    image = home / SAMPLE.name  # a copy: QGIS writes statistics beside the rasters it opens (.aux.xml)
+    shutil.copy(SAMPLE, image)
+    return {"env": env, "qgis_process": qgis_process, "python": python, "plugins": home / PROFILE_PLUGINS,
+            "image": image}
 
 
 def polygons_by_class(path: Path) -> dict[str, tuple[int, int]]:
@@ -83,9 +86,9 @@ def polygons_by_class(path: Path) -> dict[str, tuple[int, int]]:
 
 def test_qgis_process_segments_like_the_cli(qgis, tmp_path):
     cli_mask, cli_polygons = tmp_path / "cli.tif", tmp_path / "cli.gpkg"
-    subprocess.run([segtile_executable(), IMAGE, "-o", cli_mask, "-o", cli_polygons, "--quiet"], check=True)
+    subprocess.run([segtile_executable(), qgis["image"], "-o", cli_mask, "-o", cli_polygons, "--quiet"], check=True)
     mask, polygons = tmp_path / "qgis.tif", tmp_path / "qgis.gpkg"
-    done = subprocess.run([qgis["qgis_process"], "run", "segtile:segment", "--", f"INPUT={IMAGE}",
+    done = subprocess.run([qgis["qgis_process"], "run", "segtile:segment", "--", f"INPUT={qgis['image']}",
                            f"OUTPUT={mask}", f"POLYGONS={polygons}"],
                           env=qgis["env"], capture_output=True, text=True, timeout=QGIS_TIMEOUT)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -101,7 +104,7 @@ def test_qgis_process_segments_like_the_cli(qgis, tmp_path):
 
 
 def test_qgis_process_reports_segtile_errors(qgis, tmp_path):
-    done = subprocess.run([qgis["qgis_process"], "run", "segtile:segment", "--", f"INPUT={IMAGE}",
+    done = subprocess.run([qgis["qgis_process"], "run", "segtile:segment", "--", f"INPUT={qgis['image']}",
                            f"OUTPUT={tmp_path / 'mask.tif'}", "BANDS=1,2,9"],
                           env=qgis["env"], capture_output=True, text=True, timeout=QGIS_TIMEOUT)
     assert done.returncode != 0
@@ -110,7 +113,7 @@ def test_qgis_process_reports_segtile_errors(qgis, tmp_path):
 
 
 def test_pyqgis_loads_styled_outputs_and_cancel_leaves_nothing(qgis, tmp_path):
-    done = subprocess.run([qgis["python"], SESSION, qgis["plugins"], IMAGE, tmp_path], env=qgis["env"],
+    done = subprocess.run([qgis["python"], SESSION, qgis["plugins"], qgis["image"], tmp_path], env=qgis["env"],
                           capture_output=True, text=True, timeout=QGIS_TIMEOUT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
