@@ -154,11 +154,11 @@ class SegmentAlgorithm(SegtileAlgorithm):
             "MODEL", "Model (empty: the default model)", behavior=QgsProcessingParameterFile.File,
             fileFilter="PyTorch models (*.pt *.pth *.ts);;All files (*.*)", optional=True))
         self.addParameter(QgsProcessingParameterString(
-            "BANDS", "Bands fed to the model, in order, e.g. 4,3,2 (empty: the model card's)", optional=True))
+            "BANDS", "Bands to feed the model, e.g. 4,3,2", optional=True))
         advanced = [
-            QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (empty: the model card's)",
+            QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (empty: the card's)",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
-            QgsProcessingParameterNumber("OVERLAP", "Overlap between tiles in pixels (empty: the model card's)",
+            QgsProcessingParameterNumber("OVERLAP", "Overlap of tiles in pixels (empty: the card's)",
                                          type=QgsProcessingParameterNumber.Integer, minValue=0, optional=True),
             QgsProcessingParameterNumber("BATCH_SIZE", "Tiles per model call",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=4),
