@@ -7,7 +7,8 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
      "state_dict": {...}, "card": {...}}                              # ModelCard.to_dict()
 
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
-A TorchScript file is accepted too; its card is the ``card.json`` among its extra files.
+A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
+an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from segtile.models.pspnet import PSPNet
 FORMAT = "segtile-checkpoint"
 VERSION = 1
 CARD_FILE = "card.json"
+ONNX_SUFFIX = ".onnx"
 
 # Architecture names a checkpoint may name, and the class that builds each.
 ARCHITECTURES: dict[str, type[PSPNet]] = {"pspnet": PSPNet}
@@ -110,15 +112,23 @@ def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a segtile checkpoint or a TorchScript file, on the CPU, in eval mode.
+    """Load a segtile checkpoint, a TorchScript file or an ONNX file (``.onnx``), on the CPU,
+    in eval mode.
 
     Raises:
         CheckpointError: the file is missing, a directory, empty, not a checkpoint, names an
             unknown architecture, or its weights do not fit its architecture.
         CardError: the card is missing fields or disagrees with the network.
+        OnnxError: an ONNX file that onnxruntime (or segtile) cannot run, or no onnxruntime.
     """
     path = Path(path)
     _check_is_file(path)
+    if path.suffix.lower() == ONNX_SUFFIX:
+        from segtile.models.onnx_runtime import load_onnx  # onnxruntime is an optional extra
+
+        with _naming(path):
+            module, card = load_onnx(path)
+        return LoadedModel(module, card, None)
     if is_torchscript(path):
         return _load_torchscript(path)
     payload = _read_payload(path)

@@ -124,16 +124,18 @@ def bad_inputs(tmp_path, data_dir):
     "case, message",
     [
         ("missing input", "not found"),
-        ("text", ""), ("empty", ""), ("truncated", ""),
+        ("text", "not recognized as being in a supported file format"),
+        ("empty", "input is empty"),
+        ("truncated", "is truncated: its image data run to byte"),
         ("missing model", "no such file"),
-        ("garbage model", ""),
-        ("band count", "band"),
+        ("garbage model", "not a segtile checkpoint"),
+        ("band count", "the model takes 3 bands but the image has 1 band"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
         ("extension", "unknown output format"),
         ("shared style", "mask.qml would be written twice"),
-        ("output dir", ""),
+        ("output dir", "output folder does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoint, capsys, case, message):
@@ -171,3 +173,17 @@ def test_console_script_reports_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("segtile: error:") and "Traceback" not in done.stderr
+
+
+def test_exit_status_follows_whose_fault_it_is(capsys):
+    from segtile.cli import report
+    from segtile.sources import SourceError
+
+    assert report(SourceError("cannot open x.tif: damaged")) == 2
+    assert report(FileNotFoundError(2, "No such file or directory", "/data/x.tif")) == 2
+    assert report(ValueError("operands could not be broadcast together")) == 1  # numpy's: a bug of ours
+    assert report(RuntimeError("boom")) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "segtile: error: cannot open x.tif: damaged"
+    assert err[1] == "segtile: error: /data/x.tif: No such file or directory"
+    assert err[2].startswith("segtile: failed: operands could not be broadcast") and "--debug" in err[2]

@@ -16,7 +16,7 @@ from segtile.models.builtin import choose_model
 from segtile.predictor import ModelError
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
-from segtile.writers.outputs import WriteOptions, plan_outputs, write_outputs
+from segtile.writers.outputs import WriteOptions, plan_outputs
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
 
@@ -43,8 +43,6 @@ def run_segment(args: argparse.Namespace) -> None:
     mode = "none" if args.quiet else args.progress
     writing = (1 - INFERENCE_SHARE) / len(planned)
     progress = Progress(mode, [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
-    if not args.quiet:
-        print(f"segtile: model: {model.path} ({model.origin})", file=sys.stderr)
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
@@ -55,6 +53,8 @@ def run_segment(args: argparse.Namespace) -> None:
             level=args.level, precision=args.precision, chunk_size=args.chunk_size,
             stripe_width=args.stripe_width,
         )
+        if not args.quiet:
+            print(f"segtile: model: {model.path} ({model.origin})", file=sys.stderr)
         tally = TileTally()
         written = result.write(*args.out, probabilities=args.probabilities, simplify=args.simplify,
                                min_area=args.min_area, overwrite=args.overwrite, progress=progress,

@@ -22,9 +22,9 @@ import numpy as np
 import zarr
 
 from segtile.cluster import joined_threads
+from segtile.writers.atomic import OutputError
 from segtile.writers.geotiff import PROBABILITY_SCALE
-from segtile.writers.outputs import Layers
-
+from segtile.writers.outputs import Layers, write_failure
 
 
 @contextmanager
@@ -38,7 +38,10 @@ def staged(layers: Layers, folder: Path, precision: str | None, enabled: bool = 
         return
     with tempfile.TemporaryDirectory(prefix=".segtile-pass-", dir=folder) as scratch:
         with computing():
-            ready = stage(layers, Path(scratch) / "work.zarr", precision)
+            try:
+                ready = stage(layers, Path(scratch) / "work.zarr", precision)
+            except OSError as exc:  # a full disk, a file size limit
+                raise OutputError(f"cannot write the work store in {folder}: {write_failure(exc)}") from exc
         yield ready
 
 

@@ -61,22 +61,30 @@ def open_tiff(path: str) -> tifffile.TiffFile:
         raise SourceError(f"cannot open {path} as a TIFF: {root_cause_line(exc)}") from None
 
 
-def check_tiff_complete(tif: tifffile.TiffFile, path: str) -> None:
+def check_tiff_complete(tif: tifffile.TiffFile, path: str, structure: bool = True) -> None:
     """Raise :class:`SourceError` when image data of ``tif`` lie past the end of the file.
 
     A truncated TIFF (an interrupted copy or download) often opens fine and fails only on the
     tiles that are missing, deep inside a run; comparing the tile offsets with the file size
-    catches it at open for the cost of reading the offset tables.
+    catches it at open for the cost of reading the offset tables. A structure tifffile cannot
+    parse (a damaged description, tile tables that disagree) is an error too with
+    ``structure``; without, it is left for another reader (GDAL) to judge.
     """
     size = os.path.getsize(path)
-    for series in tif.series:
-        for level in series.levels:
-            for page in level.pages:
-                if page is None or not page.dataoffsets:
-                    continue
-                end = int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
-                if end > size:
-                    raise SourceError(
-                        f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes"
-                    )
+    try:
+        pages = [page for series in tif.series for level in series.levels for page in level.pages]
+    except Exception as exc:  # tifffile parses the series lazily: a damaged description fails here
+        if not structure:
+            return
+        raise SourceError(f"cannot open {path}: its TIFF structure is damaged ({root_cause_line(exc)})") from None
+    for page in pages:
+        if page is None or not page.dataoffsets:
+            continue
+        if len(page.dataoffsets) != len(page.databytecounts):
+            if not structure:
+                continue
+            raise SourceError(f"cannot open {path}: its TIFF structure is damaged (tile offsets and sizes disagree)")
+        end = int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
+        if end > size:
+            raise SourceError(f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes")
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import dask.array as da
+from pyogrio.errors import DataLayerError, DataSourceError
 
+from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
@@ -212,10 +214,34 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
                 units = math.prod(ready.labels.numblocks) * (2 if output.kind.separate_probabilities and precision
                                                             else 1) + 1
                 first_pass = computing() if index == 0 and not enabled else nullcontext()
-                with progress.stage(f"writing {output.path.name}", units) as advance, first_pass:
+                with progress.stage(f"writing {output.path.name}", units) as advance, first_pass, \
+                        _write_errors(output.path):
                     output.kind.write(target, ready, options, advance)
                     advance(1)  # the last step: overviews, a layer's index
     return [p.path for p in planned]
+
+
+@contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """Failures to write a file (a full disk, a file size limit, a lost mount), whichever library
+    meets them (GDAL through rasterio, OGR through pyogrio, zarr), as one :class:`OutputError`
+    naming the output."""
+    try:
+        yield
+    except (OSError, DataSourceError, DataLayerError) as exc:
+        raise OutputError(f"cannot write {path}: {write_failure(exc)}") from exc
+
+
+def write_failure(exc: BaseException) -> str:
+    """What went wrong writing a file, in one line: the operating system's words (``File too
+    large``, ``No space left on device``) when they are in the chain of causes, else the
+    innermost library message."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause) in (OSError, *OSError.__subclasses__()) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__
+    return root_cause_line(exc)
 
 
 def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:
