@@ -134,6 +134,7 @@ def bad_inputs(tmp_path, data_dir):
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
         ("extension", "unknown output format"),
+        ("shared style", "mask.qml would be written twice"),
         ("output dir", "output folder does not exist"),
     ],
 )
@@ -154,6 +155,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
         "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
         "tile size": [image, "--model", model, "--tile-size", "0", "--out", out],
         "extension": [image, "--model", model, "--out", tmp_path / "mask.png"],
+        "shared style": [image, "--model", model, "--out", out, "--out", tmp_path / "mask.shp"],
         "output dir": [image, "--model", model, "--out", tmp_path / "no" / "such" / "dir" / "mask.tif"],
     }[case]
     assert run(*args, "--quiet") == 2

@@ -33,7 +33,7 @@ from segtile.writers.atomic import OutputError, OutputSet, check_output
 from segtile.writers.blocks import Advance
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import legend_sidecars
-from segtile.writers.vector import shapefile_sidecars, write_polygons
+from segtile.writers.vector import polygon_sidecars, write_polygons
 from segtile.writers.zarr_store import write_zarr
 
 
@@ -127,8 +127,8 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = (
                separate_probabilities=True),
     OutputKind("Zarr store", (".zarr",), lambda path, _: [path], _write_zarr, probabilities="float32",
                directory=True),
-    OutputKind("polygons", (".gpkg", ".geojson", ".fgb"), lambda path, _: [path], _write_polygons),
-    OutputKind("polygons", (".shp",), lambda path, _: [path, *shapefile_sidecars(path)], _write_polygons),
+    OutputKind("polygons", (".gpkg", ".geojson", ".fgb", ".shp"), lambda path, _: [path, *polygon_sidecars(path)],
+               _write_polygons),
 )
 
 
@@ -174,7 +174,8 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
         for written in files:
             resolved = Path(os.path.abspath(written))
             if resolved in seen:
-                raise OutputError(f"{written} would be written twice (by {seen[resolved]} and {path})")
+                raise OutputError(f"{written} would be written twice (by {seen[resolved]} and {path}): "
+                                  "give these outputs different names")
             seen[resolved] = path
         check_output(path, overwrite, files=files[1:], directory=kind.directory, protected=protected)
         if kind.directory and overwrite and path.is_dir() and not (path / "zarr.json").exists():
