@@ -15,7 +15,9 @@ class Georef:
 
     Attributes:
         crs: coordinate reference system, or ``None`` (plain arrays, slides).
-        transform: pixel -> world affine transform (rotation allowed), or ``None``.
+        transform: pixel -> world affine transform (rotation allowed) of a raster in ``crs``;
+            for a slide (no ``crs``), pixel -> level-0 pixel coordinates (the identity at full
+            resolution), the coordinates its annotations are given in; ``None`` for plain arrays.
         mpp: microns per pixel for microscopy slides, or ``None``.
     """
 

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import tifffile
 import zarr
+from affine import Affine
 from rasterio.windows import Window
 from tifffile.tifffile import svs_description_metadata
 
@@ -39,7 +40,9 @@ class SlideSource(Source):
     The series must be a 2-D image with at most one band axis (axes ``YX``, ``YXS``, ``SYX``
     or ``CYX`` once length-1 axes are dropped). Levels are the series' pyramid levels; the
     georeference is the pixel size in µm (Aperio ``MPP``, OME ``PhysicalSizeX``, or the
-    resolution tags when in a length unit), with no CRS. Slides carry no validity mask.
+    resolution tags when in a length unit), with no CRS; its transform maps pixels to level-0
+    pixel coordinates (the identity here; scaled on a coarser working grid), the coordinates
+    annotations of slides are given in. Slides carry no validity mask.
     Each thread reads through its own TiffFile, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
@@ -66,7 +69,7 @@ class SlideSource(Source):
             self.shape = (len(positions), *self.level_shapes[0])
             self.dtype = np.dtype(series.dtype)
             self.band_names = tuple(_band_names(series, band_count)[p] for p in positions)
-            self.georef = Georef(mpp=_microns_per_pixel(tif, series))
+            self.georef = Georef(transform=Affine.identity(), mpp=_microns_per_pixel(tif, series))
         self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:

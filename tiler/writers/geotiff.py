@@ -124,7 +124,7 @@ def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef
     height, width = shape
     return {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
-        "crs": georef.crs, "transform": georef.transform or Affine.identity(), "nodata": nodata,
+        "crs": georef.crs, "transform": georef.transform if georef.crs is not None else Affine.identity(), "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
         "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
     }
