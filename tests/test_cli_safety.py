@@ -169,9 +169,21 @@ def test_a_signal_mid_run_leaves_nothing(tmp_path, data_dir, signum, status):
     assert list(tmp_path.iterdir()) == []
 
 
+def wait_for_segtile_to_catch_sigterm(process: subprocess.Popen) -> None:
+    """Wait until ``segtile.cli.main`` has started (its handler for SIGTERM shows in /proc):
+    from then on it is importing what the command needs, for a second or more."""
+    mask = 1 << (signal.SIGTERM - 1)
+    while process.poll() is None:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        if caught & mask:
+            return
+        time.sleep(0.005)
+
+
 def test_ctrl_c_while_starting_and_twice_while_stopping_prints_no_traceback(tmp_path, data_dir):
     early = segtile_process(data_dir / "landsat7.tif", "-o", tmp_path / "m.tif")
-    time.sleep(0.5)  # still importing
+    wait_for_segtile_to_catch_sigterm(early)  # still importing
     early.send_signal(signal.SIGINT)
     err = early.stderr.read()
     assert early.wait(timeout=60) == 130 and "Traceback" not in err
