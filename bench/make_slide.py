@@ -3,7 +3,8 @@
 The source (``examples/data/cmu_small_region.svs``: 2220 x 2967 RGB at 0.499 µm/px, an H&E
 region of CMU-1) is repeated across a ``size`` x ``size`` grid, every other copy flipped so that
 seams stay continuous, as ``bench/make_mosaic.py`` does for GeoTIFFs. The slide is a generic
-pyramidal TIFF written with tifffile: BigTIFF, JPEG tiles of 512, level 0 in the main IFD and
+pyramidal TIFF written with tifffile: BigTIFF, JPEG tiles of 512 (quality 90; tifffile stores
+them as YCbCr with chroma subsampling, as most scanners do), level 0 in the main IFD and
 the levels 1/2, 1/4, ... (each pixel the mean of the level-0 block under it) as its SubIFDs, down
 to the first level whose longer side is at most ``MIN_LEVEL_SIDE``. The source's µm/px goes into
 the resolution tags (pixels per centimetre), where tifffile-based readers (segtile's slide
