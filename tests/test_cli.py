@@ -64,7 +64,7 @@ def test_progress_bar_counts_every_tile_run_and_quiet_silences_it(tmp_path, data
                "--stripe-width", "200") == 0
     with rasterio.open(image) as src:
         options = TilingOptions(tile_size=128, overlap=16, chunk_size=100, stripe_width=200)
-        total = tile_runs(plan_stripes(src.height, src.width, options))
+        total = tile_runs(src.height, src.width, options)
     assert total > len(tile_grid(src.height, src.width, 128, 16))    # stripe boundaries run twice
     assert f"{total}/{total}" in capsys.readouterr().err
     assert run(image, "--model", checkpoint, "--out", tmp_path / "b.zarr", "--quiet") == 0

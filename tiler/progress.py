@@ -27,11 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-import dask.array as da
 from tqdm import tqdm
 
-from segtile.cluster import active_client
-from segtile.engine import batch_name
+from segtile.cluster import current_client
+from segtile.engine import BATCH_PREFIX
 from segtile.events import TileCounts, listen
 
 MODES = ("bar", "json", "none")
@@ -125,10 +124,10 @@ class Progress:
 
 
 @contextmanager
-def tile_progress(logits: da.Array, total_tiles: int, progress: Progress | None = None,
+def tile_progress(token: str, total_tiles: int, progress: Progress | None = None,
                   tally: TileTally | None = None, name: str = "inference") -> Iterator[TileTally]:
-    """Count the tiles of ``logits`` (a :func:`segtile.segment` result's) computed inside the
-    ``with`` block, locally or on the active ``dask.distributed`` client, as a ``progress``
+    """Count the tiles of the job ``token`` (a :func:`segtile.segment` result's) computed inside
+    the ``with`` block, locally or on the current ``dask.distributed`` client, as a ``progress``
     stage (a bar by default). Yields the tally of what the batch tasks reported (``tally``,
     when given, is the one filled)."""
     progress = progress or Progress("bar", [(name, 1.0)])
@@ -138,5 +137,5 @@ def tile_progress(logits: da.Array, total_tiles: int, progress: Progress | None 
             tally.add(counts)
             advance(counts.read)
 
-        with listen(batch_name(logits), on_batch, active_client(logits)):
+        with listen(BATCH_PREFIX + token, on_batch, current_client()):
             yield tally
