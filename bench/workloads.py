@@ -44,15 +44,14 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
 
     from segtile import segment
 
-    model = pointwise_model()
+    model = pointwise_model(classes=args.classes)
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
     source = open_slide(args.input) if args.slide else args.input
-    result = segment(
-        source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-        batch_size=args.batch_size, device="cpu", chunk_size=args.chunk_size,
-        stripe_width=args.stripe_width,
-    )
+    sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
+             if getattr(args, name) is not None}
+    result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
+                     device="cpu", **sizes)
     tasks = len(result.labels.__dask_graph__())
     da.to_zarr(result.labels, args.out)
     return {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
@@ -76,7 +75,7 @@ def monai_in_memory(args: argparse.Namespace) -> dict:
     del pixels
     with torch.inference_mode():
         logits = sliding_window_inference(
-            inputs, roi_size=(args.tile_size, args.tile_size), sw_batch_size=args.batch_size,
+            inputs, roi_size=(args.tile_size, args.tile_size), sw_batch_size=args.batch_size or 4,
             predictor=model, overlap=args.overlap_fraction, mode="gaussian",
         )
         labels = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
@@ -103,7 +102,7 @@ def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
         patch_output_shape=(args.tile_size, args.tile_size),
         stride_shape=(stride, stride),
     )
-    segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size, device="cpu", verbose=False)
+    segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size or 8, device="cpu", verbose=False)
     spilling = {"memory_threshold": args.memory_threshold} if args.memory_threshold is not None else {}
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
@@ -125,10 +124,12 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64, help="segtile: overlap in pixels")
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=1024, help="segtile: output chunk side")
+    parser.add_argument("--batch-size", type=int, help="tiles per batch (segtile default: from its memory budget)")
+    parser.add_argument("--classes", type=int, default=2, help="classes of the pointwise model")
+    parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
+    parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
-    parser.add_argument("--stripe-width", type=int, default=8192, help="segtile: stripe width (0: whole width)")
+    parser.add_argument("--stripe-width", type=int, help="segtile: stripe width (0: whole width; default: from its budget)")
     parser.add_argument("--memory-threshold", type=int, help="tiatoolbox: RAM use (%%) past which it spills "
                         "its merge canvas to Zarr (its default: 80)")
     args = parser.parse_args()

@@ -10,8 +10,9 @@ gigabytes. So whatever the user leaves open is chosen from the limit (``--memory
 * batches: a quarter of the limit for the batches in flight (one per thread);
 * chunks: an eighth for the chunks being stitched (one accumulator per thread), the largest of
   1024, 512, 256, 128 or 64 that fits;
-* stripes: the rest for the band of tile results one tile high (about ``(tile / stride)²``
-  results per pixel, as tiles overlap), rounded down to whole chunks, at most 8192 px.
+* stripes: the rest for the band of tile results that straddles the chunk row being stitched:
+  two rows of tiles (a chunk row meets the tiles of the row above it and of its own), each
+  ``width / stride`` tiles of ``tile²`` pixels; rounded down to whole chunks, at most 8192 px.
 
 The price of narrower stripes is the tiles on their boundaries, run once per stripe (see
 :mod:`segtile.plan`). Sizes the user gives are used as they are. The figures this was checked
@@ -77,7 +78,7 @@ def plan_memory(*, classes: int, tile_size: int, overlap: int, limit: int = DEFA
         chunk_size = fitting[0] if fitting else CHUNK_SIZES[-1]
     if stripe_width is None:
         stride = max(1, tile_size - overlap)
-        band_per_column = tile_size * per_tile_pixel * (tile_size / stride) ** 2
+        band_per_column = 2 * tile_size * tile_size * per_tile_pixel / stride
         fits = int(limit * 5 / 8 // band_per_column) // chunk_size * chunk_size
         stripe_width = min(MAX_STRIPE, max(chunk_size, fits))
     return MemoryPlan(batch_size, chunk_size, stripe_width)

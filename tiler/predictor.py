@@ -136,11 +136,11 @@ class Predictor:
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
             logits = logits.contiguous()
-            finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
             valid = weight > 0
-            nonfinite = int((valid & ~finite).sum())
-            weights = None
-            if nonfinite:
+            nonfinite, weights = 0, None
+            if not torch.isfinite(logits.sum()):  # one fast reduction: a NaN or inf anywhere shows
+                finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
+                nonfinite = int((valid & ~finite).sum())
                 weight = weight * finite
                 logits.masked_fill_(~finite, 0.0)
                 weights = weight[..., 0].cpu().numpy()
