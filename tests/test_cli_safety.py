@@ -150,7 +150,7 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path, image, 
     monkeypatch.setattr(atomic, "check_output", check_then_someone_else_writes)
     assert run(image, "-o", mask, "--quiet") == 2
     assert mask.read_text() == "the other run's"
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path) == [".m.tif.segtile-work"]  # the inference, kept for --resume --overwrite
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -164,9 +164,11 @@ def test_a_signal_mid_run_leaves_nothing(tmp_path, data_dir, signum, status):
     process.send_signal(signum)
     err = process.stderr.read()
     assert process.wait(timeout=120) == status
-    assert err.strip().splitlines()[-1].endswith("no output was written")
-    assert "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
+    last = err.strip().splitlines()[-1]
+    assert "no output was written" in last and "Traceback" not in err
+    kept = [p.name for p in tmp_path.iterdir()]
+    assert kept in ([], [".m.tif.segtile-work"])  # nothing but the finished work, kept for --resume
+    assert bool(kept) == last.endswith("the same command with --resume continues from it")
 
 
 def wait_for_segtile_to_catch_sigterm(process: subprocess.Popen) -> None:
@@ -197,7 +199,7 @@ def test_ctrl_c_while_starting_and_twice_while_stopping_prints_no_traceback(tmp_
         time.sleep(0.02)
     err = late.stderr.read()
     assert late.wait(timeout=120) == 130 and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] in ([], [".m.tif.segtile-work"])
 
 
 DAMAGE = {  # three bytes changed in the header of a real file: (offset, new value)
@@ -236,4 +238,6 @@ def test_a_full_disk_is_one_line_and_exit_2_whatever_the_format(tmp_path, data_d
     if status == 0:
         pytest.skip(f"{output} fits under the size limit")
     assert status == 2 and err.startswith("segtile: error: cannot write") and err.count("\n") == 1, err
-    assert list(tmp_path.iterdir()) == []
+    kept = [p.name for p in tmp_path.iterdir()]
+    assert kept in ([], [f".{output}.segtile-work"])  # only the finished work, for --resume
+    assert bool(kept) == ("--resume continues from it" in err)

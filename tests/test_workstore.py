@@ -23,16 +23,16 @@ def layers() -> Layers:
 
 
 def test_labels_alone_when_no_output_writes_probabilities(tmp_path):
-    ready = stage(layers(), tmp_path / "work.zarr", precision=None)
+    ready = stage(layers(), tmp_path / "work", precision=None)
     assert ready.probabilities is None
-    assert list(zarr.open_group(str(tmp_path / "work.zarr"), mode="r").array_keys()) == ["labels"]
+    assert list(zarr.open_group(str(tmp_path / "work" / "work.zarr"), mode="r").array_keys()) == ["labels"]
     np.testing.assert_array_equal(ready.labels.compute(), layers().labels.compute())
 
 
 def test_probabilities_kept_as_bytes_for_byte_outputs(tmp_path):
     given = layers()
-    ready = stage(given, tmp_path / "work.zarr", precision="uint8")
-    stored = zarr.open_group(str(tmp_path / "work.zarr"), mode="r")["probabilities"]
+    ready = stage(given, tmp_path / "work", precision="uint8")
+    stored = zarr.open_group(str(tmp_path / "work" / "work.zarr"), mode="r")["probabilities"]
     assert stored.dtype == np.uint8  # 1 byte per class and pixel, not 4
     back = ready.probabilities.compute()
     expected = given.probabilities.compute()
@@ -41,5 +41,5 @@ def test_probabilities_kept_as_bytes_for_byte_outputs(tmp_path):
 
 
 def test_probabilities_kept_as_floats_for_float_outputs(tmp_path):
-    ready = stage(layers(), tmp_path / "work.zarr", precision="float32")
+    ready = stage(layers(), tmp_path / "work", precision="float32")
     np.testing.assert_array_equal(ready.probabilities.compute(), layers().probabilities.compute())

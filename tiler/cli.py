@@ -96,9 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 build_parser().print_help(sys.stderr)
                 return EXIT_USAGE
             args.run(args)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
-            print(f"segtile: {name}; no output was written", file=sys.stderr)
+            print(f"segtile: {name}; no output was written{_notes(interrupt)}", file=sys.stderr)
             return 128 + received.get("signal", signal.SIGINT)
         except Exception as exc:
             if debug:
@@ -112,13 +112,18 @@ def report(exc: BaseException) -> int:
     from segtile.errors import SegtileError, one_line
 
     if isinstance(exc, SegtileError):
-        print(f"segtile: error: {one_line(exc)}", file=sys.stderr)
+        print(f"segtile: error: {one_line(exc)}{_notes(exc)}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(exc, OSError) and exc.filename is not None:  # the user's file: missing, full disk...
-        print(f"segtile: error: {exc.filename}: {exc.strerror or one_line(exc)}", file=sys.stderr)
+        print(f"segtile: error: {exc.filename}: {exc.strerror or one_line(exc)}{_notes(exc)}", file=sys.stderr)
         return EXIT_USAGE
     print(f"segtile: failed: {one_line(exc)} (run with --debug for details)", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _notes(exc: BaseException) -> str:
+    """What the run added to ``exc`` (its notes: where its work was kept), on the same line."""
+    return "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
 
 
 @contextmanager

@@ -90,8 +90,8 @@ class Segmentation:
         """Dask array ``(H, W)`` of class indices (uint8, or uint16 beyond 255 classes)."""
         return self.products("labels")["labels"]
 
-    def progress(self, enabled: bool = True, progress: Progress | None = None,
-                 tally: TileTally | None = None) -> ContextManager[TileTally]:
+    def progress(self, enabled: bool = True, progress: Progress | None = None, tally: TileTally | None = None,
+                 skip: frozenset[tuple[int, int]] = frozenset()) -> ContextManager[TileTally]:
         """A context manager showing a tile progress bar (stderr) for this result's work done
         inside it, on the local scheduler or a ``dask.distributed`` cluster::
 
@@ -99,9 +99,10 @@ class Segmentation:
                 result.to_geotiff("mask.tif")
 
         It yields the tally of tiles read and run (``tally``, when given, is the one filled).
-        ``progress`` shows the tiles as one stage of a larger run instead of a bar of their own."""
+        ``progress`` shows the tiles as one stage of a larger run instead of a bar of their own;
+        the chunks in ``skip`` are left out of the total (done by an earlier run)."""
         progress = progress or Progress("bar" if enabled else "none", [("inference", 1.0)])
-        return tile_progress(self.token, self.tile_count(), progress, tally)
+        return tile_progress(self.token, self.tile_count(skip), progress, tally)
 
     def tile_count(self, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
         """How many tiles computing the result reads (stripe boundaries count twice), leaving

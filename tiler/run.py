@@ -16,7 +16,9 @@ from segtile.models.builtin import choose_model
 from segtile.predictor import ModelError
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
-from segtile.writers.outputs import WriteOptions, plan_outputs
+from segtile.resume import Work, prepare_work, run_identity, work_folder
+from segtile.writers.atomic import OutputError
+from segtile.writers.outputs import WriteOptions, plan_outputs, probability_precision, write_outputs
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
 
@@ -40,9 +42,11 @@ def run_segment(args: argparse.Namespace) -> None:
     check_device(args.device, args.precision, here=args.scheduler is None)
     model = choose_model(args.model)
     planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=[args.input, model.path])
+    precision = probability_precision([p.kind for p in planned], options)
     mode = "none" if args.quiet else args.progress
     writing = (1 - INFERENCE_SHARE) / len(planned)
     progress = Progress(mode, [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
+    say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
@@ -50,32 +54,47 @@ def run_segment(args: argparse.Namespace) -> None:
             args.input, model.path,
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
             batch_size=args.batch_size, device=args.device, bands=args.bands, resolution=args.resolution,
-            mpp=args.mpp, level=args.level, precision=args.precision, chunk_size=args.chunk_size,
-            stripe_width=args.stripe_width,
+            mpp=args.mpp, level=args.level, precision=args.precision, tta=args.tta, scales=args.scales,
+            chunk_size=args.chunk_size, stripe_width=args.stripe_width, memory_limit=args.memory_limit,
         )
-        if not args.quiet:
-            print(f"segtile: model: {model.path} ({model.origin})", file=sys.stderr)
-            for note in result.notes:
-                print(f"segtile: note: {note}", file=sys.stderr)
+        say(f"model: {model.path} ({model.origin})")
+        for note in result.notes:
+            say(f"note: {note}")
+        work = prepare_work(work_folder(planned[0].path), result, run_identity(result, model.path, precision),
+                            precision, args.resume)
+        if work.note:
+            say(f"note: {work.note}")
         tally = TileTally()
-        written = result.write(*args.out, probabilities=args.probabilities, simplify=args.simplify,
-                               min_area=args.min_area, overwrite=args.overwrite, progress=progress,
-                               computing=lambda: _inference(result, progress, tally), stage=True)
-    if tally.nonfinite and not args.quiet:
-        print(f"segtile: warning: the model gave NaN or infinite logits for {tally.nonfinite} of "
-              f"{tally.valid} pixels; they are nodata in the outputs", file=sys.stderr)
+        with _keeping(work, say):
+            names = ("labels", "probabilities") if precision else ("labels",)
+            with result.progress(progress=progress, tally=tally, skip=work.done):
+                work.store.fill(result.products(*names, skip=work.done), skip=work.done)
+            if tally.valid and tally.nonfinite == tally.valid:
+                raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
+            written = write_outputs(work.store.layers(result.layers()), args.out, options, overwrite=args.overwrite,
+                                    protected=[*result.inputs, model.path], progress=progress, stage=False)
+        work.store.remove()
+    if tally.nonfinite:
+        say(f"warning: the model gave NaN or infinite logits for {tally.nonfinite} of {tally.valid} pixels; "
+            "they are nodata in the outputs")
     progress.summary(_summary(result, tally, written, time.perf_counter() - started),
                      tiles_run=tally.run, tiles_skipped=tally.skipped, outputs=[str(p) for p in written])
 
 
 @contextmanager
-def _inference(result: Segmentation, progress: Progress, tally: TileTally) -> Iterator[None]:
-    """Count the tiles the pass that computes ``result`` runs; refuse to write outputs when the
-    model gave no finite value for any pixel."""
-    with result.progress(progress=progress, tally=tally):
+def _keeping(work: Work, say) -> Iterator[None]:
+    """On an interruption inside, or a failure to write (a full disk), keep the work store if it
+    holds finished chunks, and say how to continue from them; on any other failure (a model that
+    gives nothing, a bug) remove it: resuming would only repeat it."""
+    try:
         yield
-    if tally.valid and tally.nonfinite == tally.valid:
-        raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
+    except BaseException as error:
+        if isinstance(error, (KeyboardInterrupt, OSError, OutputError)) and work.store.done():
+            error.add_note(f"the finished work is kept in {work.store.folder}: the same command with --resume "
+                           "continues from it")
+        else:
+            work.store.remove()
+        raise
 
 
 def _summary(result: Segmentation, tally: TileTally, written: list, seconds: float) -> str:

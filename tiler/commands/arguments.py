@@ -64,3 +64,24 @@ def name_list(text: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
     return names
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """``"0.5,1,1.5"`` -> ``(0.5, 1.0, 1.5)``: positive scales, at most 8."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(not (math.isfinite(s) and 0 < s <= 8) for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be positive numbers up to 8, got {text!r}")
+    return scales
+
+
+def memory_size(text: str) -> int:
+    """``"1.5G"`` -> bytes (see :func:`segtile.budget.parse_size`)."""
+    from segtile.budget import BudgetError, parse_size
+
+    try:
+        return parse_size(text)
+    except BudgetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

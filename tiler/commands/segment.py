@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 
 from segtile.blend import BLENDS
-from segtile.commands.arguments import band_list, finite_float, non_negative_int, positive_int
+from segtile.commands.arguments import (
+    band_list,
+    finite_float,
+    memory_size,
+    non_negative_int,
+    positive_int,
+    scale_list,
+)
 from segtile.devices import PRECISIONS
+
+FROM_CARD = "card"  # --tta's default: the model card's suggestion (segtile.api.FROM_CARD)
 
 DESCRIPTION = (
     "Segment an image too large for memory with a PSPNet, tile by tile. The format of each output "
@@ -30,8 +39,8 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="tile side in pixels (default: the model card's; at most the image's size)")
     parser.add_argument("--overlap", type=non_negative_int, metavar="N",
                         help="pixels shared by neighbouring tiles (default: the model card's)")
-    parser.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
-                        help="tiles per model call (default: 4)")
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
+                        help="tiles per model call (default: 4, fewer for many-class models, see --memory-limit)")
     parser.add_argument("--blend", choices=BLENDS, default="gaussian",
                         help="weighting of overlapping tiles (default: gaussian)")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]",
@@ -53,11 +62,24 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="simplify polygons (topology preserving), tolerance in CRS units")
     parser.add_argument("--min-area", type=finite_float(0.0), metavar="A",
                         help="drop polygons smaller than A (CRS units squared)")
-    parser.add_argument("--chunk-size", type=positive_int, default=1024, metavar="N",
-                        help="side of the output chunks stitched at once (default: 1024)")
-    parser.add_argument("--stripe-width", type=non_negative_int, default=8192, metavar="N",
+    parser.add_argument("--tta", choices=("none", "flip", "d4"), default=FROM_CARD,
+                        help="test-time augmentation: horizontal flip, or all 8 flips and rotations; "
+                        "predictions averaged as probabilities (default: the model card's suggestion, else none)")
+    parser.add_argument("--scales", type=scale_list, default=(1.0,), metavar="0.75,1,1.25",
+                        help="also run each tile at these scales and average (the paper's multi-scale test: "
+                        "0.5,0.75,1,1.25,1.5,1.75; default: 1)")
+    parser.add_argument("--memory-limit", type=memory_size, metavar="SIZE",
+                        help="memory the engine may hold, e.g. 1.5G or 800M; sizes the batches, chunks and "
+                        "stripes you leave open (default: 1.5G)")
+    parser.add_argument("--chunk-size", type=positive_int, metavar="N",
+                        help="side of the output chunks stitched at once (default: 1024, smaller for many classes)")
+    parser.add_argument("--stripe-width", type=non_negative_int, metavar="N",
                         help="width of the vertical stripes processed one after another: bounds memory on "
-                        "wide images, runs the tiles on each stripe boundary twice; 0 = whole width (default: 8192)")
+                        "wide images, runs the tiles on each stripe boundary twice; 0 = whole width "
+                        "(default: 8192, narrower for many classes)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run of the same command from the work it kept "
+                        "(.FIRST_OUTPUT.segtile-work beside the first output)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     parser.add_argument("--progress", choices=("bar", "json"), default="bar",
                         help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")

@@ -44,7 +44,7 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
                atomic: bool = True) -> Path:
     """Write labels (and probabilities) with their georeference and card to a Zarr v3 group;
     return ``path``. See the module docstring for the layout."""
-    labels = _regular(as_labels(labels, card, nodata))
+    labels = regular_chunks(as_labels(labels, card, nodata))
     sources, targets = [labels], []
     with destination(path, overwrite, atomic, directory=True) as target:
         group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=_attributes(georef, card, nodata))
@@ -53,7 +53,7 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
             fill_value=nodata, dimension_names=("y", "x"),
         ))
         if probabilities is not None:
-            probabilities = _regular(as_probabilities(probabilities, card, labels.shape).astype(np.float32))
+            probabilities = regular_chunks(as_probabilities(probabilities, card, labels.shape).astype(np.float32))
             sources.append(probabilities)
             targets.append(group.create_array(
                 "probabilities", shape=probabilities.shape, chunks=probabilities.chunksize,
@@ -101,7 +101,7 @@ def _attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
     }
 
 
-def _regular(array: da.Array) -> da.Array:
+def regular_chunks(array: da.Array) -> da.Array:
     """``array`` with chunks Zarr can hold: equal along each axis but for a smaller last one."""
     for sizes in array.chunks:
         if len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]:

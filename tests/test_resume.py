@@ -1,0 +1,129 @@
+"""Resuming after a crash: a run killed part way continues from its work store, computes only
+what is missing, and writes exactly what an uninterrupted run writes."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import torch
+
+from segtile.models import ModelCard, save_torchscript
+
+
+class SlowPointwise(torch.nn.Module):
+    """A 1x1 convolution made slow by many exact no-op steps: each pixel alone, so tiling can't
+    change it, and slow enough to be killed part way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(150):
+            x = torch.sqrt(x * x + 1.0) - 1.0 + x - torch.sqrt(x * x + 1.0) + 1.0
+        return self.conv(x)
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "slow.pt"
+    save_torchscript(path, torch.jit.script(SlowPointwise()),
+                     ModelCard(classes=("water", "land", "cloud"), tile_size=256, overlap=32))
+    return path
+
+
+ARGS = ("--chunk-size", "256", "--batch-size", "1", "--progress", "json", "--device", "cpu")
+
+
+def segtile(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "segtile.cli", *map(str, args), *ARGS], stderr=subprocess.PIPE,
+                            text=True)
+
+
+def summary(err: str) -> dict:
+    return json.loads(next(line for line in reversed(err.splitlines()) if line.startswith('{"summary"')))
+
+
+def outputs(folder: Path) -> tuple[np.ndarray, list]:
+    with rasterio.open(folder / "m.tif") as mask:
+        labels = mask.read(1)
+    _, _, geometry, fields = pyogrio.raw.read(folder / "p.gpkg")
+    return labels, sorted(zip(fields[0].tolist(), geometry))
+
+
+def test_a_run_killed_part_way_resumes_and_equals_an_uninterrupted_run(tmp_path, data_dir, slow_model):
+    image = data_dir / "bahamas_rgb.tif"
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    whole.mkdir(), resumed.mkdir()
+    uninterrupted = segtile(image, "--model", slow_model, "-o", whole / "m.tif", "-o", whole / "p.gpkg")
+    err = uninterrupted.stderr.read()
+    assert uninterrupted.wait(timeout=300) == 0, err
+    all_tiles = summary(err)["tiles_run"]
+
+    killed = segtile(image, "--model", slow_model, "-o", resumed / "m.tif", "-o", resumed / "p.gpkg")
+    work = resumed / ".m.tif.segtile-work"
+    for line in killed.stderr:
+        if line.startswith("{") and json.loads(line).get("done", 0) >= all_tiles // 2:
+            if len(list((work / "done").iterdir())) >= 2:
+                break
+    killed.send_signal(signal.SIGKILL)  # no clean-up at all: a crash, a power cut
+    killed.wait(timeout=60)
+    assert [p.name for p in resumed.iterdir()] == [".m.tif.segtile-work"]  # killed during inference
+    done_before = len(list((work / "done").iterdir()))
+
+    again = segtile(image, "--model", slow_model, "-o", resumed / "m.tif", "-o", resumed / "p.gpkg", "--resume",
+                    "--overwrite")
+    err = again.stderr.read()
+    assert again.wait(timeout=300) == 0, err
+    assert f"resuming: {done_before} of" in err
+    assert summary(err)["tiles_run"] < all_tiles
+    assert not work.exists()
+    labels, polygons = outputs(resumed)
+    expected_labels, expected_polygons = outputs(whole)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert polygons == expected_polygons
+
+
+def interrupted_store(folder: Path, image: Path, model: Path) -> Path:
+    """A work store as a killed run leaves it: run, then put the outputs' work store back."""
+    run = segtile(image, "--model", model, "-o", folder / "m.tif")
+    for line in run.stderr:
+        if line.startswith("{") and json.loads(line).get("done", 0) >= 4:
+            break
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    return folder / ".m.tif.segtile-work"
+
+
+def test_work_of_another_model_or_input_is_never_resumed(tmp_path, data_dir, slow_model):
+    image = tmp_path / "image.tif"
+    image.write_bytes((data_dir / "bahamas_rgb.tif").read_bytes())
+    work = interrupted_store(tmp_path, image, slow_model)
+    assert work.exists()
+    other = tmp_path / "other.pt"
+    save_torchscript(other, torch.jit.script(SlowPointwise()),
+                     ModelCard(classes=("water", "land", "cloud"), tile_size=256, overlap=32, extra={"v": 2}))
+    run = segtile(image, "--model", other, "-o", tmp_path / "m.tif", "--resume")
+    err = run.stderr.read()
+    assert run.wait(timeout=300) == 0, err
+    assert "is from another run (input, model or options differ): starting afresh" in err
+    assert "resuming" not in err
+
+
+def test_without_resume_old_work_is_replaced_and_the_run_says_it_could_have_resumed(tmp_path, data_dir,
+                                                                                     slow_model):
+    image = data_dir / "bahamas_rgb.tif"
+    work = interrupted_store(tmp_path, image, slow_model)
+    assert work.exists()
+    run = segtile(image, "--model", slow_model, "-o", tmp_path / "m.tif")
+    err = run.stderr.read()
+    assert run.wait(timeout=300) == 0, err
+    assert "(--resume would have continued it)" in err
+    assert summary(err)["tiles_run"] > 0 and not work.exists()
