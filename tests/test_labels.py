@@ -4,7 +4,6 @@ GeoJSON, QuPath GeoJSON), read window by window."""
 import json
 
 import numpy as np
-import pyogrio
 import pyogrio.raw
 import pytest
 import rasterio
@@ -14,22 +13,9 @@ from rasterio.windows import Window
 
 from segtile.labels import IGNORE, LabelError, PolygonLabels, RasterLabels, open_labels
 from segtile.sources import open_source
+from tests.geodata import IMAGE_TRANSFORM, UTM, pixel_box, write_polygons, write_raster
 
-UTM = "EPSG:32618"
-IMAGE_TRANSFORM = Affine(30.0, 0.0, 400000.0, 0.0, -30.0, 2700000.0)
 CLASSES = ("water", "land", "cloud")
-
-
-def write_raster(path, array, crs=UTM, transform=IMAGE_TRANSFORM, nodata=None):
-    array = np.asarray(array)
-    bands = array[None] if array.ndim == 2 else array
-    profile = {"driver": "GTiff", "height": bands.shape[1], "width": bands.shape[2], "count": bands.shape[0],
-               "dtype": bands.dtype.name, "nodata": nodata}
-    if crs is not None:
-        profile.update(crs=crs, transform=transform)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(bands)
-    return path
 
 
 @pytest.fixture
@@ -44,19 +30,6 @@ def plain_image(tmp_path):
     """A 1-band 50 x 40 image without georeference (as a microscopy TIFF)."""
     pixels = np.random.default_rng(1).integers(0, 4000, (50, 40), dtype=np.uint16)
     return open_source(write_raster(tmp_path / "plain.tif", pixels, crs=None))
-
-
-def pixel_box(transform, row0, row1, col0, col1):
-    """The polygon covering pixel rows [row0, row1) and columns [col0, col1) in world coordinates."""
-    corners = [(col0, row0), (col1, row0), (col1, row1), (col0, row1)]
-    return shapely.Polygon([transform * corner for corner in corners])
-
-
-def write_polygons(path, geometries, names, crs=UTM, field="class_name", driver=None):
-    wkb = shapely.to_wkb(np.asarray(geometries, dtype=object))
-    pyogrio.raw.write(path, wkb, [np.asarray(names, dtype=object)], [field], geometry_type="Polygon",
-                  crs=crs, driver=driver)
-    return path
 
 
 def whole(source):

@@ -83,7 +83,7 @@ class LabelSource(ABC):
         ``(ceil(height / block), ceil(width / block))``. A cell marked True may still turn out
         unlabelled; one marked False holds no label. Lets a sampler skip what was never
         annotated without reading it."""
-        return np.ones(_cells(self.shape, block), dtype=bool)
+        return np.ones(cells(self.shape, block), dtype=bool)
 
     @abstractmethod
     def close(self) -> None:
@@ -132,8 +132,16 @@ def _is_vector(path: str) -> bool:
         return False
 
 
-def _cells(shape: tuple[int, int], block: int) -> tuple[int, int]:
+def cells(shape: tuple[int, int], block: int) -> tuple[int, int]:
+    """How many rows and columns of ``block`` x ``block`` cells cover a grid of ``shape``."""
     return math.ceil(shape[0] / block), math.ceil(shape[1] / block)
+
+
+def cell_window(cell: tuple[int, int], block: int, shape: tuple[int, int]) -> Window:
+    """The window of cell ``(row, column)`` of a grid of ``shape`` cut in ``block`` x ``block``
+    cells; the cells of the last row and column are cut short at the grid's edge."""
+    row, col = cell[0] * block, cell[1] * block
+    return Window(col, row, min(block, shape[1] - col), min(block, shape[0] - row))
 
 
 def _grid_transform(like: Source) -> Affine:
@@ -285,10 +293,10 @@ class PolygonLabels(LabelSource):
 
     def coverage(self, block: int) -> np.ndarray:
         """Cells touched by any polygon (rasterised at the cell size, every touched cell kept)."""
-        cells = _cells(self.shape, block)
+        grid = cells(self.shape, block)
         if not len(self._geometries):
-            return np.zeros(cells, dtype=bool)
-        touched = rasterio.features.rasterize(((g, 1) for g in self._geometries), out_shape=cells,
+            return np.zeros(grid, dtype=bool)
+        touched = rasterio.features.rasterize(((g, 1) for g in self._geometries), out_shape=grid,
                                               transform=self._transform * Affine.scale(block),
                                               fill=0, all_touched=True, dtype="uint8")
         return touched.astype(bool)
