@@ -51,6 +51,14 @@ def test_a_raster_on_the_image_grid_reads_window_by_window_with_nodata_and_255_i
     assert read[1, 4] == IGNORE and read[2, 4] == IGNORE
 
 
+def test_a_rasters_coverage_marks_the_cells_holding_a_labelled_pixel(tmp_path, image):
+    values = np.full((60, 80), IGNORE, np.uint8)
+    values[5, 70] = 1      # cell (0, 2) of 32 x 32 cells
+    values[59, 0:3] = 0    # cell (1, 0), cut short by the image's edge
+    labels = open_labels(write_raster(tmp_path / "labels.tif", values), like=image, classes=CLASSES)
+    assert labels.coverage(32).tolist() == [[False, False, True], [True, False, False]]
+
+
 def test_a_plain_raster_of_the_image_size_is_on_its_pixel_grid(tmp_path, plain_image):
     values = (np.arange(50 * 40).reshape(50, 40) % 2).astype(np.uint16)
     labels = open_labels(write_raster(tmp_path / "mask.tif", values, crs=None), like=plain_image,

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("segment", "eval")
+COMMANDS = ("segment", "train", "eval")
 _MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
 
 

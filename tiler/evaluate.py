@@ -128,9 +128,9 @@ def report(evaluation: Evaluation) -> str:
     """The confusion matrix, per-class IoU and accuracy, and the means, as a text table."""
     names, s = evaluation.classes, evaluation.scores
     width = max(8, *(len(n) for n in names))
-    cell = max(10, len(str(int(s.confusion.max()))) + 2)
+    cell = max(10, len(str(int(s.confusion.max()))) + 2, *(len(n) + 2 for n in names))
     lines = ["confusion matrix (pixels; rows: ground truth, columns: prediction)",
-             " " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names)]
+             " " * width + "".join(f"{n:>{cell}}" for n in names)]
     for name, row in zip(names, s.confusion):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}d}" for v in row))
     lines += ["", f"{'class':<{width}}{'IoU':>10}{'accuracy':>10}{'pixels':>{cell}}"]

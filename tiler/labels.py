@@ -7,7 +7,8 @@ the class index of each pixel, 255 where there is none. Two kinds of file give t
   on the image's grid, else reprojected onto that grid with nearest-neighbour resampling by a
   GDAL ``WarpedVRT``, one window at a time. Its nodata (or mask) and the value 255 mean
   "unlabelled". A raster without any georeference is taken to be on the image's pixel grid when
-  it has the image's size.
+  it has the image's size. Finding which parts hold labels (:meth:`LabelSource.coverage`) reads
+  it once, window by window.
 * **polygons** (GeoPackage, GeoJSON, QuPath GeoJSON, Shapefile, FlatGeobuf: anything OGR reads),
   one class name per feature, rasterised per window with ``rasterio.features.rasterize`` (a pixel
   is labelled when its centre is inside a polygon; where polygons overlap, the later feature in
@@ -96,12 +97,13 @@ class LabelSource(ABC):
         self.close()
 
 
-def open_labels(path: str | os.PathLike, like: Source, classes: Sequence[str],
+def open_labels(path: str | os.PathLike | np.ndarray, like: Source, classes: Sequence[str],
                 class_field: str | None = None) -> LabelSource:
     """Open ``path`` as labels on the grid of the image ``like``.
 
     Args:
-        path: a label raster or a polygon file (see the module's docstring).
+        path: a label raster or a polygon file (see the module's docstring), or an array
+            ``(H, W)`` of class indices of the image's size.
         like: the image the labels belong to (its size and georeference define the grid).
         classes: the class names, in index order (at most 255).
         class_field: for polygons, the field holding each feature's class name (default: the
@@ -111,10 +113,12 @@ def open_labels(path: str | os.PathLike, like: Source, classes: Sequence[str],
         LabelError: the file is missing or unreadable, cannot be placed on the image's grid,
             names classes not in ``classes``, or has no class field.
     """
-    path = os.fspath(path)
     classes = tuple(classes)
     if not 1 <= len(classes) <= MAX_CLASSES:
         raise LabelError(f"need between 1 and {MAX_CLASSES} classes, got {len(classes)}")
+    if isinstance(path, np.ndarray):
+        return ArrayLabels(path, like, classes)
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"labels not found: {path}")
     if os.path.isdir(path):
@@ -168,6 +172,15 @@ class RasterLabels(LabelSource):
         except RasterioError as exc:
             raise LabelError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
         return _as_class_indices(values, valid, len(self.classes), self.path, window)
+
+    def coverage(self, block: int) -> np.ndarray:
+        """Cells holding a labelled pixel, from one pass over the raster, cell by cell (which
+        also checks every value before training starts)."""
+        grid = cells(self.shape, block)
+        covered = np.zeros(grid, dtype=bool)
+        for cell in np.ndindex(grid):
+            covered[cell] = (self.read(cell_window(cell, block, self.shape)) != IGNORE).any()
+        return covered
 
     def close(self) -> None:
         self._readers.close()
@@ -249,6 +262,24 @@ def _as_class_indices(values: np.ndarray, valid: np.ndarray, classes: int, path:
     out = np.full(values.shape, IGNORE, dtype=np.uint8)
     out[labelled] = values[labelled].astype(np.uint8)
     return out
+
+
+class ArrayLabels(LabelSource):
+    """An array ``(H, W)`` of class indices (255: unlabelled) on the image's pixel grid."""
+
+    def __init__(self, array: np.ndarray, like: Source, classes: tuple[str, ...]) -> None:
+        self.path, self.classes = "label array", classes
+        self.shape = (like.height, like.width)
+        if array.shape != self.shape:
+            raise LabelError(f"a label array of shape {array.shape} does not fit the image of {self.shape}")
+        self._array = array
+
+    def read(self, window: Window) -> np.ndarray:
+        values = self._array[window.toslices()]
+        return _as_class_indices(values, np.ones(values.shape, dtype=bool), len(self.classes), self.path, window)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class PolygonLabels(LabelSource):
