@@ -81,7 +81,7 @@ def suggested_tiling(tile_size: int, alignment: int = PSPNET_ALIGNMENT) -> tuple
 
 
 def card_from_data(data: TrainingData, classes: Sequence[str], colors: Sequence[str] | None,
-                   bands: Sequence[int], band_names: Sequence[str], extra: dict[str, Any]) -> ModelCard:
+                   bands: Sequence[int], band_names: Sequence[str]) -> ModelCard:
     """The card of a PSPNet trained on ``data`` (see the module's docstring)."""
     first = data.images[0]
     scale = value_scale(first.dtype)
@@ -92,7 +92,7 @@ def card_from_data(data: TrainingData, classes: Sequence[str], colors: Sequence[
         classes=tuple(classes), colors=tuple(colors or ()), in_channels=len(bands), bands=tuple(bands),
         mean=mean, std=std, scale=scale, resolution=resolution, resolution_unit=unit,
         tile_size=tile, overlap=overlap, alignment=PSPNET_ALIGNMENT,
-        extra={"band_names": list(band_names), **grid_extra, **extra},
+        extra={"band_names": list(band_names), **grid_extra},
     )
 
 

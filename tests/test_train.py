@@ -145,7 +145,7 @@ def test_a_run_interrupted_and_resumed_ends_as_the_uninterrupted_run(tmp_path, s
     model = PSPNet(layers=18, classes=2, width=0.125, in_channels=3)
     source = open_source(image)
     data = TrainingData([source], [open_labels(labels, source, ("dark", "bright"))], 32, 0.2, options.seed)
-    card = card_from_data(data, ("dark", "bright"), None, (1, 2, 3), source.band_names, {})
+    card = card_from_data(data, ("dark", "bright"), None, (1, 2, 3), source.band_names)
 
     def save_and_stop(result, state):
         save_checkpoint(interrupted, model, card, training=state.to_dict())

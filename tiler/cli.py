@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.run(args)
         except KeyboardInterrupt:
             name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
-            print(f"segtile: {name}; no output was written", file=sys.stderr)
+            print(f"segtile: {name}; outputs in progress were removed", file=sys.stderr)
             return 128 + received.get("signal", signal.SIGINT)
         except Exception as exc:
             if debug:

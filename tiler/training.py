@@ -86,18 +86,26 @@ def _fit(args: argparse.Namespace, data: TrainingData, classes: tuple[str, ...],
         if init_weights is not None:
             _load_backbone(model, init_weights, args.init)
         first = data.images[0]
-        card = card_from_data(data, classes, args.colors, _band_indices(first), first.band_names, {})
-    written = {"overwrite": args.overwrite}
+        card = card_from_data(data, classes, args.colors, _band_indices(first), first.band_names)
+    overwrite, saved = args.overwrite, []
 
     def save(result: EpochResult, state: TrainingState) -> None:
+        nonlocal overwrite
         init = args.init or (card.extra.get("training") or {}).get("init")
         described = replace(card, extra={**card.extra, "training": _summary(args, options, state, init)})
-        with atomic_output(args.out, overwrite=written["overwrite"]) as target:
+        with atomic_output(args.out, overwrite=overwrite) as target:
             save_checkpoint(target, model, described, training=state.to_dict())
-        written["overwrite"] = True  # from now on the file is ours to replace
+        overwrite = True  # from now on the file is ours to replace
+        saved.append(result.epoch)
 
-    history = train(model, data, card, options, device=resolve_device(args.device),
-                    state=resumed.state if resumed else None, on_epoch=save, progress=not args.quiet)
+    try:
+        history = train(model, data, card, options, device=resolve_device(args.device),
+                        state=resumed.state if resumed else None, on_epoch=save, progress=not args.quiet)
+    except KeyboardInterrupt:
+        if saved:
+            print(f"segtile: {args.out} holds epoch {saved[-1]} of {options.epochs}: continue with "
+                  f"--resume {args.out} --out {args.out} --overwrite", file=sys.stderr)
+        raise
     if not args.quiet:
         print(f"segtile: wrote {args.out} ({epoch_line(history[-1], options.epochs)})", file=sys.stderr)
     return history
