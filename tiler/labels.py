@@ -121,10 +121,10 @@ def open_labels(path: str | os.PathLike | np.ndarray, like: Source, classes: Seq
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"labels not found: {path}")
-    if os.path.isdir(path):
-        raise LabelError(f"labels path is a directory, not a file: {path}")
-    if _is_vector(path):
+    if _is_vector(path):  # a file, or a folder OGR reads (a FileGDB, a folder of shapefiles)
         return PolygonLabels(path, like, classes, class_field)
+    if os.path.isdir(path):
+        raise LabelError(f"labels path is a directory, not a raster or polygon file: {path}")
     return RasterLabels(path, like, classes)
 
 
