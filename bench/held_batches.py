@@ -52,13 +52,14 @@ def main() -> None:
     parser.add_argument("input", type=Path, help="GeoTIFF (a bench/make_mosaic.py mosaic)")
     parser.add_argument("--gdal-cache-mb", type=int, help="bound GDAL's block cache for this run")
     parser.add_argument("--tracemalloc", action="store_true", help="trace live Python / numpy memory (slower)")
+    parser.add_argument("--classes", type=int, default=2, help="classes of the 1x1 convolution")
     args = parser.parse_args()
 
     out = Path(__file__).resolve().parent / "out" / "held_batches.zarr"
     shutil.rmtree(out, ignore_errors=True)
     rss_before = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    result = segment(str(args.input), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")
+    result = segment(str(args.input), pointwise_model(classes=args.classes), tile_size=512, overlap=64, device="cpu")
     env = rasterio.Env(GDAL_CACHEMAX=args.gdal_cache_mb * 2**20) if args.gdal_cache_mb else nullcontext()
     counter = HeldBatches()
     if args.tracemalloc:
@@ -70,8 +71,10 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     report = {
         "seconds": round(time.perf_counter() - start, 1),
-        "batches": sum(1 for k in result.logits.__dask_graph__()
+        "batches": sum(1 for k in result.labels.__dask_graph__()
                        if isinstance(k, tuple) and str(k[0]).startswith(BATCH_PREFIX)),
+        "sizes": {"batch": result.options.batch_size, "chunk": result.options.chunk_size,
+                  "stripe": result.options.stripe_width},
         "most_batches_held": counter.most_held,
         "rss_after_imports_mib": rss_before // 2**20,
         "sampled_peak_rss_mib": counter.peak_rss // 2**20,

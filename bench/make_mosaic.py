@@ -24,11 +24,16 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "data" / "la
 BLOCK = 512
 
 
-def mirrored_indices(start: int, stop: int, period: int) -> np.ndarray:
-    """Source indices of mosaic positions ``start..stop-1`` along one axis of ``period`` pixels:
+def mirror_positions(positions: np.ndarray, period: int) -> np.ndarray:
+    """Source indices of the mosaic positions ``positions`` along one axis of ``period`` pixels:
     ``0, 1, ..., period-1, period-1, ..., 1, 0, 0, 1, ...`` (reflect without gaps)."""
-    position = np.arange(start, stop) % (2 * period)
+    position = positions % (2 * period)
     return np.where(position < period, position, 2 * period - 1 - position)
+
+
+def mirrored_indices(start: int, stop: int, period: int) -> np.ndarray:
+    """Source indices of the mosaic positions ``start..stop-1`` (see :func:`mirror_positions`)."""
+    return mirror_positions(np.arange(start, stop), period)
 
 
 def mosaic_profile(source_profile: dict, size: int) -> dict:

@@ -1,7 +1,8 @@
 """Peak memory against image size: segtile from a GeoTIFF mosaic to Zarr labels.
 
-One fresh process per size (so each peak is that run's own), a 1x1-convolution model, tile 512,
-overlap 64, batch 4, gaussian blend, output chunks 1024. Prints a Markdown table (size, Mpx,
+One fresh process per size (so each peak is that run's own), a 1x1-convolution model (2 classes,
+or ``--classes``), tile 512, overlap 64, gaussian blend; batch, chunk and stripe sizes from
+segtile's memory budget unless given. Prints a Markdown table (size, Mpx,
 seconds, Mpx/s, peak RSS, RSS after imports) and writes each run's RSS trace to
 ``bench/out/memory_trace_SIZE.csv`` (seconds, MiB). Mosaics missing from ``bench/out`` are built
 first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
@@ -10,6 +11,7 @@ first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
     python -m bench.memory --sizes 4000 8000     # a quicker subset
     python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded otherwise
     python -m bench.memory --stripe-width 0      # without stripes: the whole width at once
+    python -m bench.memory --classes 150 --sizes 10000   # a 150-class model (ADE20K's count)
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ def measure_size(size: int, args: argparse.Namespace) -> Measured:
     labels = OUT / f"labels_{size}.zarr"
     shutil.rmtree(labels, ignore_errors=True)
     try:
+        sizes = [f"--{name.replace('_', '-')}={getattr(args, name)}"
+                 for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
+                 if getattr(args, name) is not None]
         return run_workload(
-            "segtile", "--input", str(mosaic), "--out", str(labels),
-            "--tile-size", str(args.tile_size), "--overlap", str(args.overlap),
-            "--batch-size", str(args.batch_size), "--chunk-size", str(args.chunk_size),
-            "--stripe-width", str(args.stripe_width),
+            "segtile", "--input", str(mosaic), "--out", str(labels), "--classes", str(args.classes),
+            "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), *sizes,
             env={"GDAL_CACHEMAX": str(args.gdal_cache_mb)} if args.gdal_cache_mb else None,
         )
     finally:
@@ -53,9 +56,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 8000, 16000, 30000])
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--stripe-width", type=int, default=8192, help="0: the whole width at once")
+    parser.add_argument("--classes", type=int, default=2, help="classes of the 1x1 convolution (150: ADE20K's)")
+    parser.add_argument("--memory-limit", help="segtile's memory budget (default: its own, 1.5 GiB)")
+    parser.add_argument("--batch-size", type=int, help="default: from the memory budget (4 with 2 classes)")
+    parser.add_argument("--chunk-size", type=int, help="default: from the memory budget (1024 with 2 classes)")
+    parser.add_argument("--stripe-width", type=int, help="0: the whole width at once; default: from the budget")
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()
@@ -66,7 +71,8 @@ def main() -> None:
     for size in args.sizes:
         measured = measure_size(size, args)
         suffix = (f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else "") + (
-            f"_stripe{args.stripe_width}" if args.stripe_width != 8192 else "")
+            f"_stripe{args.stripe_width}" if args.stripe_width is not None else "") + (
+            f"_classes{args.classes}" if args.classes != 2 else "")
         write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
         report = measured.report
         megapixels = size * size / 1e6

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from bench.compare import label_agreement, print_table
 from bench.make_mosaic import make_mosaic
 from bench.measure import Measured, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
-NODATA = 255
 
 
 def child_env(args: argparse.Namespace) -> dict[str, str] | None:
@@ -52,14 +52,6 @@ def run_monai(mosaic: Path, labels: Path, args: argparse.Namespace) -> Measured:
         "--overlap-fraction", str(args.overlap / args.tile_size), "--batch-size", str(args.batch_size),
         *(["--channels-last"] if args.monai_channels_last else []), env=child_env(args),
     )
-
-
-def label_agreement(segtile_labels: Path, monai_labels: Path) -> tuple[float, float]:
-    """Share of segtile's valid pixels where both label maps agree, and segtile's nodata share."""
-    ours = zarr.open_array(segtile_labels, mode="r")[...]
-    theirs = np.load(monai_labels)
-    valid = ours != NODATA
-    return float((ours[valid] == theirs[valid]).mean()), float(1 - valid.mean())
 
 
 def main() -> None:
@@ -86,7 +78,7 @@ def main() -> None:
             theirs.append(run_monai(mosaic, theirs_path, args))
             print(f"pair {repeat + 1}: segtile {ours[-1].report['seconds']:.1f} s {ours[-1].peak_rss_mib:.0f} MiB; "
                   f"MONAI {theirs[-1].report['seconds']:.1f} s {theirs[-1].peak_rss_mib:.0f} MiB", flush=True)
-        agreement, nodata = label_agreement(ours_path, theirs_path)
+        agreement, nodata = label_agreement(zarr.open_array(ours_path, mode="r"), np.load(theirs_path, mmap_mode="r"))
     finally:
         shutil.rmtree(ours_path, ignore_errors=True)
         theirs_path.unlink(missing_ok=True)
@@ -102,10 +94,7 @@ def main() -> None:
     layout = "channels-last" if args.monai_channels_last else "as given (contiguous)"
     print(f"\n{args.size} x {args.size}, tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, "
           f"{cache}, MONAI's model {layout}, median of {args.repeats}")
-    print("| engine | work seconds | process wall seconds | peak RSS (MiB) | RSS after imports (MiB) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, (work, wall, peak, before) in rows.items():
-        print(f"| {name} | {work:.1f} | {wall:.1f} | {peak:.0f} | {before:.0f} |")
+    print_table(rows)
     (ours_work, ours_wall, ours_peak, ours_base), (their_work, their_wall, their_peak, their_base) = rows.values()
     print(f"\ntime MONAI / segtile: {their_work / ours_work:.2f} (work), {their_wall / ours_wall:.2f} (process wall)")
     print(f"peak RSS segtile / MONAI: {ours_peak / their_peak:.3f} "

@@ -2,11 +2,15 @@
 
     python -m bench.workloads segtile --input bench/out/mosaic_8000.tif --out bench/out/labels.zarr
     python -m bench.workloads monai --input bench/out/mosaic_8000.tif --out bench/out/labels.npy
+    python -m bench.workloads segtile --slide --input bench/out/slide_4000.tif --out bench/out/labels.zarr
+    python -m bench.workloads tiatoolbox --input bench/out/slide_4000.tif --out bench/out/tiatoolbox
 
 Each prints one JSON line last: ``seconds`` is the work alone (reading, inference, stitching,
 writing), after the imports and the model are ready, so both sides are timed alike;
 ``rss_before_mib`` is the process's RSS at that point (interpreter, libraries, model). Both use the
 same pointwise model, :func:`pointwise_model`, so their labels can be compared pixel by pixel.
+The ``tiatoolbox`` workload needs TIAToolbox, installed in the benchmark's own venv
+(``bench/README.md``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -25,20 +30,28 @@ def pointwise_model(bands: int = 3, classes: int = 2) -> torch.nn.Module:
     return torch.nn.Conv2d(bands, classes, kernel_size=1).eval()
 
 
+def open_slide(path: str) -> object:
+    """``path`` opened with segtile's slide reader (tifffile, pyramid and µm/px), which a generic
+    pyramidal TIFF does not get from ``segment(path)``: that reads it with GDAL as a raster."""
+    from segtile.sources.slide import SlideSource
+
+    return SlideSource(path)
+
+
 def segtile_to_zarr(args: argparse.Namespace) -> dict:
-    """segtile: read the GeoTIFF tile by tile, predict, stitch, write the labels to Zarr."""
+    """segtile: read the image tile by tile, predict, stitch, write the labels to Zarr."""
     import dask.array as da
 
     from segtile import segment
 
-    model = pointwise_model()
+    model = pointwise_model(classes=args.classes)
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
-    result = segment(
-        args.input, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-        batch_size=args.batch_size, device="cpu", chunk_size=args.chunk_size,
-        stripe_width=args.stripe_width,
-    )
+    source = open_slide(args.input) if args.slide else args.input
+    sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
+             if getattr(args, name) is not None}
+    result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
+                     device="cpu", **sizes)
     tasks = len(result.labels.__dask_graph__())
     da.to_zarr(result.labels, args.out)
     return {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
@@ -62,7 +75,7 @@ def monai_in_memory(args: argparse.Namespace) -> dict:
     del pixels
     with torch.inference_mode():
         logits = sliding_window_inference(
-            inputs, roi_size=(args.tile_size, args.tile_size), sw_batch_size=args.batch_size,
+            inputs, roi_size=(args.tile_size, args.tile_size), sw_batch_size=args.batch_size or 4,
             predictor=model, overlap=args.overlap_fraction, mode="gaussian",
         )
         labels = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
@@ -72,23 +85,58 @@ def monai_in_memory(args: argparse.Namespace) -> dict:
     return {"seconds": seconds, "shape": list(labels.shape), "rss_before_mib": rss_before}
 
 
+def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
+    """TIAToolbox: ``SemanticSegmentor`` over the whole slide at its baseline resolution (no tissue
+    mask), patches of ``tile_size`` every ``tile_size - overlap`` pixels, overlaps averaged,
+    labels (argmax) written to ``OUT/<slide name>.zarr`` under the key ``predictions``."""
+    from tiatoolbox.models.engine.io_config import IOSegmentorConfig
+    from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor
+
+    from bench.tiatoolbox_model import PointwiseTIAModel
+
+    stride = args.tile_size - args.overlap
+    ioconfig = IOSegmentorConfig(
+        input_resolutions=[{"units": "baseline", "resolution": 1.0}],
+        output_resolutions=[{"units": "baseline", "resolution": 1.0}],
+        patch_input_shape=(args.tile_size, args.tile_size),
+        patch_output_shape=(args.tile_size, args.tile_size),
+        stride_shape=(stride, stride),
+    )
+    segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size or 8, device="cpu", verbose=False)
+    spilling = {"memory_threshold": args.memory_threshold} if args.memory_threshold is not None else {}
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    start = time.perf_counter()
+    outputs = segmentor.run(
+        [Path(args.input)], patch_mode=False, ioconfig=ioconfig, save_dir=args.out, overwrite=True,
+        output_type="zarr", auto_get_mask=False, **spilling,
+    )
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "labels": str(next(iter(outputs.values()))), "rss_before_mib": rss_before}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine", choices=("segtile", "monai"))
-    parser.add_argument("--input", required=True, help="GeoTIFF to segment")
-    parser.add_argument("--out", help="labels output: a .zarr store (segtile) or a .npy file (monai)")
+    parser.add_argument("engine", choices=("segtile", "monai", "tiatoolbox"))
+    parser.add_argument("--input", required=True, help="GeoTIFF or slide to segment")
+    parser.add_argument("--out", help="labels output: a .zarr store (segtile), a .npy file (monai), "
+                        "a folder (tiatoolbox)")
+    parser.add_argument("--slide", action="store_true", help="segtile: open the input with its slide reader")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64, help="segtile: overlap in pixels")
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--chunk-size", type=int, default=1024, help="segtile: output chunk side")
+    parser.add_argument("--batch-size", type=int, help="tiles per batch (segtile default: from its memory budget)")
+    parser.add_argument("--classes", type=int, default=2, help="classes of the pointwise model")
+    parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
+    parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
-    parser.add_argument("--stripe-width", type=int, default=8192, help="segtile: stripe width (0: whole width)")
+    parser.add_argument("--stripe-width", type=int, help="segtile: stripe width (0: whole width; default: from its budget)")
+    parser.add_argument("--memory-threshold", type=int, help="tiatoolbox: RAM use (%%) past which it spills "
+                        "its merge canvas to Zarr (its default: 80)")
     args = parser.parse_args()
-    if args.engine == "segtile" and not args.out:
-        parser.error("segtile needs --out PATH.zarr")
-    report = segtile_to_zarr(args) if args.engine == "segtile" else monai_in_memory(args)
-    print(json.dumps(report))
+    if args.engine in ("segtile", "tiatoolbox") and not args.out:
+        parser.error(f"{args.engine} needs --out PATH")
+    workloads = {"segtile": segtile_to_zarr, "monai": monai_in_memory, "tiatoolbox": tiatoolbox_to_zarr}
+    print(json.dumps(workloads[args.engine](args)))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
 The ``training`` entry (optimiser state, step, random state, history: see
 ``segtile.models.train.TrainingState``) is written by ``segtile train`` and ignored by inference.
-A TorchScript file is accepted too; its card is the ``card.json`` among its extra files.
+A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
+an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -32,6 +33,7 @@ from segtile.models.pspnet import PSPNet
 FORMAT = "segtile-checkpoint"
 VERSION = 1
 CARD_FILE = "card.json"
+ONNX_SUFFIX = ".onnx"
 
 # Architecture names a checkpoint may name, and the class that builds each.
 ARCHITECTURES: dict[str, type[PSPNet]] = {"pspnet": PSPNet}
@@ -78,6 +80,7 @@ def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard,
         )
     arch = architecture(model)
     check_card_fits(card, arch["classes"], arch["in_channels"])
+    card = with_network_alignment(card, model)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -117,15 +120,23 @@ def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a segtile checkpoint or a TorchScript file, on the CPU, in eval mode.
+    """Load a segtile checkpoint, a TorchScript file or an ONNX file (``.onnx``), on the CPU,
+    in eval mode.
 
     Raises:
         CheckpointError: the file is missing, a directory, empty, not a checkpoint, names an
             unknown architecture, or its weights do not fit its architecture.
         CardError: the card is missing fields or disagrees with the network.
+        OnnxError: an ONNX file that onnxruntime (or segtile) cannot run, or no onnxruntime.
     """
     path = Path(path)
     _check_is_file(path)
+    if path.suffix.lower() == ONNX_SUFFIX:
+        from segtile.models.onnx_runtime import load_onnx  # onnxruntime is an optional extra
+
+        with _naming(path):
+            module, card = load_onnx(path)
+        return LoadedModel(module, card, None)
     if is_torchscript(path):
         return _load_torchscript(path)
     payload = _read_payload(path)
@@ -137,7 +148,13 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         card = ModelCard.from_dict(card_dict)
         check_card_fits(card, arch["classes"], arch["in_channels"])
     _load_weights(module, state_dict, f"{path}:")
-    return LoadedModel(module.eval(), card, arch)
+    return LoadedModel(module.eval(), with_network_alignment(card, module), arch)
+
+
+def with_network_alignment(card: ModelCard, module: nn.Module) -> ModelCard:
+    """``card`` with the tile alignment its network needs (PSPNet: 8), when the card names none."""
+    alignment = getattr(module, "alignment", 1) if isinstance(module, PSPNet) else 1
+    return replace(card, alignment=alignment) if card.alignment == 1 and alignment != 1 else card
 
 
 def read_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -169,7 +186,8 @@ def load_model(model: str | os.PathLike | LoadedModel | nn.Module) -> LoadedMode
         return load_checkpoint(model)
     if isinstance(model, PSPNet):
         arch = architecture(model)
-        return LoadedModel(model.eval(), default_card(arch["classes"], arch["in_channels"]), arch)
+        card = with_network_alignment(default_card(arch["classes"], arch["in_channels"]), model)
+        return LoadedModel(model.eval(), card, arch)
     if isinstance(model, nn.Module):
         return LoadedModel(model.eval(), probe_card(model), None)
     raise CheckpointError(

@@ -98,6 +98,12 @@ class PSPNet(nn.Module):
         for stage in backbone.stages:
             _initialise(stage)
 
+    @property
+    def alignment(self) -> int:
+        """Tiles line up pixel for pixel when they start at multiples of this and are ``8k + 1``
+        wide: the features sit every 8 pixels and are upsampled with ``align_corners=True``."""
+        return 8
+
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this network: ``PSPNet(**net.config())``."""
         return {**self._config, "bins": list(self._config["bins"])}

@@ -126,7 +126,7 @@ class TrainingData:
     def read(self, image: int, window: Window) -> Sample:
         """Pixels and labels of ``window`` (square, ``tile_size``; it may run past the image's
         right or bottom edge, which is padded as the tiler pads it and left unlabelled)."""
-        pixels, valid = read_tile(self.images[image], Tile(0, window, _WHOLE_TILE_EDGES), 0)
+        pixels, valid = read_tile(self.images[image], Tile(0, window, _WHOLE_TILE_EDGES))
         height, width = self.labels[image].shape
         inside = Window(window.col_off, window.row_off,
                         min(window.width, width - window.col_off), min(window.height, height - window.row_off))

@@ -64,7 +64,7 @@ def test_progress_bar_counts_every_tile_run_and_quiet_silences_it(tmp_path, data
                "--stripe-width", "200") == 0
     with rasterio.open(image) as src:
         options = TilingOptions(tile_size=128, overlap=16, chunk_size=100, stripe_width=200)
-        total = tile_runs(plan_stripes(src.height, src.width, options))
+        total = tile_runs(src.height, src.width, options)
     assert total > len(tile_grid(src.height, src.width, 128, 16))    # stripe boundaries run twice
     assert f"{total}/{total}" in capsys.readouterr().err
     assert run(image, "--model", checkpoint, "--out", tmp_path / "b.zarr", "--quiet") == 0
@@ -124,15 +124,18 @@ def bad_inputs(tmp_path, data_dir):
     "case, message",
     [
         ("missing input", "not found"),
-        ("text", ""), ("empty", ""), ("truncated", ""),
+        ("text", "not recognized as being in a supported file format"),
+        ("empty", "input is empty"),
+        ("truncated", "is truncated: its image data run to byte"),
         ("missing model", "no such file"),
-        ("garbage model", ""),
-        ("band count", "band"),
+        ("garbage model", "not a segtile checkpoint"),
+        ("band count", "the model takes 3 bands but the image has 1 band"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
         ("extension", "unknown output format"),
-        ("output dir", ""),
+        ("shared style", "mask.qml would be written twice"),
+        ("output dir", "output folder does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoint, capsys, case, message):
@@ -152,6 +155,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
         "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
         "tile size": [image, "--model", model, "--tile-size", "0", "--out", out],
         "extension": [image, "--model", model, "--out", tmp_path / "mask.png"],
+        "shared style": [image, "--model", model, "--out", out, "--out", tmp_path / "mask.shp"],
         "output dir": [image, "--model", model, "--out", tmp_path / "no" / "such" / "dir" / "mask.tif"],
     }[case]
     assert run(*args, "--quiet") == 2
@@ -169,3 +173,17 @@ def test_console_script_reports_without_traceback(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith("segtile: error:") and "Traceback" not in done.stderr
+
+
+def test_exit_status_follows_whose_fault_it_is(capsys):
+    from segtile.cli import report
+    from segtile.sources import SourceError
+
+    assert report(SourceError("cannot open x.tif: damaged")) == 2
+    assert report(FileNotFoundError(2, "No such file or directory", "/data/x.tif")) == 2
+    assert report(ValueError("operands could not be broadcast together")) == 1  # numpy's: a bug of ours
+    assert report(RuntimeError("boom")) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "segtile: error: cannot open x.tif: damaged"
+    assert err[1] == "segtile: error: /data/x.tif: No such file or directory"
+    assert err[2].startswith("segtile: failed: operands could not be broadcast") and "--debug" in err[2]

@@ -2,8 +2,6 @@
 schedule, resuming, --init, the card filled from the data, and every bad input."""
 
 import json
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from segtile.api import segment
-from segtile.cli import help_text, main
+from segtile.cli import main
 from segtile.georef import Georef
 from segtile.labels import IGNORE, open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, save_checkpoint
@@ -358,14 +356,3 @@ def test_a_resumed_run_keeps_its_settings(tmp_path, scene, capsys):
                             (["--layers", "34"], "--layers 34 differs from the resumed network's 18")):
         assert run("train", *common, *extra) == 2
         assert fragment in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("command", ["train", "eval"])
-def test_the_training_guide_embeds_each_commands_own_help(command):
-    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
-    match = re.search(rf"<!-- BEGIN segtile {command} --help -->\n```\n(.*?)```\n<!-- END segtile {command} --help -->",
-                      text, re.S)
-    assert match and match.group(1) == help_text(command), (
-        f"docs/training.md is out of date: paste `python -c 'from segtile.cli import help_text; "
-        f"print(help_text(\"{command}\"), end=\"\")'`"
-    )

@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from collections import Counter, deque
 
 import dask.array as da
@@ -20,6 +21,7 @@ from rasterio.crs import CRS
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers import OutputExistsError, VectorFormatError, vector, write_polygons
+from segtile.writers.legend import rgb
 from segtile.writers.seams import SeamMerger, polygonise_chunk
 
 NODATA = 255
@@ -149,8 +151,8 @@ def test_written_in_batches(tmp_path, georef, suffix, monkeypatch):
     path = tmp_path / f"regions{suffix}"
     calls = []
     labels = da.from_array(scene(), chunks=16)
-    write_polygons(path, labels, georef, CARD, progress=lambda done, total: calls.append((done, total)))
-    assert calls[-1] == (labels.npartitions, labels.npartitions)
+    write_polygons(path, labels, georef, CARD, progress=calls.append)
+    assert calls == [1] * labels.npartitions
     polygons, columns = read_polygons(path)
     pixels = np.round(columns["area"] / abs(georef.transform.determinant)).astype(int)
     assert sorted(zip(columns["class_id"].tolist(), pixels.tolist())) == sorted(components(scene()))
@@ -172,13 +174,52 @@ def test_written_from_a_dask_cluster(tmp_path, chunked_gpkg, georef):
 def test_shapefile_sidecars_arrive_together(tmp_path, georef):
     write_polygons(tmp_path / "regions.shp", da.from_array(scene(), chunks=32), georef, CARD)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "regions.cpg", "regions.dbf", "regions.prj", "regions.shp", "regions.shx",
+        "regions.cpg", "regions.dbf", "regions.prj", "regions.qml", "regions.shp", "regions.shx",
     ]
     with pytest.raises(OutputExistsError):
         write_polygons(tmp_path / "regions.shp", scene(), georef, CARD)
     write_polygons(tmp_path / "regions.shp", scene()[:16], georef, CARD, overwrite=True)
     assert pyogrio.read_info(tmp_path / "regions.shp")["features"] == len(components(scene()[:16]))
-    assert len(list(tmp_path.iterdir())) == 5
+    assert len(list(tmp_path.iterdir())) == 6
+
+
+def stored_style(path):
+    """The polygons' default QGIS style, read where QGIS looks for it: the GeoPackage's
+    ``layer_styles`` row for the layer, else ``NAME.qml`` beside the file."""
+    if path.suffix != ".gpkg":
+        return ET.fromstring(path.with_suffix(".qml").read_text(encoding="utf-8"))
+    info = pyogrio.read_info(path, layer=path.stem)
+    meta, _, _, fields = ogr_read(path, layer="layer_styles")
+    row = {name: values[0] for name, values in zip(meta["fields"], fields)}
+    assert len(fields[0]) == 1
+    where = (row["f_table_schema"], row["f_table_name"], row["f_geometry_column"])
+    assert where == ("", path.stem, info["geometry_name"])
+    assert row["useAsDefault"]
+    return ET.fromstring(row["styleQML"].split("\n", 1)[1])  # after the DOCTYPE line
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".shp", ".geojson"])
+def test_polygons_carry_a_style_by_class_in_the_card_colours(tmp_path, georef, suffix):
+    path = tmp_path / f"regions{suffix}"
+    write_polygons(path, scene(), georef, CARD)
+    renderer = stored_style(path).find("renderer-v2")
+    assert (renderer.get("type"), renderer.get("attr")) == ("categorizedSymbol", "class_name")
+    categories = renderer.findall("categories/category")
+    assert [(c.get("value"), c.get("label")) for c in categories] == [(name, name) for name in CARD.classes]
+    symbols = {s.get("name"): s for s in renderer.findall("symbols/symbol")}
+    for category, colour in zip(categories, CARD.colors):
+        options = symbols[category.get("symbol")].findall("layer/Option/Option")
+        fill = next(o.get("value") for o in options if o.get("name") == "color")
+        assert fill == ",".join(str(v) for v in (*rgb(colour), 255))
+    assert pyogrio.read_info(path)["features"] == len(components(scene()))  # the polygons stay the first layer
+
+
+def test_geopackage_style_is_kept_when_overwritten(tmp_path, georef):
+    path = tmp_path / "regions.gpkg"
+    write_polygons(path, scene(), georef, CARD)
+    write_polygons(path, scene()[:16], georef, CARD, overwrite=True)
+    stored_style(path)  # still one default row
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["regions.gpkg"]
 
 
 def test_geojson_is_wgs84_with_source_areas(tmp_path, chunked_gpkg, georef):

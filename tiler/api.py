@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
+from segtile.budget import DEFAULT_LIMIT, parse_size, plan_memory
 from segtile.cluster import current_client
 from segtile.devices import check_device
-from segtile.engine import build_logits
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
+from segtile.models.checkpoint import with_network_alignment
 from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
+from segtile.tta import Augmentation, check_augmentation
+from segtile.working_grid import choose_grid
+
+
+FROM_CARD = "card"  # ``tta``'s default: the augmentation the model card suggests, if any
 
 
 class SegmentError(SegtileError, ValueError):
@@ -29,13 +37,18 @@ def segment(
     tile_size: int | None = None,
     overlap: int | None = None,
     blend: str = "gaussian",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device: str = "auto",
     bands: Sequence[int] | None = None,
-    level: int = 0,
+    resolution: float | None = None,
+    mpp: float | None = None,
+    level: int | None = None,
     precision: str = "fp32",
-    chunk_size: int = 1024,
-    stripe_width: int = 8192,
+    tta: str | None = FROM_CARD,
+    scales: Sequence[float] = (1.0,),
+    chunk_size: int | None = None,
+    stripe_width: int | None = None,
+    memory_limit: int | str | None = None,
 ) -> Segmentation:
     """Segment ``source`` with ``model``, lazily: nothing runs until a result is written.
 
@@ -48,15 +61,26 @@ def segment(
             float32 with no normalisation.
         tile_size, overlap: the tiling; default to the model card's suggestion.
         blend: ``gaussian``, ``cosine``, ``linear`` or ``constant``.
-        batch_size: tiles per model call.
+        batch_size: tiles per model call (default: 4, fewer when a batch of a many-class model
+            would not fit in ``memory_limit``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:i``.
         bands: 1-based band indices to read, in the model's order (default: the card's).
-        level: pyramid level to process (0 is full resolution).
+        resolution: process a raster at this many metres per pixel (resampled window by window).
+        mpp: process a slide at this many µm per pixel.
+        level: process this pyramid level (0 is full resolution). With none of the three, an
+            image with a known pixel size is processed at the model card's (see
+            :mod:`segtile.working_grid`), else at full resolution.
         precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
+        tta: test-time augmentation, ``"flip"`` or ``"d4"`` (see :mod:`segtile.tta`), ``None``
+            for none; by default the one the model card suggests, if any.
+        scales: run each tile at these scales too (the paper's multi-scale test:
+            ``(0.5, 0.75, 1, 1.25, 1.5, 1.75)``), averaging probabilities.
         chunk_size: side of the output chunks that are stitched and written one at a time.
         stripe_width: width in pixels of the vertical stripes processed one after another
             (rounded down to whole chunks); bounds memory on wide images at the cost of running
             the tiles on each stripe boundary twice. ``0``: the whole width at once.
+        memory_limit: bytes (or ``"1.5G"``) the engine may hold; the sizes left ``None`` above
+            are chosen from it and the class count (see :mod:`segtile.budget`).
 
     Returns:
         a :class:`~segtile.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
@@ -67,24 +91,55 @@ def segment(
     card: ModelCard | None = spec_kwargs.get("card")
     opened = open_source(source, bands=bands)
     if card is None:
-        card = probe_card(spec_kwargs["module"], bands=opened.count)
+        card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     opened = _fit_bands(opened, card, chosen=bands is not None)
-    if not 0 <= level < len(opened.level_shapes):
-        raise SegmentError(f"level {level} does not exist: the image has {len(opened.level_shapes)} level(s)")
+    grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
+    augmentation, augmentation_notes = _augmentation(card, tta, scales)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,
         overlap=card.overlap if overlap is None else overlap,
-        blend=blend, batch_size=batch_size, chunk_size=chunk_size,
-        stripe_width=stripe_width, level=level, device=device, precision=precision,
+        blend=blend, batch_size=_given(batch_size, 1), chunk_size=_given(chunk_size, 1),
+        stripe_width=_given(stripe_width, 0),
+        alignment=card.alignment, device=device, precision=precision, augmentation=augmentation,
     )
     options.validate()
-    options = fit_to_image(options, *opened.level_shapes[level])
+    options = fit_to_image(options, grid.height, grid.width)
+    limit = DEFAULT_LIMIT if memory_limit is None else memory_limit
+    sizes = plan_memory(classes=card.num_classes, tile_size=options.tile_size, overlap=options.overlap,
+                        limit=parse_size(limit) if isinstance(limit, str) else limit,
+                        bytes_per_value=2 if precision == "fp16" else 4,
+                        batch_size=batch_size, chunk_size=chunk_size, stripe_width=stripe_width)
+    options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
+                      stripe_width=sizes.stripe_width)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    logits = build_logits(opened, spec, options)
-    level0 = opened.level_shapes[0]
-    factor = level0[1] / opened.level_shapes[level][1]
-    georef = opened.georef.scaled(factor) if level else opened.georef
-    return Segmentation(logits, georef, card, options, inputs=opened.files)
+    notes = notes + augmentation_notes
+    for note in notes:
+        warnings.warn(note, ResolutionWarning, stacklevel=2)
+    return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))
+
+
+def _given(value: int | None, placeholder: int) -> int:
+    """``value``, or a valid ``placeholder`` for the size the memory plan chooses later."""
+    return placeholder if value is None else value
+
+
+def _augmentation(card: ModelCard, tta: str | None, scales: Sequence[float]) -> tuple[Augmentation, list[str]]:
+    """The test-time augmentation asked for, or the card's suggestion (with a note saying so)."""
+    notes = []
+    if tta == FROM_CARD:
+        tta = card.tta
+        if tta is not None:
+            notes.append(f"the model card suggests test-time augmentation {tta!r}: each tile runs "
+                         f"{Augmentation(tta).copies} times (--tta none to skip it)")
+    tta = None if tta == "none" else tta
+    scales = tuple(float(s) for s in scales)
+    check_augmentation(tta, scales)
+    return Augmentation(tta, scales, card.alignment), notes
+
+
+class ResolutionWarning(UserWarning):
+    """The job runs otherwise than asked, as its model card suggests: at another pixel size than
+    the image's own, or with test-time augmentation."""
 
 
 def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> Source:

@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("segment", "train", "eval")
+COMMANDS = ("segment", "train", "eval", "convert", "qgis")
 _MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
 
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segtile`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    with _signals_as_interrupts() as received:
+    with _signals_as_interrupts() as received, _library_messages(shown=debug):
         try:
             try:
                 args = build_parser().parse_args(with_command(argv))
@@ -94,11 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:
                 build_parser().print_help(sys.stderr)
                 return EXIT_USAGE
-            with _library_messages(shown=debug):
-                args.run(args)
+            args.run(args)
         except KeyboardInterrupt:
             name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
-            print(f"segtile: {name}; outputs in progress were removed", file=sys.stderr)
+            print(f"segtile: {name}; no output was written", file=sys.stderr)
             return 128 + received.get("signal", signal.SIGINT)
         except Exception as exc:
             if debug:
@@ -124,8 +124,9 @@ def report(exc: BaseException) -> int:
 @contextmanager
 def _signals_as_interrupts() -> Iterator[dict[str, int]]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, once: later signals are
-    ignored, so the clean-up the first one started runs to its end. Yields a dict that records
-    the signal received."""
+    ignored, so the clean-up the first one started runs to its end, and they stay ignored after
+    it (the process is exiting; a signal during the interpreter's shutdown would kill it with no
+    exit status of ours). Yields a dict that records the signal received."""
     received: dict[str, int] = {}
 
     def interrupt(signum: int, _frame: object) -> None:
@@ -139,13 +140,15 @@ def _signals_as_interrupts() -> Iterator[dict[str, int]]:
         yield received
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if received else handler)
 
 
 @contextmanager
 def _library_messages(shown: bool) -> Iterator[None]:
-    """Unless ``shown``, keep library log records (GDAL through rasterio, tifffile, distributed)
-    and Python warnings off stderr: segtile says what went wrong itself, in one line."""
+    """Unless ``shown``, keep library messages off stderr: Python log records (GDAL through
+    rasterio, tifffile, distributed), Python warnings, and what C libraries print to the
+    process's stderr themselves (libtiff on a full disk). segtile says what went wrong itself,
+    in one line, on the real stderr, which ``sys.stderr`` still writes to."""
     if shown:
         logging.basicConfig(level=logging.WARNING)
         yield
@@ -153,12 +156,41 @@ def _library_messages(shown: bool) -> Iterator[None]:
     root = logging.getLogger()
     silence = logging.NullHandler()  # a handler on the root: Python's last-resort printer stays quiet
     root.addHandler(silence)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    previous_stderr = sys.stderr
+    with _c_stderr_to_devnull() as real_stderr, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sys.stderr = real_stderr
+        try:
             yield
+        finally:
+            sys.stderr = previous_stderr
+            root.removeHandler(silence)
+
+
+@contextmanager
+def _c_stderr_to_devnull() -> Iterator[TextIO]:
+    """Point file descriptor 2 at /dev/null; yield a text stream on the real stderr (or
+    ``sys.stderr`` itself when it does not write to descriptor 2, as under a test's capture)."""
+    try:
+        writes_to_descriptor_2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # captured, or no stderr at all (a detached process)
+        writes_to_descriptor_2 = False
+    if not writes_to_descriptor_2:
+        yield sys.stderr
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    real = open(saved, "w", encoding=sys.stderr.encoding or "utf-8", errors="backslashreplace",
+                buffering=1, closefd=False)
+    try:
+        yield real
     finally:
-        root.removeHandler(silence)
+        real.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 if __name__ == "__main__":

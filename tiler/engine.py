@@ -2,24 +2,35 @@
 
 Three kinds of task, all small and picklable:
 
-* one ``batch`` task per group of ``batch_size`` tiles of a stripe (``tiler/plan.py``): reads
-  the tiles (padding images smaller than a tile), runs the predictor and returns each tile's
-  weighted logits and weights, with the weight set to zero on invalid (nodata) pixels and for
-  tiles that hold no valid pixel at all (those are never sent to the model);
-* one ``stitch`` task per output chunk: sums the weighted logits of the tiles that overlap it and
-  divides by the exact sum of their weights (NaN where that sum is zero: nodata);
+* one ``batch`` task per group of ``batch_size`` tiles of a stripe (:mod:`segtile.plan`): reads
+  the tiles (padding those that run past the image), runs the predictor and returns each tile's
+  weighted logits, pixel-major ``(h, w, classes)`` as the network's channels-last output comes,
+  and its weights, set to zero on invalid pixels and where the logits were not finite; tiles
+  holding no valid pixel are never sent to the model;
+* one ``chunk`` task per output chunk: sums the weighted logits of the tiles that overlap it into
+  an accumulator its thread reuses from chunk to chunk, and computes from it only the
+  *products* asked for: the labels (the argmax of the sums: dividing by the sum of weights,
+  positive, cannot change it), the probabilities or the logits (the sums divided by the exact sum
+  of the weights). The accumulator never leaves the task, so a 150-class model holds
+  150 floats per pixel only for the chunk being stitched, and a labels-only job brings one byte
+  per pixel out of it. Pixels with no weight (nodata, skipped tiles) are nodata in every product;
 * two shared keys, the source and the model spec, so neither is copied into every task.
 
-Each stitch also takes a data-free marker of the completion of the chunk before it in its stripe,
-so each stripe is stitched row by row (stripes are independent: computing part of the result
-runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon as
-the chunks that need it are done, so memory is bounded by the batches in flight, the band of
-batches one chunk row high and one stripe wide that straddles the current chunk row, and the
-chunks being stitched, whatever the image size.
+Each chunk task also takes a data-free marker of the completion of the chunk before it in its
+stripe, so each stripe is stitched row by row (stripes are independent: computing part of the
+result runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon
+as the chunks that need it are done, so memory is bounded by the batches in flight, the band of
+batches one tile row high and one stripe wide that straddles the current chunk row, and the
+chunks being stitched, whatever the image size; :func:`segtile.plan.fit_memory` sizes stripes,
+chunks and batches to the class count so that bound holds for 2 classes and for 150.
+
+Chunks already computed by an interrupted run (``skip``) get no task at all: the chain of markers
+passes over them, and nothing they alone needed is run.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import dask.array as da
@@ -36,36 +47,37 @@ from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
 from segtile.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
 
-BATCH_PREFIX, LOGITS_PREFIX = "segtile-batch-", "segtile-logits-"
+PRODUCTS = ("labels", "probabilities", "logits")
+BATCH_PREFIX = "segtile-batch-"
 
 
-def batch_name(logits: da.Array) -> str:
-    """The name of the batch tasks behind ``logits`` (from :func:`build_logits`): the keys of
-    those tasks start with it, and it is the topic their tile counts are sent under on a cluster."""
-    return BATCH_PREFIX + logits.name.removeprefix(LOGITS_PREFIX)
+def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
+    """The label dtype and nodata value: uint8 / 255 up to 255 classes, else uint16 / 65535."""
+    if num_classes <= 255:
+        return np.dtype(np.uint8), 255
+    return np.dtype(np.uint16), 65535
 
 
 @dataclass(frozen=True)
 class TileResult:
-    """One tile's contribution: ``weighted`` logits ``(classes, h, w)`` and ``weight`` ``(h, w)``
-    over ``window``, the tile's window clipped to the image."""
+    """One tile's contribution over ``window`` (the tile's window clipped to the image):
+    ``weighted`` logits ``(h, w, classes)`` and ``weight`` ``(h, w)``."""
 
     window: Window
     weighted: np.ndarray
     weight: np.ndarray
 
 
-def read_tile(source: Source, tile: Tile, level: int) -> tuple[np.ndarray, np.ndarray]:
+def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)``.
 
     Pixels that are not finite (NaN, infinite) are invalid, whatever the source says. A tile
-    running past the image (only when the image is smaller than a tile) is padded by
-    reflection; the padding is marked invalid so it never counts.
+    running past the image (see :mod:`segtile.grid`) is padded by reflection; the padding is
+    marked invalid so it never counts.
     """
-    height, width = source.level_shapes[level]
     window = tile.window
-    inside = intersection(window, Window(0, 0, width, height))
-    pixels, valid = source.read_with_valid(inside, level)
+    inside = intersection(window, Window(0, 0, source.width, source.height))
+    pixels, valid = source.read_with_valid(inside)
     if valid is None:
         valid = np.ones(pixels.shape[1:], dtype=bool)
     if pixels.dtype.kind in "fc":
@@ -88,23 +100,23 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`)."""
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
-    height, width = source.level_shapes[options.level]
-    reads = [read_tile(source, tile, options.level) for tile in tiles]
+    reads = [read_tile(source, tile) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
     keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
-    results, nonfinite = [], 0
+    results, valid, nonfinite = [], 0, 0
     if keep:
         pixels = np.stack([reads[i][0] for i in keep])
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
-        predicted = get_predictor(spec, options.device, options.precision)(pixels, np.stack([weights[i] for i in keep]))
-        nonfinite = predicted.nonfinite
+        predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
+        predicted = predictor(pixels, np.stack([weights[i] for i in keep]))
+        valid, nonfinite = predicted.valid, predicted.nonfinite
         for row, i in enumerate(keep):
-            inside = intersection(tiles[i].window, Window(0, 0, width, height))
+            inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
             h, w = inside.height, inside.width
             weight = weights[i] if predicted.weights is None else predicted.weights[row]
-            results.append(TileResult(inside, predicted.weighted[row, :, :h, :w], weight[:h, :w]))
-    report(progress_topic, TileCounts(read=len(tiles), run=len(keep), nonfinite=nonfinite))
+            results.append(TileResult(inside, predicted.weighted[row, :h, :w], weight[:h, :w]))
+    report(progress_topic, TileCounts(read=len(tiles), run=len(keep), valid=valid, nonfinite=nonfinite))
     return results
 
 
@@ -113,12 +125,26 @@ def _done(_: object) -> None:
     return None
 
 
-def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: list[TileResult]) -> np.ndarray:
-    """Logits ``(classes, h, w)`` of ``chunk``: sum of weighted logits / sum of weights.
+_ACCUMULATORS = threading.local()
 
-    Pixels with no weight (nodata, skipped tiles) are NaN.
-    """
-    total = np.zeros((num_classes, chunk.height, chunk.width), dtype=np.float32)
+
+def _accumulator(height: int, width: int, classes: int) -> np.ndarray:
+    """A zeroed ``(height, width, classes)`` float32 array, this thread's from one chunk to the
+    next (a fresh array per chunk would cost a page fault per 4 KiB of it, every time)."""
+    size = height * width * classes
+    buffer = getattr(_ACCUMULATORS, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _ACCUMULATORS.buffer = np.empty(size, dtype=np.float32)
+    total = buffer[:size].reshape(height, width, classes)
+    total.fill(0.0)
+    return total
+
+
+def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _previous: None,
+                 *batches: list[TileResult]) -> dict[str, np.ndarray]:
+    """The ``products`` of ``chunk`` from the tiles of ``batches`` (see the module docstring):
+    ``labels`` ``(h, w)``, ``probabilities`` and ``logits`` ``(classes, h, w)`` float32."""
+    total = _accumulator(chunk.height, chunk.width, num_classes)
     weight = np.zeros((chunk.height, chunk.width), dtype=np.float32)
     for results in batches:
         for result in results:
@@ -127,13 +153,34 @@ def stitch_chunk(chunk: Window, num_classes: int, _previous: None, *batches: lis
             common = intersection(result.window, chunk)
             src = _relative_slices(common, result.window)
             dst = _relative_slices(common, chunk)
-            total[(slice(None), *dst)] += result.weighted[(slice(None), *src)]
+            total[dst] += result.weighted[src]
             weight[dst] += result.weight[src]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total /= weight
-    total[:, weight == 0] = np.nan
+    empty = weight == 0
+    out = {}
+    if "labels" in products:
+        dtype, nodata = label_dtype(num_classes)
+        labels = np.argmax(total, axis=-1).astype(dtype)
+        labels[empty] = nodata
+        out["labels"] = labels
+    if "probabilities" in products or "logits" in products:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total /= weight[..., None]
+        total[empty] = np.nan
+        # copies, in (classes, h, w) order: the accumulator is this thread's, for the next chunk
+        if "logits" in products:
+            out["logits"] = np.moveaxis(total, -1, 0).copy()
+        if "probabilities" in products:
+            out["probabilities"] = np.moveaxis(softmax_last(total), -1, 0).copy()
     release_free_memory()
-    return total
+    return out
+
+
+def softmax_last(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place; NaN (nodata) stays NaN."""
+    logits -= np.max(logits, axis=-1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= np.sum(logits, axis=-1, keepdims=True)
+    return logits
 
 
 def _relative_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
@@ -147,17 +194,34 @@ def _chunks(length: int, size: int) -> tuple[int, ...]:
     return tuple(min(size, length - start) for start in range(0, length, size))
 
 
-def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.Array:
-    """The lazy logits ``(classes, H, W)`` float32 of ``source`` at ``options.level``."""
+def _already_done(product: str, i: int, j: int) -> None:
+    raise RuntimeError(f"chunk ({i}, {j}) of the {product} was computed by an earlier run and is not recomputed")
+
+
+def run_token(source: Source, spec: ModelSpec, options: TilingOptions) -> str:
+    """The token naming a job's tasks: the topic its batch tasks report their tiles under."""
+    return tokenize(source, spec.token, options)
+
+
+def build_products(source: Source, spec: ModelSpec, options: TilingOptions, products: tuple[str, ...],
+                   skip: frozenset[tuple[int, int]] = frozenset()) -> dict[str, da.Array]:
+    """The lazy ``products`` of ``source`` (its level 0: the grid the model runs on): ``labels``
+    ``(H, W)``, ``probabilities`` and ``logits`` ``(classes, H, W)`` float32, chunked by
+    ``options.chunk_size``, all from one chunk task per chunk (computing several together
+    stitches once). Chunks ``(row, column)`` in ``skip`` have no task (see the module docstring)."""
     options.validate()
-    height, width = source.level_shapes[options.level]
+    unknown = set(products) - set(PRODUCTS)
+    if unknown or not products:
+        raise ValueError(f"products must be among {', '.join(PRODUCTS)}, got {products}")
+    height, width = source.height, source.width
     num_classes = spec.card.num_classes
     size = options.chunk_size
-
-    token = tokenize(source, spec.token, options)
+    token = run_token(source, spec, options)
+    products_token = tokenize(token, products, sorted(skip))
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
-    batch_tasks, logits_name = f"{BATCH_PREFIX}{token}", f"{LOGITS_PREFIX}{token}"
-    done_name = f"segtile-done-{token}"
+    batch_tasks, chunk_tasks = f"{BATCH_PREFIX}{token}", f"segtile-chunk-{products_token}"
+    done_name = f"segtile-done-{products_token}"
+    names = {product: f"segtile-{product}-{products_token}" for product in products}
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
     for s, stripe in enumerate(plan_stripes(height, width, options)):
@@ -167,12 +231,24 @@ def build_logits(source: Source, spec: ModelSpec, options: TilingOptions) -> da.
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
+                for product, name in names.items():
+                    key = (name, i, j) if product == "labels" else (name, 0, i, j)
+                    if (i, j) in skip:
+                        graph[key] = (_already_done, product, i, j)
+                    else:
+                        graph[key] = (dict.__getitem__, (chunk_tasks, i, j), product)
+                if (i, j) in skip:
+                    continue
                 chunk = Window(j * size, i * size, col_chunks[j], chunk_h)
                 deps = [(batch_tasks, s, b) for b in needed.get((i, j), ())]
-                graph[(logits_name, 0, i, j)] = (stitch_chunk, chunk, num_classes, previous, *deps)
+                graph[(chunk_tasks, i, j)] = (stitch_chunk, chunk, num_classes, tuple(products), previous, *deps)
                 previous = (done_name, i, j)
-                graph[previous] = (_done, (logits_name, 0, i, j))
-
-    hlg = HighLevelGraph.from_collections(logits_name, graph, dependencies=())
-    chunks = ((num_classes,), row_chunks, col_chunks)
-    return da.Array(hlg, logits_name, chunks, dtype=np.float32)
+                graph[previous] = (_done, (chunk_tasks, i, j))
+    arrays = {}
+    for product, name in names.items():
+        hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+        if product == "labels":
+            arrays[product] = da.Array(hlg, name, (row_chunks, col_chunks), dtype=label_dtype(num_classes)[0])
+        else:
+            arrays[product] = da.Array(hlg, name, ((num_classes,), row_chunks, col_chunks), dtype=np.float32)
+    return arrays

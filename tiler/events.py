@@ -19,10 +19,12 @@ from distributed import Client, get_worker
 
 class TileCounts(NamedTuple):
     """What one batch task did: tiles read, tiles run through the model (the others held no
-    valid pixel), and pixels whose logits were not finite (they become nodata)."""
+    valid pixel), valid pixels sent to the model, and those of them whose logits were not
+    finite (they become nodata)."""
 
     read: int
     run: int
+    valid: int = 0
     nonfinite: int = 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from affine import Affine
@@ -14,7 +15,9 @@ class Georef:
 
     Attributes:
         crs: coordinate reference system, or ``None`` (plain arrays, slides).
-        transform: pixel -> world affine transform (rotation allowed), or ``None``.
+        transform: pixel -> world affine transform (rotation allowed) of a raster in ``crs``;
+            for a slide (no ``crs``), pixel -> level-0 pixel coordinates (the identity at full
+            resolution), the coordinates its annotations are given in; ``None`` for plain arrays.
         mpp: microns per pixel for microscopy slides, or ``None``.
     """
 
@@ -26,8 +29,20 @@ class Georef:
     def is_georeferenced(self) -> bool:
         return self.crs is not None and self.transform is not None
 
-    def scaled(self, factor: float) -> Georef:
-        """The georeference of the same area sampled ``factor`` times coarser (factor > 1)."""
-        transform = self.transform @ Affine.scale(factor) if self.transform is not None else None
-        mpp = self.mpp * factor if self.mpp is not None else None
+    def scaled(self, x: float, y: float) -> Georef:
+        """The georeference of the same area sampled ``x`` times coarser along columns and ``y``
+        times along rows (> 1: coarser). The µm per pixel follow the columns."""
+        transform = self.transform @ Affine.scale(x, y) if self.transform is not None else None
+        mpp = self.mpp * x if self.mpp is not None else None
         return Georef(self.crs, transform, mpp)
+
+    def pixel_size(self) -> tuple[float, str] | None:
+        """The size of a pixel along the columns and its unit: ``(µm, "um")`` for slides,
+        ``(metres, "m")`` for rasters in a projected CRS; ``None`` when unknown (plain arrays,
+        geographic CRS in degrees)."""
+        if self.mpp is not None:
+            return self.mpp, "um"
+        if self.transform is None or self.crs is None or not self.crs.is_projected:
+            return None
+        _, metres_per_unit = self.crs.linear_units_factor
+        return math.hypot(self.transform.a, self.transform.d) * metres_per_unit, "m"

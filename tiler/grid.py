@@ -4,6 +4,14 @@ Tiles are ``tile_size`` square with ``overlap`` pixels shared between neighbours
 the last tile is shifted inward so that it ends exactly on the image edge and stays full size;
 only an image shorter than a tile gets a single tile that runs past its end (the engine pads it by
 reflection and crops the result back).
+
+Some networks give logits that line up from one tile to the next only on a lattice: PSPNet
+upsamples its stride-8 features with ``align_corners=True``, which is exact only for inputs of
+``8k + 1`` pixels whose first pixel sits on a feature (a 512 tile stretches 64 features over 511
+pixels, and neighbouring tiles disagree by up to 7 px). For such a network (``alignment`` A > 1)
+tiles are ``kA + 1`` pixels wide and start at multiples of A, so every tile's features fall on the
+same image pixels; the last tile then starts at the first multiple of A from which it reaches the
+edge, and runs past it by fewer than A pixels (padded, as above).
 """
 
 from __future__ import annotations
@@ -36,16 +44,31 @@ def check_tiling(tile_size: int, overlap: int) -> None:
         raise GridError(f"overlap ({overlap}) must be smaller than the tile size ({tile_size})")
 
 
-def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+def aligned_tiling(tile_size: int, overlap: int, alignment: int) -> tuple[int, int]:
+    """The tile size and overlap closest to those asked for that suit a network of ``alignment``:
+    tiles of ``kA + 1`` pixels (the next such size up) and a stride that is a multiple of A (the
+    overlap grows to the next such stride down, at least one pixel). ``alignment=1`` changes
+    nothing."""
+    check_tiling(tile_size, overlap)
+    if alignment == 1:
+        return tile_size, overlap
+    tile = -(-(tile_size - 1) // alignment) * alignment + 1
+    stride = max(alignment, (tile - overlap) // alignment * alignment)
+    return tile, tile - stride
+
+
+def tile_starts(length: int, tile_size: int, overlap: int, alignment: int = 1) -> list[int]:
     """Start offsets of the tiles along one axis of ``length`` pixels.
 
     Steps by ``tile_size - overlap``; the last start is ``length - tile_size`` so the last tile
-    ends on the edge. Returns ``[0]`` when the axis is not longer than a tile.
+    ends on the edge (rounded up to a multiple of ``alignment``: the tile then runs past the
+    edge by fewer than ``alignment`` pixels). Returns ``[0]`` when the axis is not longer than a
+    tile.
     """
     check_tiling(tile_size, overlap)
     if length < 1:
         raise GridError(f"image axis length must be positive, got {length}")
-    last = length - tile_size
+    last = -(-(length - tile_size) // alignment) * alignment
     if last <= 0:
         return [0]
     stride = tile_size - overlap
@@ -61,9 +84,10 @@ class Tile:
     Attributes:
         index: position in the plan (row-major).
         window: the tile's window on the image; it may extend past the image's right or bottom
-            edge only when the image is smaller than a tile along that axis.
-        edges: ``(top, bottom, left, right)``: whether each side of the tile lies on the image
-            border (blend weights stay full there).
+            edge only when the image is smaller than a tile along that axis, or by fewer than
+            ``alignment`` pixels.
+        edges: ``(top, bottom, left, right)``: whether each side of the tile lies on (or past)
+            the image border (blend weights stay full there).
     """
 
     index: int
@@ -71,10 +95,11 @@ class Tile:
     edges: tuple[bool, bool, bool, bool]
 
 
-def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
-    """All tiles covering a ``height`` x ``width`` image, in row-major order."""
-    rows = tile_starts(height, tile_size, overlap)
-    cols = tile_starts(width, tile_size, overlap)
+def tile_grid(height: int, width: int, tile_size: int, overlap: int, alignment: int = 1) -> list[Tile]:
+    """All tiles covering a ``height`` x ``width`` image, in row-major order (see
+    :func:`tile_starts` for ``alignment``)."""
+    rows = tile_starts(height, tile_size, overlap, alignment)
+    cols = tile_starts(width, tile_size, overlap, alignment)
     tiles = []
     for index, (row, col) in enumerate(product(rows, cols)):
         edges = (

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
-from segtile.grid import Tile, check_tiling, is_integer, tile_grid
+from segtile.grid import GridError, Tile, aligned_tiling, check_tiling, is_integer, tile_grid
+from segtile.tta import Augmentation
 
 
 @dataclass(frozen=True)
@@ -31,26 +32,33 @@ class TilingOptions:
     batch_size: int = 4
     chunk_size: int = 1024
     stripe_width: int = 8192
-    level: int = 0
+    alignment: int = 1
     device: str = "auto"
     precision: str = "fp32"
+    augmentation: Augmentation = Augmentation()
 
     def validate(self) -> None:
+        """Raise :class:`~segtile.grid.GridError` for sizes that are not whole and positive."""
         check_tiling(self.tile_size, self.overlap)
         check_blend(self.blend)
-        for name in ("batch_size", "chunk_size"):
+        for name in ("batch_size", "chunk_size", "alignment"):
             value = getattr(self, name)
             if not is_integer(value) or value < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+                raise GridError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
         if not is_integer(self.stripe_width) or self.stripe_width < 0:
-            raise ValueError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
+            raise GridError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
 
 
 def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptions:
-    """``options`` with tiles no larger than the image's longer side (a tile of 100000 px on a
-    small image would allocate gigabytes for one padded tile) and an overlap below the tile."""
-    tile_size = min(options.tile_size, max(height, width))
-    return replace(options, tile_size=tile_size, overlap=min(options.overlap, tile_size - 1))
+    """``options`` with tiles of the size the network's ``alignment`` wants (see
+    :func:`segtile.grid.aligned_tiling`), no larger than needed to cover the image's longer side
+    (a tile of 100000 px on a small image would allocate gigabytes for one padded tile), and an
+    overlap below the tile."""
+    alignment = options.alignment
+    largest = -(-(max(height, width) - 1) // alignment) * alignment + 1
+    tile_size = min(options.tile_size, largest)
+    tile_size, overlap = aligned_tiling(tile_size, min(options.overlap, tile_size - 1), alignment)
+    return replace(options, tile_size=tile_size, overlap=overlap)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ def stripe_chunk_columns(width: int, chunk_size: int, stripe_width: int) -> list
 
 def plan_stripes(height: int, width: int, options: TilingOptions) -> list[Stripe]:
     """The stripes of a ``height`` x ``width`` image, left to right, with their batches."""
-    tiles = tile_grid(height, width, options.tile_size, options.overlap)
+    tiles = tile_grid(height, width, options.tile_size, options.overlap, options.alignment)
     stripes = []
     for chunk_columns in stripe_chunk_columns(width, options.chunk_size, options.stripe_width):
         left = chunk_columns.start * options.chunk_size
@@ -104,6 +112,15 @@ def batches_per_chunk(batches: list[list[Tile]], height: int, width: int,
     return {chunk: sorted(found) for chunk, found in needed.items()}
 
 
-def tile_runs(stripes: list[Stripe]) -> int:
-    """How many tiles the plan reads (tiles on a stripe boundary count once per stripe)."""
-    return sum(len(batch) for stripe in stripes for batch in stripe.batches)
+def tile_runs(height: int, width: int, options: TilingOptions, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
+    """How many tiles the plan reads (tiles on a stripe boundary count once per stripe), leaving
+    out those only the chunks ``(row, column)`` in ``skip`` need."""
+    total = 0
+    for stripe in plan_stripes(height, width, options):
+        if not skip:
+            total += sum(len(batch) for batch in stripe.batches)
+            continue
+        needed = batches_per_chunk(stripe.batches, height, width, options.chunk_size)
+        used = {b for chunk, batches in needed.items() if chunk not in skip for b in batches}
+        total += sum(len(stripe.batches[b]) for b in used)
+    return total

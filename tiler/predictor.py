@@ -20,6 +20,7 @@ from segtile.devices import check_precision, resolve_device
 from segtile.errors import SegtileError, one_line
 from segtile.models import ModelCard
 from segtile.normalise import Normalisation, normalise_
+from segtile.tta import Augmentation
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ class BatchResult:
         weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
             (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
             logit was finite and the weights given still hold.
-        nonfinite: how many pixels with a weight got logits that were not finite.
+        valid: how many pixels had a weight (were valid).
+        nonfinite: how many of them got logits that were not finite.
     """
 
     weighted: np.ndarray
     weights: np.ndarray | None
+    valid: int
     nonfinite: int
 
 
@@ -80,8 +83,9 @@ class Predictor:
     """
 
     def __init__(self, module: torch.nn.Module, card: ModelCard, device: torch.device,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", augmentation: Augmentation = Augmentation()) -> None:
         check_precision(precision, device)
+        self.augmentation = augmentation
         self.device = device
         self.precision = precision
         self.card = card
@@ -112,33 +116,43 @@ class Predictor:
         ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
         normalised, whatever they hold: NaN included).
 
+        The weighted logits come back pixel-major, ``(B, h, w, classes)``: the layout a
+        channels-last network gives, so no copy reorders them, and the one the stitcher sums.
+        With test-time augmentation they are the log of the averaged probabilities. A half
+        precision run brings them back in float16 (half the traffic, no less precise than the
+        network's own fp16 output); weighting happens in float32, on the device.
+
         Raises:
             ModelError: the network failed, or its output is not ``(B, classes, h, w)`` logits
                 for the card's classes.
         """
         with self._lock, torch.inference_mode():
-            weight = self._to_device(weights).unsqueeze(1)
-            x, logits = self._forward(self._to_device(pixels), weight)
-            self._check_output(logits, x)
-            # Back to a plain (B, classes, h, w) float32 layout, which stitching slices row by row,
-            # and never a view of the input buffer, which the next batch overwrites.
-            logits = logits.to(torch.float32, memory_format=torch.contiguous_format)
+            weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
+            x = self._normalised(self._to_device(pixels), weight[..., 0])
+            logits = self.augmentation(self._network, x).permute(0, 2, 3, 1)
+            if logits.dtype != torch.float32:
+                logits = logits.float()
+            # never a view of the input buffer, which the next batch overwrites
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
-            finite = torch.isfinite(logits).all(dim=1, keepdim=True)
-            nonfinite = int(((weight > 0) & ~finite).sum())
-            weights = None
-            if nonfinite:
+            logits = logits.contiguous()
+            valid = weight > 0
+            nonfinite, weights = 0, None
+            if not torch.isfinite(logits.sum()):  # one fast reduction: a NaN or inf anywhere shows
+                finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
+                nonfinite = int((valid & ~finite).sum())
                 weight = weight * finite
                 logits.masked_fill_(~finite, 0.0)
-                weights = weight[:, 0].cpu().numpy()
+                weights = weight[..., 0].cpu().numpy()
             logits.mul_(weight)
-            return BatchResult(logits.cpu().numpy(), weights, nonfinite)
+            if self.precision == "fp16":
+                logits = logits.half()
+            return BatchResult(logits.cpu().numpy(), weights, int(valid.sum()), nonfinite)
 
-    def _forward(self, pixels: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The normalised input and the network's logits; on the first batch that fails in
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits for ``x``, checked; on the first batch that fails in
         channels-last, the layout falls back to plain and the batch runs again."""
-        x = self._normalised(pixels, weight)
+        x = x.contiguous(memory_format=self.memory_format)
         try:
             with autocast(self.device, self.precision):
                 logits = self.module(x)
@@ -150,11 +164,12 @@ class Predictor:
             if self._layout_settled or self.memory_format != torch.channels_last:
                 raise ModelError(f"the model failed on {_batch_text(x)}: {one_line(exc)}") from exc
             self._use_plain_layout()
-            return self._forward(pixels, weight)
+            return self._network(x)
         except Exception as exc:  # a network may raise anything (TypeError, AssertionError...)
             raise ModelError(f"the model failed on {_batch_text(x)}: {one_line(exc)}") from exc
         self._layout_settled = True
-        return x, logits
+        self._check_output(logits, x)
+        return logits
 
     def _check_output(self, logits: object, x: torch.Tensor) -> None:
         """Raise :class:`ModelError` unless ``logits`` are ``(B, classes, h, w)`` for input ``x``."""
@@ -196,7 +211,7 @@ def _batch_text(x: torch.Tensor) -> str:
     return f"a batch of {batch} tile(s) of {height}x{width} px with {bands} band(s)"
 
 
-_PREDICTORS: OrderedDict[tuple[str, str, str], Predictor] = OrderedDict()
+_PREDICTORS: OrderedDict[tuple, Predictor] = OrderedDict()
 _PREDICTORS_LOCK = threading.Lock()
 CACHED_PREDICTORS = 2
 """Predictors kept per process, most recently used first: each holds a network and its input
@@ -204,13 +219,14 @@ buffer, and every ``segment`` call makes a new spec, so an unbounded cache would
 call in a notebook or a loop over images."""
 
 
-def get_predictor(spec: ModelSpec, device: str, precision: str) -> Predictor:
+def get_predictor(spec: ModelSpec, device: str, precision: str,
+                  augmentation: Augmentation = Augmentation()) -> Predictor:
     """The predictor for ``spec`` on ``device``, built on first use in this process."""
     resolved = resolve_device(device)
-    key = (spec.token, str(resolved), precision)
+    key = (spec.token, str(resolved), precision, augmentation)
     with _PREDICTORS_LOCK:
         if key not in _PREDICTORS:
-            _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision)
+            _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision, augmentation)
             while len(_PREDICTORS) > CACHED_PREDICTORS:
                 _PREDICTORS.popitem(last=False)
         _PREDICTORS.move_to_end(key)

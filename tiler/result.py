@@ -2,61 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from os import PathLike
+from pathlib import Path
 from typing import ContextManager
 
 import dask.array as da
 import numpy as np
 
+from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
 from segtile.models import ModelCard
-from segtile.plan import TilingOptions, plan_stripes, tile_runs
-from segtile.progress import tile_progress
+from segtile.plan import TilingOptions, tile_runs
+from segtile.predictor import ModelSpec
+from segtile.progress import Progress, TileTally, tile_progress
+from segtile.sources import Source
 from segtile.writers.legend import rgb
 from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
 
-def softmax_block(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the class axis of one chunk; NaN (nodata) stays NaN."""
-    shifted = logits - np.max(logits, axis=0, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / np.sum(exp, axis=0, keepdims=True)
-
-
-def labels_block(logits: np.ndarray, nodata: int, dtype: np.dtype) -> np.ndarray:
-    """Class index of the largest logit per pixel; ``nodata`` where the logits are NaN."""
-    invalid = np.isnan(logits[0])
-    labels = np.argmax(logits, axis=0).astype(dtype)  # NaN pixels get an arbitrary index, then nodata
-    labels[invalid] = nodata
-    return labels
-
-
-def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
-    """The label dtype and nodata value: uint8 / 255 up to 255 classes, else uint16 / 65535."""
-    if num_classes <= 255:
-        return np.dtype(np.uint8), 255
-    return np.dtype(np.uint16), 65535
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Segmentation:
     """A segmentation that is computed only when written or ``.compute()``-d.
 
     Attributes:
-        logits: dask array ``(classes, H, W)`` float32, NaN on nodata pixels.
+        source: the image on the grid the model runs on.
+        spec: the model.
         georef: where the result sits (CRS and transform, or µm/px, or nothing).
         card: the model card (class names, colours...).
-        options: the tiling the logits were built with.
+        options: the tiling the result is built with.
         inputs: the files read (no output may replace them).
+        notes: what the user should know about how the job runs (e.g. the grid chosen).
     """
 
-    logits: da.Array
+    source: Source
+    spec: ModelSpec
     georef: Georef
     card: ModelCard
     options: TilingOptions
     inputs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def crs(self):
@@ -68,33 +56,57 @@ class Segmentation:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.logits.shape[1:]
+        return self.source.height, self.source.width
 
     @property
     def nodata(self) -> int:
         """The label value of pixels that were not segmented (nodata input, skipped tiles)."""
         return label_dtype(self.card.num_classes)[1]
 
+    @property
+    def token(self) -> str:
+        """The name of this result's tasks (its batch tasks report their tiles under it)."""
+        return run_token(self.source, self.spec, self.options)
+
+    def products(self, *names: str, skip: frozenset[tuple[int, int]] = frozenset()) -> dict[str, da.Array]:
+        """Several of ``labels``, ``probabilities`` and ``logits`` from one pass: computed together
+        (one ``dask.compute``, one ``da.store``), each chunk is stitched once. Chunks in ``skip``
+        are left out (they were computed before; see :mod:`segtile.engine`)."""
+        return build_products(self.source, self.spec, self.options, names, skip)
+
+    @cached_property
+    def logits(self) -> da.Array:
+        """Dask array ``(classes, H, W)`` float32: the stitched logits (the log of the averaged
+        probabilities with test-time augmentation), NaN on nodata pixels."""
+        return self.products("logits")["logits"]
+
     @cached_property
     def probabilities(self) -> da.Array:
         """Dask array ``(classes, H, W)`` float32: softmax of the logits, NaN on nodata."""
-        return self.logits.map_blocks(softmax_block, dtype=np.float32)
+        return self.products("probabilities")["probabilities"]
 
     @cached_property
     def labels(self) -> da.Array:
         """Dask array ``(H, W)`` of class indices (uint8, or uint16 beyond 255 classes)."""
-        dtype, nodata = label_dtype(self.card.num_classes)
-        return self.logits.map_blocks(labels_block, nodata, dtype, drop_axis=0, dtype=dtype)
+        return self.products("labels")["labels"]
 
-    def progress(self, enabled: bool = True) -> ContextManager[None]:
+    def progress(self, enabled: bool = True, progress: Progress | None = None,
+                 tally: TileTally | None = None) -> ContextManager[TileTally]:
         """A context manager showing a tile progress bar (stderr) for this result's work done
         inside it, on the local scheduler or a ``dask.distributed`` cluster::
 
             with result.progress():
                 result.to_geotiff("mask.tif")
-        """
-        total = tile_runs(plan_stripes(*self.shape, self.options))
-        return tile_progress(self.logits, total, enabled=enabled)
+
+        It yields the tally of tiles read and run (``tally``, when given, is the one filled).
+        ``progress`` shows the tiles as one stage of a larger run instead of a bar of their own."""
+        progress = progress or Progress("bar" if enabled else "none", [("inference", 1.0)])
+        return tile_progress(self.token, self.tile_count(), progress, tally)
+
+    def tile_count(self, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
+        """How many tiles computing the result reads (stripe boundaries count twice), leaving
+        out the chunks in ``skip``."""
+        return tile_runs(*self.shape, self.options, skip)
 
     def thumbnail(self, max_size: int = 512) -> np.ndarray:
         """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
@@ -124,17 +136,21 @@ class Segmentation:
         self.write(path, simplify=simplify, min_area=min_area, overwrite=overwrite)
 
     def layers(self, probabilities: bool = False) -> Layers:
-        """The arrays and metadata writers take (the probabilities only when asked for)."""
-        return Layers(self.labels, self.probabilities if probabilities else None, self.georef, self.card,
-                      self.nodata)
+        """The arrays and metadata writers take (the probabilities only when asked for: then both
+        come from one pass)."""
+        arrays = self.products("labels", "probabilities") if probabilities else {"labels": self.labels}
+        return Layers(arrays["labels"], arrays.get("probabilities"), self.georef, self.card, self.nodata)
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
-              min_area: float | None = None, overwrite: bool = False) -> None:
+              min_area: float | None = None, overwrite: bool = False, progress: Progress | None = None,
+              computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
         Either every output appears, complete, or none does: all are written under temporary
         names and renamed only when the last one is done. No output may replace the input.
+        ``progress``, ``computing`` and ``stage`` are those of
+        :func:`segtile.writers.outputs.write_outputs`. Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area)
-        write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
-                      protected=self.inputs)
+        return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
+                             protected=self.inputs, progress=progress, computing=computing, stage=stage)

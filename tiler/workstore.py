@@ -11,32 +11,38 @@ gigapixel does not stage 600 GB of floats to write a one-byte mask.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import ContextManager
 
 import dask.array as da
 import numpy as np
 import zarr
 
 from segtile.cluster import joined_threads
+from segtile.writers.atomic import OutputError
 from segtile.writers.geotiff import PROBABILITY_SCALE
-from segtile.writers.outputs import Layers
-
-_NO_COMPRESSION = None  # the store is read back once, at once: compression costs more than it saves
+from segtile.writers.outputs import Layers, write_failure
 
 
 @contextmanager
-def staged(layers: Layers, folder: Path, precision: str | None, enabled: bool = True) -> Iterator[Layers]:
+def staged(layers: Layers, folder: Path, precision: str | None, enabled: bool = True,
+           computing: Callable[[], ContextManager] = nullcontext) -> Iterator[Layers]:
     """``layers`` computed once into a scratch store in ``folder`` (removed on leaving), read
     back lazily; with ``precision`` (``"float32"`` or ``"uint8"``) the probabilities too.
-    Without ``enabled``, ``layers`` as they are."""
+    ``computing()`` is entered around the computing. Without ``enabled``, ``layers`` as they are."""
     if not enabled:
         yield layers
         return
     with tempfile.TemporaryDirectory(prefix=".segtile-pass-", dir=folder) as scratch:
-        yield stage(layers, Path(scratch) / "work.zarr", precision)
+        with computing():
+            try:
+                ready = stage(layers, Path(scratch) / "work.zarr", precision)
+            except OSError as exc:  # a full disk, a file size limit
+                raise OutputError(f"cannot write the work store in {folder}: {write_failure(exc)}") from exc
+        yield ready
 
 
 def stage(layers: Layers, path: Path, precision: str | None) -> Layers:
@@ -65,7 +71,7 @@ def stage(layers: Layers, path: Path, precision: str | None) -> Layers:
 
 def _array(group: zarr.Group, name: str, array: da.Array, fill_value: float) -> zarr.Array:
     return group.create_array(name, shape=array.shape, chunks=array.chunksize, dtype=array.dtype,
-                              fill_value=fill_value, compressors=_NO_COMPRESSION,
+                              fill_value=fill_value,
                               config={"write_empty_chunks": True})
 
 

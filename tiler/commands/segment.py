@@ -23,7 +23,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF)")
     parser.add_argument("-o", "--out", metavar="OUTPUT", action="append", required=True,
                         help="output file; repeat for several outputs from one inference pass")
-    parser.add_argument("--model", metavar="MODEL", required=True, help="segtile checkpoint or TorchScript file")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="segtile checkpoint, TorchScript or ONNX file, or the name of an installed model "
+                        "(default: $SEGTILE_MODEL when set, else the installed default model)")
     parser.add_argument("--tile-size", type=positive_int, metavar="N",
                         help="tile side in pixels (default: the model card's; at most the image's size)")
     parser.add_argument("--overlap", type=non_negative_int, metavar="N",
@@ -38,8 +40,13 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="autocast precision (fp16 needs CUDA; default: fp32)")
     parser.add_argument("--bands", type=band_list, metavar="3,2,1",
                         help="1-based input bands to feed the model, in order (default: the model card's)")
-    parser.add_argument("--level", type=non_negative_int, default=0, metavar="L",
-                        help="pyramid level to process, 0 = full resolution (default: 0)")
+    grid = parser.add_mutually_exclusive_group()
+    grid.add_argument("--resolution", type=finite_float(0.0, strict=True), metavar="M",
+                      help="process a raster at M metres per pixel (default: the model card's, when both are known)")
+    grid.add_argument("--mpp", type=finite_float(0.0, strict=True), metavar="UM",
+                      help="process a slide at UM µm per pixel (default: the model card's, when both are known)")
+    grid.add_argument("--level", type=non_negative_int, metavar="L",
+                      help="process pyramid level L of the image (0: full resolution)")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
     parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",
@@ -52,7 +59,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="width of the vertical stripes processed one after another: bounds memory on "
                         "wide images, runs the tiles on each stripe boundary twice; 0 = whole width (default: 8192)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", choices=("bar", "json"), default="bar",
+                        help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress, no summary")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library messages")
     parser.set_defaults(run=run)

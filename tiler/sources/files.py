@@ -11,6 +11,8 @@ from segtile.errors import root_cause_line
 from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
+LENGTH_UNITS = (tifffile.RESUNIT.CENTIMETER, tifffile.RESUNIT.MILLIMETER, tifffile.RESUNIT.MICROMETER)
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".scn", ".bif")
 
 
@@ -40,7 +42,8 @@ def is_slide(path: str) -> bool:
     """Whether ``path`` is a whole-slide / microscopy TIFF (read with tifffile, not GDAL).
 
     Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
-    Hamamatsu, OME, Leica or Ventana layout in their first page.
+    Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are no GeoTIFF but
+    a pyramid or an image whose resolution is in a unit of length (a microscope's pixel size).
     """
     if path.lower().endswith(SLIDE_SUFFIXES):
         return True
@@ -48,7 +51,12 @@ def is_slide(path: str) -> bool:
         return False
     try:
         with tifffile.TiffFile(path) as tif:
-            return bool(tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif)
+            if tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif:
+                return True
+            page = tif.pages.first
+            if any(code in page.tags for code in GEOTIFF_TAGS):
+                return False
+            return len(tif.series[0].levels) > 1 or page.resolutionunit in LENGTH_UNITS
     except Exception:  # an unreadable TIFF is reported by the backend that then tries it
         return False
 
@@ -61,22 +69,30 @@ def open_tiff(path: str) -> tifffile.TiffFile:
         raise SourceError(f"cannot open {path} as a TIFF: {root_cause_line(exc)}") from None
 
 
-def check_tiff_complete(tif: tifffile.TiffFile, path: str) -> None:
+def check_tiff_complete(tif: tifffile.TiffFile, path: str, structure: bool = True) -> None:
     """Raise :class:`SourceError` when image data of ``tif`` lie past the end of the file.
 
     A truncated TIFF (an interrupted copy or download) often opens fine and fails only on the
     tiles that are missing, deep inside a run; comparing the tile offsets with the file size
-    catches it at open for the cost of reading the offset tables.
+    catches it at open for the cost of reading the offset tables. A structure tifffile cannot
+    parse (a damaged description, tile tables that disagree) is an error too with
+    ``structure``; without, it is left for another reader (GDAL) to judge.
     """
     size = os.path.getsize(path)
-    for series in tif.series:
-        for level in series.levels:
-            for page in level.pages:
-                if page is None or not page.dataoffsets:
-                    continue
-                end = int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
-                if end > size:
-                    raise SourceError(
-                        f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes"
-                    )
+    try:
+        pages = [page for series in tif.series for level in series.levels for page in level.pages]
+    except Exception as exc:  # tifffile parses the series lazily: a damaged description fails here
+        if not structure:
+            return
+        raise SourceError(f"cannot open {path}: its TIFF structure is damaged ({root_cause_line(exc)})") from None
+    for page in pages:
+        if page is None or not page.dataoffsets:
+            continue
+        if len(page.dataoffsets) != len(page.databytecounts):
+            if not structure:
+                continue
+            raise SourceError(f"cannot open {path}: its TIFF structure is damaged (tile offsets and sizes disagree)")
+        end = int(np.max(np.add(page.dataoffsets, page.databytecounts, dtype=np.int64)))
+        if end > size:
+            raise SourceError(f"{path} is truncated: its image data run to byte {end} but the file has {size} bytes")
 

@@ -119,7 +119,7 @@ def _check_tiff_complete(path: str) -> None:
     except Exception:  # any parse failure: GDAL's own error below is the one reported
         return
     with tif:
-        check_tiff_complete(tif, path)
+        check_tiff_complete(tif, path, structure=False)
 
 
 def _overview_shape(path: str, level: int) -> tuple[int, int]:

@@ -11,19 +11,19 @@ from typing import Any, Sequence
 import numpy as np
 import tifffile
 import zarr
+from affine import Affine
 from rasterio.windows import Window
 from tifffile.tifffile import svs_description_metadata
 
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff
+from segtile.sources.files import LENGTH_UNITS, check_local_file, check_tiff_complete, open_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
 _MICRONS_PER_UNIT = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
-_LENGTH_UNITS = (tifffile.RESUNIT.CENTIMETER, tifffile.RESUNIT.MILLIMETER, tifffile.RESUNIT.MICROMETER)
 # With more than one worker, tifffile decodes each tile in a thread of its own instead of in
 # Zarr's single event-loop thread, so tiles asked for by many Dask threads decode in parallel.
 _DECODE_WORKERS = 2
@@ -40,7 +40,9 @@ class SlideSource(Source):
     The series must be a 2-D image with at most one band axis (axes ``YX``, ``YXS``, ``SYX``
     or ``CYX`` once length-1 axes are dropped). Levels are the series' pyramid levels; the
     georeference is the pixel size in µm (Aperio ``MPP``, OME ``PhysicalSizeX``, or the
-    resolution tags when in a length unit), with no CRS. Slides carry no validity mask.
+    resolution tags when in a length unit), with no CRS; its transform maps pixels to level-0
+    pixel coordinates (the identity here; scaled on a coarser working grid), the coordinates
+    annotations of slides are given in. Slides carry no validity mask.
     Each thread reads through its own TiffFile, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
@@ -67,7 +69,7 @@ class SlideSource(Source):
             self.shape = (len(positions), *self.level_shapes[0])
             self.dtype = np.dtype(series.dtype)
             self.band_names = tuple(_band_names(series, band_count)[p] for p in positions)
-            self.georef = Georef(mpp=_microns_per_pixel(tif, series))
+            self.georef = Georef(transform=Affine.identity(), mpp=_microns_per_pixel(tif, series))
         self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:
@@ -171,7 +173,7 @@ def _ome_mpp(xml: str | None) -> float | None:
 
 def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
     """µm per pixel from XResolution when ResolutionUnit is a length (not inch: 72 dpi means nothing)."""
-    if "XResolution" not in page.tags or page.resolutionunit not in _LENGTH_UNITS:
+    if "XResolution" not in page.tags or page.resolutionunit not in LENGTH_UNITS:
         return None
     pixels_per_micron = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
     return 1.0 / pixels_per_micron if pixels_per_micron > 0 else None

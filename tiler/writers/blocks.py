@@ -12,7 +12,6 @@ fetched into this process as each completes.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, Callable, Iterator
 
@@ -21,14 +20,13 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from segtile.cluster import active_client
+from segtile.cluster import active_client, joined_threads
 from segtile.errors import SegtileError
 from segtile.models.card import ModelCard
 
 Key = tuple[slice, ...]
-Progress = Callable[[int, int], None]
-"""Called with (chunks done, chunks in all) after each chunk is written, under the write lock.
-For a tqdm bar: ``lambda done, total: bar.update(1)`` (with ``tqdm(total=...)``)."""
+Advance = Callable[[int], None]
+"""Called with 1 after each chunk is written, under the write lock (a tqdm bar's ``update``)."""
 
 
 class WriterInputError(SegtileError, ValueError):
@@ -38,35 +36,32 @@ class WriterInputError(SegtileError, ValueError):
 class _ChunkTarget:
     """The ``da.store`` target: hands each chunk to ``write``, under a lock."""
 
-    def __init__(self, write: Callable[[Key, np.ndarray], None], total: int,
-                 progress: Progress | None) -> None:
+    def __init__(self, write: Callable[[Key, np.ndarray], None], progress: Advance | None) -> None:
         self._write = write
-        self._total = total
         self._progress = progress
-        self._done = 0
         self._lock = threading.Lock()
 
     def __setitem__(self, key: Key, chunk: np.ndarray) -> None:
         with self._lock:
             self._write(key, chunk)
-            self._done += 1
             if self._progress is not None:
-                self._progress(self._done, self._total)
+                self._progress(1)
 
 
 def store_chunks(array: da.Array, write: Callable[[Key, np.ndarray], None], *,
-                 progress: Progress | None = None) -> None:
+                 progress: Advance | None = None) -> None:
     """Compute ``array`` chunk by chunk; call ``write(key, chunk)`` for each, never two at once.
 
     ``key`` is the chunk's place in ``array``: one ``slice`` per axis, in global coordinates.
     """
-    target = _ChunkTarget(write, math.prod(array.numblocks), progress)
+    target = _ChunkTarget(write, progress)
     client = active_client(array)
     if client is not None:
         for key, chunk in _chunks_from_cluster(client, array):
             target[key] = chunk
     else:
-        da.store(array, target, lock=False, compute=True)
+        with joined_threads():
+            da.store(array, target, lock=False, compute=True)
 
 
 def _chunks_from_cluster(client: Client, array: da.Array) -> Iterator[tuple[Key, np.ndarray]]:

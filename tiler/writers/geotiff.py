@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, as_probabilities, store_chunks
+from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, as_probabilities, store_chunks
 from segtile.writers.legend import colour_table, legend_sidecars, write_legend_sidecars
 
 BLOCK_SIZE = 512
@@ -42,7 +42,7 @@ def probabilities_path_for(mask_path: str | PathLike) -> Path:
 
 
 def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
-               nodata: int = 255, overwrite: bool = False, progress: Progress | None = None,
+               nodata: int = 255, overwrite: bool = False, progress: Advance | None = None,
                atomic: bool = True) -> Path:
     """Write a class mask as a Cloud-Optimised GeoTIFF with its legend; return ``path``.
 
@@ -55,7 +55,7 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
 
     Args:
         labels: dask (or numpy) array ``(H, W)`` of class indices, ``nodata`` where invalid.
-        progress: called with (chunks written, chunks in all).
+        progress: called with 1 after each chunk is written.
         atomic: write under a temporary name and rename at the end; ``False`` writes ``path``
             directly (the caller already holds a temporary path, see ``OutputSet``).
     """
@@ -76,7 +76,7 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
 
 
 def write_probabilities(path: str | PathLike, probabilities: Any, georef: Georef, card: ModelCard, *,
-                        overwrite: bool = False, dtype: str = "uint8", progress: Progress | None = None,
+                        overwrite: bool = False, dtype: str = "uint8", progress: Advance | None = None,
                         atomic: bool = True) -> Path:
     """Write per-class probabilities as a Cloud-Optimised GeoTIFF, one band per class; return ``path``.
 
@@ -124,7 +124,7 @@ def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef
     height, width = shape
     return {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
-        "crs": georef.crs, "transform": georef.transform or Affine.identity(), "nodata": nodata,
+        "crs": georef.crs, "transform": georef.transform if georef.crs is not None else Affine.identity(), "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
         "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
     }

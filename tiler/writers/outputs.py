@@ -14,19 +14,26 @@ store, under a temporary name, and all appear together only when the last is com
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ContextManager, Iterator
 
 import dask.array as da
+from pyogrio.errors import DataLayerError, DataSourceError
 
+from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
+from segtile.progress import Progress
 from segtile.writers.atomic import OutputError, OutputSet, check_output
+from segtile.writers.blocks import Advance
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import legend_sidecars
-from segtile.writers.vector import shapefile_sidecars, write_polygons
+from segtile.writers.vector import polygon_sidecars, write_polygons
 from segtile.writers.zarr_store import write_zarr
 
 
@@ -67,8 +74,9 @@ class OutputKind:
         name: what it is, for messages.
         suffixes: the extensions that select it (lower case).
         files: every path the writer makes for an output at ``path``, ``path`` first.
-        write: ``write(target, layers, options)`` writes the output to ``target`` (a temporary
-            path; the files beside it land beside ``target``).
+        write: ``write(target, layers, options, advance)`` writes the output to ``target`` (a
+            temporary path; the files beside it land beside ``target``), calling ``advance(1)``
+            after each chunk.
         probabilities: it writes probabilities when ``options.probabilities`` (and at which
             precision: ``"float32"`` or ``"uint8"``); ``None``: never.
         directory: the output is a folder.
@@ -79,7 +87,7 @@ class OutputKind:
     name: str
     suffixes: tuple[str, ...]
     files: Callable[[Path, WriteOptions], list[Path]]
-    write: Callable[[Path, Layers, WriteOptions], None]
+    write: Callable[[Path, Layers, WriteOptions, Advance], None]
     probabilities: str | None = None
     directory: bool = False
     separate_probabilities: bool = False
@@ -95,21 +103,23 @@ def _raster_sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + ".aux.xml")]
 
 
-def _write_mask(target: Path, layers: Layers, options: WriteOptions) -> None:
-    write_mask(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False)
+def _write_mask(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
+    write_mask(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
+               progress=advance)
     if options.probabilities:
         write_probabilities(probabilities_path_for(target), layers.probabilities, layers.georef, layers.card,
-                            atomic=False)
+                            atomic=False, progress=advance)
 
 
-def _write_zarr(target: Path, layers: Layers, options: WriteOptions) -> None:
+def _write_zarr(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
     write_zarr(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
                probabilities=layers.probabilities if options.probabilities else None)
+    advance(math.prod(layers.labels.numblocks))
 
 
-def _write_polygons(target: Path, layers: Layers, options: WriteOptions) -> None:
+def _write_polygons(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
     write_polygons(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata,
-                   simplify=options.simplify, min_area=options.min_area, atomic=False)
+                   simplify=options.simplify, min_area=options.min_area, atomic=False, progress=advance)
 
 
 OUTPUT_KINDS: tuple[OutputKind, ...] = (
@@ -117,8 +127,8 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = (
                separate_probabilities=True),
     OutputKind("Zarr store", (".zarr",), lambda path, _: [path], _write_zarr, probabilities="float32",
                directory=True),
-    OutputKind("polygons", (".gpkg", ".geojson", ".fgb"), lambda path, _: [path], _write_polygons),
-    OutputKind("polygons", (".shp",), lambda path, _: [path, *shapefile_sidecars(path)], _write_polygons),
+    OutputKind("polygons", (".gpkg", ".geojson", ".fgb", ".shp"), lambda path, _: [path, *polygon_sidecars(path)],
+               _write_polygons),
 )
 
 
@@ -164,7 +174,8 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
         for written in files:
             resolved = Path(os.path.abspath(written))
             if resolved in seen:
-                raise OutputError(f"{written} would be written twice (by {seen[resolved]} and {path})")
+                raise OutputError(f"{written} would be written twice (by {seen[resolved]} and {path}): "
+                                  "give these outputs different names")
             seen[resolved] = path
         check_output(path, overwrite, files=files[1:], directory=kind.directory, protected=protected)
         if kind.directory and overwrite and path.is_dir() and not (path / "zarr.json").exists():
@@ -174,24 +185,63 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
 
 
 def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: WriteOptions = WriteOptions(), *,
-                  overwrite: bool = False, protected: Iterable[str | os.PathLike] = ()) -> None:
-    """Write ``layers`` to every path in ``paths`` (see the module docstring).
+                  overwrite: bool = False, protected: Iterable[str | os.PathLike] = (),
+                  progress: Progress | None = None, computing: Callable[[], ContextManager] = nullcontext,
+                  stage: bool | None = None) -> list[Path]:
+    """Write ``layers`` to every path in ``paths`` (see the module docstring); return the paths.
 
     Args:
         layers: the arrays; ``layers.probabilities`` is needed only when ``options.probabilities``.
         protected: paths no output may replace, even with ``overwrite`` (the input image).
+        progress: shows a stage ``writing NAME`` per output (none by default).
+        computing: a context manager entered around the pass that computes the layers (the
+            staging, or the first output's writing): where a caller counts the tiles run.
+        stage: compute the layers into a scratch store first; by default only when they would
+            otherwise be computed more than once.
     """
     from segtile.workstore import staged
 
     planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected)
     precision = probability_precision([p.kind for p in planned], options)
     passes = sum(2 if p.kind.separate_probabilities and precision else 1 for p in planned)
+    progress = progress or Progress("none")
     with OutputSet(overwrite=overwrite) as outputs:
         targets = [outputs.add(p.path, files=p.files[1:], directory=p.kind.directory, protected=protected)
                    for p in planned]
-        with staged(layers, planned[0].path.parent, precision, enabled=passes > 1) as ready:
-            for target, output in zip(targets, planned):
-                output.kind.write(target, ready, options)
+        enabled = passes > 1 if stage is None else stage
+        with staged(layers, planned[0].path.parent, precision, enabled=enabled, computing=computing) as ready:
+            for index, (target, output) in enumerate(zip(targets, planned)):
+                units = math.prod(ready.labels.numblocks) * (2 if output.kind.separate_probabilities and precision
+                                                            else 1) + 1
+                first_pass = computing() if index == 0 and not enabled else nullcontext()
+                with progress.stage(f"writing {output.path.name}", units) as advance, first_pass, \
+                        _write_errors(output.path):
+                    output.kind.write(target, ready, options, advance)
+                    advance(1)  # the last step: overviews, a layer's index
+    return [p.path for p in planned]
+
+
+@contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """Failures to write a file (a full disk, a file size limit, a lost mount), whichever library
+    meets them (GDAL through rasterio, OGR through pyogrio, zarr), as one :class:`OutputError`
+    naming the output."""
+    try:
+        yield
+    except (OSError, DataSourceError, DataLayerError) as exc:
+        raise OutputError(f"cannot write {path}: {write_failure(exc)}") from exc
+
+
+def write_failure(exc: BaseException) -> str:
+    """What went wrong writing a file, in one line: the operating system's words (``File too
+    large``, ``No space left on device``) when they are in the chain of causes, else the
+    innermost library message."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause) in (OSError, *OSError.__subclasses__()) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__
+    return root_cause_line(exc)
 
 
 def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:

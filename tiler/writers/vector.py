@@ -7,6 +7,8 @@ The mask is polygonised chunk by chunk and regions cut by chunk seams are joined
 the units² of the source CRS, computed before any simplification or reprojection). Coordinates
 are the source's CRS (pixel coordinates, x = column and y = row, when it has no transform);
 GeoJSON follows RFC 7946: reprojected to WGS 84 longitude/latitude when the source has a CRS.
+QGIS opens them coloured by class: the style is stored in a GeoPackage, or as ``NAME.qml`` beside
+other formats (see :mod:`segtile.writers.legend`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from shapely.geometry import mapping, shape
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Key, Progress, WriterInputError, as_labels, store_chunks
+from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, store_chunks
+from segtile.writers.legend import polygon_style_sidecars, write_polygon_style
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
@@ -47,15 +50,17 @@ def vector_driver(path: str | PathLike) -> str:
     return DRIVERS[suffix]
 
 
-def shapefile_sidecars(path: str | PathLike) -> list[Path]:
-    """The files a Shapefile is made of besides ``NAME.shp`` (index, attributes, CRS, encoding)."""
+def polygon_sidecars(path: str | PathLike) -> list[Path]:
+    """Every file :func:`write_polygons` writes besides ``path``: a Shapefile's index, attributes,
+    CRS and encoding, and the QGIS style (``NAME.qml``) of every format but GeoPackage."""
     path = Path(path)
-    return [path.with_suffix(suffix) for suffix in (".shx", ".dbf", ".prj", ".cpg")]
+    shapefile = [".shx", ".dbf", ".prj", ".cpg"] if vector_driver(path) == "ESRI Shapefile" else []
+    return [*(path.with_suffix(suffix) for suffix in shapefile), *polygon_style_sidecars(path)]
 
 
 def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
                    nodata: int = 255, simplify: float | None = None, min_area: float | None = None,
-                   overwrite: bool = False, progress: Progress | None = None,
+                   overwrite: bool = False, progress: Advance | None = None,
                    atomic: bool = True) -> Path:
     """Write one polygon per 4-connected region of each class of ``labels``; return ``path``.
 
@@ -64,14 +69,13 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
         simplify: tolerance in CRS units for shapely's topology-preserving simplification of each
             polygon (off by default; neighbouring polygons are simplified independently).
         min_area: leave out regions smaller than this, in CRS units² (off by default).
-        progress: called with (chunks done, chunks in all).
+        progress: called with 1 after each chunk is done.
         atomic: see :func:`segtile.writers.geotiff.write_mask`.
     """
     driver = vector_driver(path)
     labels = as_labels(labels, card, nodata)
     merger = SeamMerger(labels.chunks)
-    sidecars = shapefile_sidecars(path) if driver == "ESRI Shapefile" else []
-    with destination(path, overwrite, atomic, files=sidecars) as target:
+    with destination(path, overwrite, atomic, files=polygon_sidecars(path)) as target:
         layer = _PolygonLayer(target, driver, georef, card, simplify=simplify, min_area=min_area)
 
         def collect(key: Key, chunk: np.ndarray) -> None:
@@ -82,6 +86,7 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
         if merger.remaining():
             raise RuntimeError(f"{merger.remaining()} polygon pieces were never joined")
         layer.close()
+        write_polygon_style(target, target.stem, card)
     return Path(path)
 
 

@@ -27,6 +27,7 @@ import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
+from segtile.cluster import joined_threads
 from segtile.errors import SegtileError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
@@ -58,7 +59,8 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
                 "probabilities", shape=probabilities.shape, chunks=probabilities.chunksize,
                 dtype=np.float32, fill_value=np.nan, dimension_names=("class", "y", "x"),
             ))
-        da.store(sources, targets, lock=False, compute=True)
+        with joined_threads():
+            da.store(sources, targets, lock=False, compute=True)
     return Path(path)
 
 

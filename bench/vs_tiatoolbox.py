@@ -1,0 +1,129 @@
+"""segtile against TIAToolbox's ``SemanticSegmentor`` on the same pyramidal slide.
+
+Both sides run the same 1x1-convolution model (``bench.workloads.pointwise_model``; TIAToolbox
+gets it wrapped as a ``ModelABC``, ``bench/tiatoolbox_model.py``) on the CPU over the whole slide
+at level 0 (TIAToolbox: ``baseline`` resolution 1.0, no tissue mask), patches of 512 every 448
+pixels (overlap 64), batches of 8, each in a fresh process, one run each:
+
+* segtile reads the slide tile by tile with its slide reader (tifffile), blends the overlaps
+  (gaussian) and writes the labels to Zarr;
+* TIAToolbox reads patches with its ``TIFFWSIReader`` (tifffile), averages the overlapping
+  probabilities into a whole-slide canvas, takes the argmax and writes the labels to Zarr. With
+  ``--memory-threshold N`` a second TIAToolbox run spills its canvas to disk past N % RAM use.
+
+The slide is ``bench/out/slide_<size>.tif``, built by ``bench/make_slide.py`` when missing (and
+kept for a rerun); the label outputs are deleted at the end. The report gives each side's work
+time (after imports and model), process wall time and peak RSS (from the kernel), the ratios
+time TIAToolbox / segtile and peak RSS TIAToolbox / segtile, the label agreement on the pixels
+both labelled, the load before and after, and the versions. Run it in the benchmark's venv,
+which has both (``bench/README.md``):
+
+    bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox                  # 20000 x 20000
+    bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox --size 4000 --memory-threshold 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+from importlib.metadata import version
+from pathlib import Path
+
+import zarr
+
+from bench.compare import Row, label_agreement, load_line, print_table
+from bench.make_slide import make_slide
+from bench.measure import Measured, run_workload
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def run_segtile(slide: Path, labels: Path, args: argparse.Namespace) -> Measured:
+    """segtile's side, in a fresh process: slide -> Zarr labels at ``labels``."""
+    shutil.rmtree(labels, ignore_errors=True)
+    return run_workload(
+        "segtile", "--slide", "--input", str(slide), "--out", str(labels), "--tile-size", str(args.tile_size),
+        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+    )
+
+
+def run_tiatoolbox(slide: Path, folder: Path, args: argparse.Namespace, memory_threshold: int | None) -> Measured:
+    """TIAToolbox's side, in a fresh process: slide -> ``folder/<slide name>.zarr``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    spilling = ["--memory-threshold", str(memory_threshold)] if memory_threshold is not None else []
+    return run_workload(
+        "tiatoolbox", "--input", str(slide), "--out", str(folder), "--tile-size", str(args.tile_size),
+        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), *spilling,
+    )
+
+
+def row(measured: Measured) -> Row:
+    """One table row from one run."""
+    return (measured.report["seconds"], measured.wall_seconds, measured.peak_rss_mib,
+            measured.report["rss_before_mib"])
+
+
+def versions() -> str:
+    """The versions that matter to the comparison, in one line."""
+    names = ("segtile", "tiatoolbox", "torch", "tifffile", "imagecodecs", "dask", "zarr", "numpy")
+    return f"Python {platform.python_version()}, " + ", ".join(f"{name} {version(name)}" for name in names)
+
+
+def report_ratios(ours: Measured, theirs: Measured, label: str) -> None:
+    """Time TIAToolbox / segtile and peak RSS TIAToolbox / segtile for one TIAToolbox run."""
+    print(f"{label}: time TIAToolbox / segtile {theirs.report['seconds'] / ours.report['seconds']:.2f} (work), "
+          f"{theirs.wall_seconds / ours.wall_seconds:.2f} (process wall); "
+          f"peak RSS TIAToolbox / segtile {theirs.peak_rss_mib / ours.peak_rss_mib:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20000, help="side of the square slide, in pixels")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--memory-threshold", type=int,
+                        help="also run TIAToolbox with this memory_threshold (%% RAM use past which it spills)")
+    args = parser.parse_args()
+
+    slide = OUT / f"slide_{args.size}.tif"
+    if not slide.exists():
+        make_slide(args.size, slide)
+    ours_path, theirs_folder = OUT / "vs_tiatoolbox_segtile.zarr", OUT / "vs_tiatoolbox_tiatoolbox"
+    spill_folder = OUT / "vs_tiatoolbox_tiatoolbox_spill"
+    load_before = load_line()
+    try:
+        ours = run_segtile(slide, ours_path, args)
+        print(f"segtile {ours.report['seconds']:.1f} s {ours.peak_rss_mib:.0f} MiB", flush=True)
+        theirs = run_tiatoolbox(slide, theirs_folder, args, None)
+        print(f"TIAToolbox {theirs.report['seconds']:.1f} s {theirs.peak_rss_mib:.0f} MiB", flush=True)
+        spilled = None
+        if args.memory_threshold is not None:
+            spilled = run_tiatoolbox(slide, spill_folder, args, args.memory_threshold)
+            print(f"TIAToolbox spilling {spilled.report['seconds']:.1f} s {spilled.peak_rss_mib:.0f} MiB", flush=True)
+        load_after = load_line()
+        agreement, nodata = label_agreement(
+            zarr.open_array(ours_path, mode="r"), zarr.open_group(theirs.report["labels"], mode="r")["predictions"]
+        )
+    finally:
+        for path in (ours_path, theirs_folder, spill_folder):
+            shutil.rmtree(path, ignore_errors=True)
+
+    rows = {"segtile (slide -> Zarr labels)": row(ours), "TIAToolbox SemanticSegmentor (-> Zarr)": row(theirs)}
+    if spilled is not None:
+        rows[f"TIAToolbox, memory_threshold={args.memory_threshold}"] = row(spilled)
+    print(f"\n{slide.name}: {args.size} x {args.size}, level 0, patch {args.tile_size}, overlap {args.overlap}, "
+          f"batch {args.batch_size}, CPU, one run each")
+    print_table(rows)
+    print()
+    report_ratios(ours, theirs, "TIAToolbox")
+    if spilled is not None:
+        report_ratios(ours, spilled, f"TIAToolbox with memory_threshold={args.memory_threshold}")
+    print(f"labels agree on {agreement:.4%} of the pixels both labelled ({nodata:.2%} nodata in segtile's output)")
+    print(f"before: {load_before}; after: {load_after}")
+    print(versions())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The Processing algorithms of the segtile provider.
+
+Each algorithm runs one ``segtile`` subcommand through :mod:`.runner`: :class:`SegtileAlgorithm`
+turns the command's progress into the Processing feedback, Cancel into stopping it, its one-line
+error into a ``QgsProcessingException``, and gives every output QGIS loads the style segtile
+stored with it. A subclass only declares its parameters and builds its command line (and, for a
+command that reports figures on stdout, reads them in :meth:`SegtileAlgorithm.results`).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from . import runner
+
+PLUGIN_FOLDER = Path(__file__).resolve().parent
+
+
+class SegtileAlgorithm(QgsProcessingAlgorithm):
+    """An algorithm that runs one segtile command (see the module docstring).
+
+    Subclasses implement ``name``, ``displayName``, ``shortHelpString``, ``initAlgorithm`` and
+    :meth:`command`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._outputs: dict = {}  # of the last run, styled by postProcessAlgorithm
+
+    def createInstance(self) -> SegtileAlgorithm:  # noqa: N802 (QGIS's name)
+        return type(self)()
+
+    def command(self, parameters: dict, context) -> tuple[list[str], dict]:
+        """The segtile arguments for ``parameters`` (after the executable, with ``--progress
+        json``), and the algorithm's outputs (output name -> file path, or ``None``)."""
+        raise NotImplementedError
+
+    def results(self, outputs: dict, outcome: runner.Outcome) -> dict:
+        """The algorithm's results once the command succeeded: its outputs by default."""
+        return outputs
+
+    def processAlgorithm(self, parameters: dict, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
+        arguments, outputs = self.command(parameters, context)
+        outcome = run_segtile(arguments, feedback)
+        self._outputs = outputs
+        return self.results(outputs, outcome)
+
+    def postProcessAlgorithm(self, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
+        """Once the run is over, in QGIS's main thread (where the context is the one that loads the
+        outputs): every output QGIS will load gets the style segtile stored with it."""
+        for path in self._outputs.values():
+            if path and context.willLoadLayerOnCompletion(path):
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(DefaultStyle.for_output(path))
+        return {}
+
+    def optional_int(self, parameters: dict, name: str, context) -> int | None:
+        """An optional integer parameter's value, ``None`` when it is not set."""
+        if parameters.get(name) in (None, ""):
+            return None
+        return self.parameterAsInt(parameters, name, context)
+
+
+def run_segtile(arguments: list[str], feedback) -> runner.Outcome:
+    """Run the recorded segtile with ``arguments``, reporting to ``feedback``; raise
+    ``QgsProcessingException`` with segtile's message when it fails or is cancelled."""
+    try:
+        command = [str(runner.recorded_executable(PLUGIN_FOLDER)), *arguments]
+        feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
+        return runner.run(command, _listener(feedback))
+    except (runner.SegtileFailed, runner.Canceled) as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+def _listener(feedback) -> runner.Listener:
+    """A :class:`runner.Listener` reporting to a ``QgsProcessingFeedback``."""
+    stages = {"current": None}
+
+    def progress(fraction: float, stage: str) -> None:
+        if stage != stages["current"]:
+            stages["current"] = stage
+            feedback.setProgressText(stage)
+        feedback.setProgress(100.0 * fraction)
+
+    return runner.Listener(progress=progress, message=feedback.pushInfo, warning=feedback.pushWarning,
+                           canceled=feedback.isCanceled)
+
+
+class DefaultStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies the style segtile stored with an output when QGIS loads it into the project:
+    ``NAME.qml`` beside a mask, the polygons' default style (in the GeoPackage, or ``NAME.qml``).
+    Processing loads outputs without their default style, hence this.
+
+    QGIS takes each instance over and deletes it with its context, so every layer needs its own;
+    but its Python side must outlive this call, or QGIS finds only the base class's no-op: the
+    latest instance per output is kept in :attr:`_alive`.
+    """
+
+    _alive: dict[str, DefaultStyle] = {}
+
+    @classmethod
+    def for_output(cls, path: str) -> DefaultStyle:
+        cls._alive[path] = cls()
+        return cls._alive[path]
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS's name)
+        message, loaded = layer.loadDefaultStyle()
+        if loaded:
+            layer.triggerRepaint()
+        else:
+            feedback.pushWarning(f"{layer.name()}: segtile's style was not applied: {message}")
+
+
+
+class SegmentAlgorithm(SegtileAlgorithm):
+    """``segtile:segment``: ``segtile segment INPUT --out OUTPUT [--out POLYGONS] ...``."""
+
+    def name(self) -> str:
+        return "segment"
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
+        return "Segment raster"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
+        return (
+            "Segments a raster tile by tile with a PSPNet, in bounded memory, by running the segtile "
+            "command of your segtile installation.\n\n"
+            "Model: a segtile checkpoint or TorchScript file; empty uses $SEGTILE_MODEL, else the "
+            "default model installed with segtile.\n"
+            "Mask: a Cloud-Optimised GeoTIFF on the input's grid, styled with the model's classes "
+            "and colours (mask.qml beside it).\n"
+            "Polygons (optional): one polygon per region of a class, with class_id, class_name and "
+            "area, styled by class (GeoPackage, Shapefile, GeoJSON or FlatGeobuf).\n"
+            "Bands, tile size and overlap default to the model card's. Outputs that exist are replaced."
+        )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterFile(
+            "MODEL", "Model (empty: the default model)", behavior=QgsProcessingParameterFile.File,
+            fileFilter="PyTorch models (*.pt *.pth *.ts);;All files (*.*)", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "BANDS", "Bands to feed the model, e.g. 4,3,2", optional=True))
+        advanced = [
+            QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (empty: the card's)",
+                                         type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
+            QgsProcessingParameterNumber("OVERLAP", "Overlap of tiles in pixels (empty: the card's)",
+                                         type=QgsProcessingParameterNumber.Integer, minValue=0, optional=True),
+            QgsProcessingParameterNumber("BATCH_SIZE", "Tiles per model call",
+                                         type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=4),
+            QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto"),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mask"))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "POLYGONS", "Polygons", type=QgsProcessing.TypeVectorPolygon, optional=True, createByDefault=False))
+
+    def command(self, parameters: dict, context) -> tuple[list[str], dict]:
+        image = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if image is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, "INPUT"))
+        if image.providerType() != "gdal":
+            raise QgsProcessingException(f"{image.name()}: segtile reads raster files (GDAL layers), "
+                                         f"not {image.providerType()} layers")
+        mask = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        polygons = self.parameterAsOutputLayer(parameters, "POLYGONS", context) or None
+        arguments = ["segment", image.source(), "--out", mask, *(["--out", polygons] if polygons else []),
+                     "--progress", "json", "--overwrite",
+                     "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
+                     "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        bands = self.parameterAsString(parameters, "BANDS", context).strip()
+        tile_size = self.optional_int(parameters, "TILE_SIZE", context)
+        overlap = self.optional_int(parameters, "OVERLAP", context)
+        for option, value in (("--model", model), ("--bands", bands), ("--tile-size", tile_size),
+                              ("--overlap", overlap)):
+            if value not in (None, ""):
+                arguments += [option, str(value)]
+        return arguments, {"OUTPUT": mask, "POLYGONS": polygons}
+
+
+ALGORITHMS = (SegmentAlgorithm,)

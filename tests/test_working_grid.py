@@ -1,0 +1,135 @@
+"""The grid the model runs on: a pyramid level, a pixel size in metres or µm, or the model's own."""
+
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
+from rasterio.windows import Window
+
+from segtile import segment
+from segtile.models import LoadedModel, ModelCard
+from segtile.sources import SourceError, open_source
+from segtile.sources.resample import ResampledSource, at_level, at_pixel_size
+from segtile.working_grid import GridChoiceError, choose_grid
+
+
+def whole_image_average(path, shape):
+    """The whole image resampled by GDAL at once: what every window of the grid must equal."""
+    with rasterio.open(path) as src:
+        pixels = src.read().astype(np.float32)
+        pixels[:, src.dataset_mask() == 0] = np.nan
+        out = np.full((src.count, *shape), np.nan, dtype=np.float32)
+        crs = CRS.from_epsg(3857)
+        scale = Affine.scale(src.width / shape[1], src.height / shape[0])
+        reproject(pixels, out, src_transform=Affine.identity(), src_crs=crs, src_nodata=np.nan,
+                  dst_transform=scale, dst_crs=crs, dst_nodata=np.nan, resampling=Resampling.average)
+    return out
+
+
+def test_a_raster_at_a_resolution_keeps_its_extent_and_scales_per_axis(data_dir):
+    path = data_dir / "landsat7.tif"  # 2181 x 1917 px of 30 m
+    source = at_pixel_size(open_source(path), 70.0, "m")
+    assert source.shape[1:] == (round(1917 * 30 / 70), round(2181 * 30 / 70))
+    with rasterio.open(path) as src:
+        expected = src.transform * Affine.scale(2181 / source.width, 1917 / source.height)
+        assert source.georef.transform.almost_equals(expected, precision=1e-12)
+        assert source.georef.crs == src.crs
+        assert source.georef.transform * (source.width, source.height) == pytest.approx(
+            src.transform * (src.width, src.height))
+
+
+def test_windows_of_the_grid_equal_the_whole_image_resampled(data_dir):
+    path = data_dir / "rmnp-rgb.tif"  # stripped, nodata 255
+    source = ResampledSource(open_source(path), (150, 190))
+    whole = whole_image_average(path, (150, 190))
+    for window in (Window(0, 0, 190, 150), Window(37, 11, 60, 45), Window(150, 120, 40, 30)):
+        pixels, valid = source.read_with_valid(window)
+        rows, cols = window.toslices()
+        np.testing.assert_allclose(pixels, whole[:, rows, cols], rtol=1e-5, equal_nan=True)
+        expected_valid = ~np.isnan(whole[:, rows, cols]).all(axis=0)
+        np.testing.assert_array_equal(valid if valid is not None else np.ones_like(expected_valid), expected_valid)
+
+
+def test_a_level_is_read_as_it_is_and_georeferenced_per_axis(data_dir):
+    path = data_dir / "landsat7.tif"
+    opened = open_source(path)
+    source = at_level(opened, 1)  # 1091 x 959: not exactly half of 2181 x 1917
+    assert source.shape[1:] == (959, 1091) and source.dtype == np.uint8
+    window = Window(100, 50, 64, 48)
+    np.testing.assert_array_equal(source.read(window), opened.read(window, 1))
+    transform = source.georef.transform
+    assert (transform.a, transform.e) == (pytest.approx(30 * 2181 / 1091), pytest.approx(-30 * 1917 / 959))
+    with pytest.raises(SourceError, match="level 3 does not exist: the image has 3 levels"):
+        at_level(opened, 3)
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory, data_dir):
+    """The real slide written as a pyramidal TIFF (levels 1, 1/2, 1/4) with its µm per pixel."""
+    with tifffile.TiffFile(data_dir / "cmu_small_region.svs") as tif:
+        image = tif.series[0].asarray()
+    path = tmp_path_factory.mktemp("slides") / "pyramid.tif"
+    resolution = (1e4 / 0.499, 1e4 / 0.499)  # pixels per cm
+    with tifffile.TiffWriter(path) as out:
+        out.write(image, tile=(256, 256), subifds=2, resolution=resolution, resolutionunit="CENTIMETER",
+                  photometric="rgb", compression="zlib")
+        for factor in (2, 4):
+            out.write(image[::factor, ::factor], tile=(256, 256), subfiletype=1, photometric="rgb",
+                      resolution=(resolution[0] / factor, resolution[1] / factor), resolutionunit="CENTIMETER",
+                      compression="zlib")
+    return path
+
+
+@pytest.mark.parametrize("mpp, level", [(0.499, 0), (0.8, 0), (1.0, 1), (1.5, 1), (2.0, 2), (4.0, 2)])
+def test_a_slide_is_read_from_the_coarsest_level_still_fine_enough(pyramid, mpp, level):
+    opened = open_source(pyramid)
+    assert opened.georef.mpp == pytest.approx(0.499)
+    source = at_pixel_size(opened, mpp, "um")
+    assert source.shape[1:] == (round(opened.height * 0.499 / mpp), round(opened.width * 0.499 / mpp))
+    assert source.georef.mpp == pytest.approx(0.499 * opened.width / source.width)
+    assert getattr(source, "read_level", 0) == level
+    pixels = source.read(Window(0, 0, min(64, source.width), min(64, source.height)))
+    assert np.isfinite(pixels).all() and pixels.max() > 0
+
+
+def test_pixel_sizes_the_image_cannot_give_are_refused(data_dir):
+    raster = open_source(data_dir / "landsat7.tif")
+    with pytest.raises(SourceError, match="rasters take --resolution"):
+        at_pixel_size(raster, 2.0, "um")
+    with pytest.raises(SourceError, match="slides take --mpp"):
+        at_pixel_size(open_source(data_dir / "cmu_small_region.svs"), 30.0, "m")
+    with pytest.raises(SourceError, match="needs an image whose pixel size is known"):
+        at_pixel_size(open_source(np.zeros((3, 10, 10))), 30.0, "m")
+    with pytest.raises(SourceError, match="needs an image whose pixel size is known"):
+        at_pixel_size(open_source(data_dir / "rmnp-rgb.tif"), 30.0, "m")  # degrees: no metres
+
+
+def card(resolution=None, unit=None):
+    return ModelCard(classes=("a", "b"), resolution=resolution, resolution_unit=unit)
+
+
+def test_the_model_card_chooses_the_grid_and_says_so(data_dir):
+    source = open_source(data_dir / "landsat7.tif")
+    chosen, notes = choose_grid(source, card(300.0, "m"))
+    assert chosen.shape[1:] == (round(1917 / 10), round(2181 / 10))
+    assert notes == ["the image has 30 m pixels and the model was trained at 300 m: processing at 300 m "
+                     "(choose with --resolution)"]
+    assert choose_grid(source, card(33.0, "m")) == (source, [])  # within 25 %: the image's own grid
+    assert choose_grid(source, card()) == (source, [])
+    assert choose_grid(source, card(300.0, "m"), resolution=30.0) == (source, [])
+    with pytest.raises(GridChoiceError, match="choose one of resolution and level"):
+        choose_grid(source, card(), resolution=30.0, level=1)
+
+
+def test_outputs_land_on_the_grid_of_the_resolution_asked_for(tmp_path, data_dir):
+    model = LoadedModel(torch.nn.Conv2d(3, 2, 1), ModelCard(classes=("a", "b"), tile_size=64, overlap=8))
+    result = segment(data_dir / "landsat7.tif", model, resolution=60.0, device="cpu")
+    result.to_geotiff(tmp_path / "mask.tif")
+    with rasterio.open(tmp_path / "mask.tif") as mask, rasterio.open(data_dir / "landsat7.tif") as src:
+        assert mask.shape == (round(1917 / 2), round(2181 / 2))
+        assert mask.bounds == pytest.approx(src.bounds)

@@ -1,0 +1,45 @@
+"""The store several outputs are written from: only what they need, at the precision they keep."""
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from segtile.georef import Georef
+from segtile.models import ModelCard
+from segtile.workstore import stage
+from segtile.writers.outputs import Layers
+
+CARD = ModelCard(classes=tuple(f"c{i}" for i in range(150)))
+
+
+def layers() -> Layers:
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(150), size=(40, 50)).transpose(2, 0, 1).astype(np.float32)
+    labels = probabilities.argmax(axis=0).astype(np.uint8)
+    labels[:5, :7] = 255
+    probabilities[:, :5, :7] = np.nan
+    return Layers(da.from_array(labels, chunks=16), da.from_array(probabilities, chunks=(150, 16, 16)),
+                  Georef(), CARD, 255)
+
+
+def test_labels_alone_when_no_output_writes_probabilities(tmp_path):
+    ready = stage(layers(), tmp_path / "work.zarr", precision=None)
+    assert ready.probabilities is None
+    assert list(zarr.open_group(str(tmp_path / "work.zarr"), mode="r").array_keys()) == ["labels"]
+    np.testing.assert_array_equal(ready.labels.compute(), layers().labels.compute())
+
+
+def test_probabilities_kept_as_bytes_for_byte_outputs(tmp_path):
+    given = layers()
+    ready = stage(given, tmp_path / "work.zarr", precision="uint8")
+    stored = zarr.open_group(str(tmp_path / "work.zarr"), mode="r")["probabilities"]
+    assert stored.dtype == np.uint8  # 1 byte per class and pixel, not 4
+    back = ready.probabilities.compute()
+    expected = given.probabilities.compute()
+    assert np.isnan(back[:, :5, :7]).all()
+    np.testing.assert_array_equal(np.round(back[:, 5:] * 255), np.round(expected[:, 5:] * 255))
+
+
+def test_probabilities_kept_as_floats_for_float_outputs(tmp_path):
+    ready = stage(layers(), tmp_path / "work.zarr", precision="float32")
+    np.testing.assert_array_equal(ready.probabilities.compute(), layers().probabilities.compute())
