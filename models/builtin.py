@@ -1,7 +1,7 @@
 """Models installed with segtile, and the one ``segtile IMAGE --out mask.tif`` uses by default.
 
 The demo models live in ``models/demo/`` (package data, so they install with segtile); each is
-known by its file's stem (``--model bahamas_psp18``). With no ``--model``, segtile uses
+known by its file's stem (``--model landsat_rgb_psp18``). With no ``--model``, segtile uses
 ``$SEGTILE_MODEL`` when it is set, else :data:`DEFAULT_MODEL`.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from segtile.errors import SegtileError
 
 FOLDER = Path(__file__).resolve().parent / "demo"
-DEFAULT_MODEL = "bahamas_psp18"
+DEFAULT_MODEL = "landsat_rgb_psp18"
 ENVIRONMENT_VARIABLE = "SEGTILE_MODEL"
 
 

@@ -4,9 +4,12 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
 
     {"format": "segtile-checkpoint", "version": 1,
      "arch": {"name": "pspnet", "layers": 50, "classes": 150, ...},   # PSPNet keyword arguments
-     "state_dict": {...}, "card": {...}}                              # ModelCard.to_dict()
+     "state_dict": {...}, "card": {...},                              # ModelCard.to_dict()
+     "training": {...}}                  # optional: what `segtile train --resume` continues from
 
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
+The ``training`` entry (optimiser state, step, random state, history: see
+``segtile.models.train.TrainingState``) is written by ``segtile train`` and ignored by inference.
 A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
 an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
 """
@@ -61,8 +64,10 @@ class LoadedModel:
     config: dict[str, Any] | None = None
 
 
-def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard) -> Path:
-    """Write ``model`` (architecture and weights) and ``card`` to one segtile checkpoint file.
+def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard,
+                    training: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (architecture and weights) and ``card`` to one segtile checkpoint file,
+    with the ``training`` state to resume from when given (plain values and tensors only).
 
     Raises:
         CheckpointError: ``model`` is not a :class:`PSPNet` (use :func:`save_torchscript`).
@@ -83,6 +88,8 @@ def save_checkpoint(path: str | os.PathLike, model: PSPNet, card: ModelCard) -> 
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "card": card.to_dict(),
     }
+    if training is not None:
+        payload["training"] = dict(training)
     path = Path(path)
     torch.save(payload, path)
     return path
@@ -148,6 +155,22 @@ def with_network_alignment(card: ModelCard, module: nn.Module) -> ModelCard:
     """``card`` with the tile alignment its network needs (PSPNet: 8), when the card names none."""
     alignment = getattr(module, "alignment", 1) if isinstance(module, PSPNet) else 1
     return replace(card, alignment=alignment) if card.alignment == 1 and alignment != 1 else card
+
+
+def read_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``training`` entry of a segtile checkpoint, or ``None`` when it has none.
+
+    Raises:
+        CheckpointError: the file is not a segtile checkpoint.
+    """
+    path = Path(path)
+    _check_is_file(path)
+    if is_torchscript(path):
+        raise CheckpointError(f"{path}: a TorchScript file holds no training state to resume from")
+    training = _read_payload(path).get("training")
+    if training is not None and not isinstance(training, dict):
+        raise CheckpointError(f"{path}: checkpoint 'training' is a {type(training).__name__}, not a dict")
+    return training
 
 
 def load_model(model: str | os.PathLike | LoadedModel | nn.Module) -> LoadedModel:

