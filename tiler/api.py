@@ -19,9 +19,9 @@ from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
+from segtile.tissue import with_masks
 from segtile.tta import Augmentation, check_augmentation
 from segtile.working_grid import choose_grid
-
 
 FROM_CARD = "card"  # ``tta``'s default: the augmentation the model card suggests, if any
 
@@ -43,6 +43,9 @@ def segment(
     resolution: float | None = None,
     mpp: float | None = None,
     level: int | None = None,
+    tissue: bool | None = None,
+    tissue_threshold: float | None = None,
+    mask: str | os.PathLike | None = None,
     precision: str = "fp32",
     tta: str | None = FROM_CARD,
     scales: Sequence[float] = (1.0,),
@@ -70,6 +73,13 @@ def segment(
         level: process this pyramid level (0 is full resolution). With none of the three, an
             image with a known pixel size is processed at the model card's (see
             :mod:`segtile.working_grid`), else at full resolution.
+        tissue: process only the tissue of a slide (found on a low-resolution level, see
+            :mod:`segtile.tissue`); by default on for colour slides, off for other images.
+        tissue_threshold: the colour saturation above which a pixel is tissue (default: Otsu's).
+        mask: process only the area of interest in this file: polygons (GeoPackage, GeoJSON,
+            QuPath GeoJSON...) or a raster mask (its non-zero pixels), in the image's CRS or
+            reprojected from theirs (slides: level-0 pixel coordinates). Pixels outside are
+            nodata in every output.
         precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
         tta: test-time augmentation, ``"flip"`` or ``"d4"`` (see :mod:`segtile.tta`), ``None``
             for none; by default the one the model card suggests, if any.
@@ -94,6 +104,7 @@ def segment(
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     opened = _fit_bands(opened, card, chosen=bands is not None)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
+    grid, mask_notes = with_masks(opened, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,
@@ -112,7 +123,7 @@ def segment(
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
                       stripe_width=sizes.stripe_width)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    notes = notes + augmentation_notes
+    notes = notes + mask_notes + augmentation_notes
     for note in notes:
         warnings.warn(note, ResolutionWarning, stacklevel=2)
     return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))

@@ -165,13 +165,18 @@ class RasterLabels(LabelSource):
             functools.partial(_WarpedReader, path, warp))
 
     def read(self, window: Window) -> np.ndarray:
+        values, valid = self._read_band(window)
+        return _as_class_indices(values, valid, len(self.classes), self.path, window)
+
+    def _read_band(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Band 1's values over ``window`` and where they are valid (not nodata)."""
         reader = self._readers.get()
         try:
             values = reader.handle.read(1, window=window)
             valid = reader.handle.read_masks(1, window=window) > 0
         except RasterioError as exc:
             raise LabelError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
-        return _as_class_indices(values, valid, len(self.classes), self.path, window)
+        return values, valid
 
     def coverage(self, block: int) -> np.ndarray:
         """Cells holding a labelled pixel, from one pass over the raster, cell by cell (which
@@ -304,9 +309,12 @@ class PolygonLabels(LabelSource):
         names = np.array([_class_name(value) for value in names], dtype=object)
         keep = (names != None) & ~shapely.is_missing(geometries)  # noqa: E711 (element-wise)
         self.unclassified = int((~keep).sum())
-        geometries, names = geometries[keep], names[keep]
-        _check_polygonal(path, geometries)
-        self._values = _class_indices(path, self.class_field, names, classes)
+        self._place(geometries[keep], _class_indices(path, self.class_field, names[keep], classes), info, like)
+
+    def _place(self, geometries: np.ndarray, values: np.ndarray, info: dict, like: Source) -> None:
+        """Keep ``geometries`` (in the image's CRS) and their label ``values``, indexed."""
+        _check_polygonal(self.path, geometries)
+        self._values = values
         self._geometries = _to_image_crs(geometries, info.get("crs"), like)
         self._tree = shapely.STRtree(self._geometries)
 
@@ -334,6 +342,53 @@ class PolygonLabels(LabelSource):
 
     def close(self) -> None:
         """Nothing to release: the polygons were read into memory when opened."""
+
+
+AREA = ("area",)
+"""The one class of an area of interest: a pixel inside it is labelled 0, one outside 255."""
+
+
+def open_area(path: str | os.PathLike, like: Source) -> LabelSource:
+    """An area of interest on the grid of the image ``like``: polygons (every feature, whatever
+    its fields) or a raster (its valid non-zero pixels). :meth:`LabelSource.read` gives 0 inside
+    and 255 outside.
+
+    Raises:
+        LabelError: the file is missing, unreadable, or cannot be placed on the image's grid.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise LabelError(f"area of interest not found: {path}")
+    if _is_vector(path):
+        return AreaPolygons(path, like)
+    if os.path.isdir(path):
+        raise LabelError(f"area of interest is a directory, not a raster or polygon file: {path}")
+    return AreaRaster(path, like, AREA)
+
+
+class AreaRaster(RasterLabels):
+    """A raster mask of an area of interest: its valid pixels other than 0 are inside."""
+
+    def read(self, window: Window) -> np.ndarray:
+        values, valid = self._read_band(window)
+        return np.where(valid & (values != 0), 0, IGNORE).astype(np.uint8)
+
+
+class AreaPolygons(PolygonLabels):
+    """Polygons of an area of interest: every feature is inside, whatever its fields."""
+
+    def __init__(self, path: str, like: Source) -> None:
+        self.path, self.classes, self.class_field, self.unclassified = path, AREA, None, 0
+        self.shape = (like.height, like.width)
+        self._transform = _grid_transform(like)
+        try:
+            info = pyogrio.read_info(path)
+            _, _, wkb = pyogrio.raw.read(path, read_geometry=True, columns=[])[:3]
+        except pyogrio.errors.DataSourceError as exc:
+            raise LabelError(f"cannot read polygons {path}: {exc}") from None
+        geometries = shapely.from_wkb(wkb)
+        geometries = geometries[~shapely.is_missing(geometries)]
+        self._place(geometries, np.zeros(len(geometries), dtype=np.int64), info, like)
 
 
 def _class_field(path: str, fields: list[str], wanted: str | None) -> str:

@@ -41,7 +41,8 @@ def run_segment(args: argparse.Namespace) -> None:
         check_tiling(args.tile_size, args.overlap)
     check_device(args.device, args.precision, here=args.scheduler is None)
     model = choose_model(args.model)
-    planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=[args.input, model.path])
+    protected = [args.input, model.path, *([args.mask] if args.mask else [])]
+    planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected)
     precision = probability_precision([p.kind for p in planned], options)
     mode = "none" if args.quiet else args.progress
     writing = (1 - INFERENCE_SHARE) / len(planned)
@@ -54,7 +55,8 @@ def run_segment(args: argparse.Namespace) -> None:
             args.input, model.path,
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
             batch_size=args.batch_size, device=args.device, bands=args.bands, resolution=args.resolution,
-            mpp=args.mpp, level=args.level, precision=args.precision, tta=args.tta, scales=args.scales,
+            mpp=args.mpp, level=args.level, tissue=args.tissue, tissue_threshold=args.tissue_threshold,
+            mask=args.mask, precision=args.precision, tta=args.tta, scales=args.scales,
             chunk_size=args.chunk_size, stripe_width=args.stripe_width, memory_limit=args.memory_limit,
         )
         say(f"model: {model.path} ({model.origin})")
@@ -72,7 +74,7 @@ def run_segment(args: argparse.Namespace) -> None:
             if tally.valid and tally.nonfinite == tally.valid:
                 raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
             written = write_outputs(work.store.layers(result.layers()), args.out, options, overwrite=args.overwrite,
-                                    protected=[*result.inputs, model.path], progress=progress, stage=False)
+                                    protected=protected, progress=progress, stage=False)
         work.store.remove()
     if tally.nonfinite:
         say(f"warning: the model gave NaN or infinite logits for {tally.nonfinite} of {tally.valid} pixels; "
@@ -100,7 +102,8 @@ def _keeping(work: Work, say) -> Iterator[None]:
 def _summary(result: Segmentation, tally: TileTally, written: list, seconds: float) -> str:
     """The run's last line: tiles run and skipped, time, speed, outputs."""
     megapixels = result.shape[0] * result.shape[1] / 1e6
-    skipped = f", {tally.skipped} skipped (no valid pixel)" if tally.skipped else ""
+    share = f"{tally.skipped / tally.read:.0%} of them" if tally.read else ""
+    skipped = f", {tally.skipped} skipped (no valid pixel: {share})" if tally.skipped else ""
     names = ", ".join(str(path) for path in written)
     tiles = "1 tile" if tally.run == 1 else f"{tally.run} tiles"
     return (f"{tiles} run{skipped}; {megapixels:.1f} Mpx in {seconds:.1f} s "

@@ -56,6 +56,17 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                       help="process a slide at UM µm per pixel (default: the model card's, when both are known)")
     grid.add_argument("--level", type=non_negative_int, metavar="L",
                       help="process pyramid level L of the image (0: full resolution)")
+    tissue = parser.add_mutually_exclusive_group()
+    tissue.add_argument("--tissue-mask", dest="tissue", action="store_const", const=True,
+                        help="process only the tissue of a slide (the default for colour slides)")
+    tissue.add_argument("--no-tissue-mask", dest="tissue", action="store_const", const=False,
+                        help="process the whole slide, glass included")
+    parser.add_argument("--tissue-threshold", type=finite_float(0.0, strict=True), metavar="S",
+                        help="colour saturation (0-1) above which a pixel is tissue (default: Otsu's, "
+                        "held within 0.04-0.15)")
+    parser.add_argument("--mask", metavar="PATH",
+                        help="process only this area of interest: polygons (GeoPackage, GeoJSON, QuPath "
+                        "GeoJSON...) or a raster mask (non-zero inside); pixels outside are nodata")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
     parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",

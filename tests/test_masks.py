@@ -1,0 +1,126 @@
+"""Tissue-only processing of slides, and areas of interest for any image: tiles outside are never
+run, and their pixels are nodata in every output."""
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+import torch
+from rasterio.windows import Window
+
+from segtile import segment
+from segtile.cli import main
+from segtile.labels import LabelError
+from segtile.models import LoadedModel, ModelCard, save_torchscript
+from segtile.sources import open_source
+from segtile.tissue import TissueError, detect_tissue, otsu_threshold
+
+
+class Counting(torch.nn.Module):
+    """A 1x1 convolution that counts the tiles it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.tiles = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles += x.shape[0]
+        return self.conv(x)
+
+
+def model(tile: int = 256) -> LoadedModel:
+    return LoadedModel(Counting(), ModelCard(classes=("a", "b"), tile_size=tile, overlap=32))
+
+
+def test_otsu_splits_two_populations():
+    values = np.concatenate([np.full(900, 0.02), np.full(100, 0.4)])
+    assert 0.02 < otsu_threshold(values) < 0.4
+
+
+def test_a_slide_is_processed_where_its_tissue_is(data_dir):
+    path = data_dir / "cmu_small_region.svs"
+    tissue_only, everything = model(), model()
+    masked = segment(path, tissue_only, device="cpu")
+    whole = segment(path, everything, device="cpu", tissue=False)
+    assert any("tissue covers" in note for note in masked.notes)
+    labels, all_labels = masked.labels.compute(), whole.labels.compute()
+    assert tissue_only.module.tiles < 0.75 * everything.module.tiles  # tiles on glass never run
+    found = detect_tissue(open_source(path), open_source(path))
+    assert 0.2 < found.fraction < 0.6  # the real slide: a strip of skin on glass
+    outside = ~found.tissue  # the overview is the slide itself here (it has one level)
+    assert (labels[outside] == 255).all()
+    assert (all_labels != 255).all()
+    np.testing.assert_array_equal(labels[~outside], all_labels[~outside])
+
+
+def test_tissue_on_rasters_or_grey_images_is_refused_clearly(data_dir):
+    with pytest.raises(TissueError, match="known µm per pixel"):
+        segment(data_dir / "rmnp-rgb.tif", model(), device="cpu", tissue=True)
+    assert segment(data_dir / "rmnp-rgb.tif", model(), device="cpu").notes == ()  # not a slide: no tissue
+
+
+@pytest.fixture
+def field(tmp_path, data_dir):
+    """A polygon over part of landsat7.tif, in the image's CRS, and the same in WGS 84."""
+    with rasterio.open(data_dir / "landsat7.tif") as src:
+        left, top = src.transform * (300, 200)
+        right, bottom = src.transform * (900, 700)
+        crs = src.crs
+    polygon = shapely.box(left, bottom, right, top)
+    path = tmp_path / "field.gpkg"
+    pyogrio.raw.write(str(path), shapely.to_wkb(np.array([polygon])), [np.array(["a"], dtype=object)], ["name"],
+                      driver="GPKG", geometry_type="Polygon", crs=crs.to_wkt())
+    return path
+
+
+def test_an_area_of_interest_limits_a_raster(tmp_path, data_dir, field):
+    counted = model()
+    result = segment(data_dir / "landsat7.tif", counted, device="cpu", mask=field, resolution=30.0)
+    labels = result.labels.compute()
+    inside = np.zeros(labels.shape, bool)
+    inside[200:700, 300:900] = True
+    with rasterio.open(data_dir / "landsat7.tif") as src:
+        valid = src.dataset_mask() > 0
+    assert (labels[~inside] == 255).all()
+    assert (labels[inside & valid] != 255).all()
+    everything = model()
+    segment(data_dir / "landsat7.tif", everything, device="cpu", resolution=30.0).labels.compute()
+    assert counted.module.tiles < everything.module.tiles / 3
+
+
+def test_an_area_of_interest_as_a_raster_mask_in_another_grid(tmp_path, data_dir):
+    with rasterio.open(data_dir / "landsat7.tif") as src:
+        profile = {"driver": "GTiff", "width": src.width // 2, "height": src.height // 2, "count": 1,
+                   "dtype": "uint8", "crs": src.crs, "transform": src.transform * rasterio.Affine.scale(2)}
+    mask = np.zeros((profile["height"], profile["width"]), np.uint8)
+    mask[100:350, 150:450] = 1  # rows 200-700, columns 300-900 of the image
+    with rasterio.open(tmp_path / "area.tif", "w", **profile) as out:
+        out.write(mask, 1)
+    labels = segment(data_dir / "landsat7.tif", model(), device="cpu", mask=tmp_path / "area.tif",
+                     resolution=30.0).labels.compute()
+    assert (labels[:190] == 255).all() and (labels[:, :290] == 255).all()
+    assert (labels[250:650, 350:850] != 255).mean() > 0.95
+
+
+def test_a_missing_area_is_one_line(tmp_path, data_dir):
+    with pytest.raises(LabelError, match="area of interest not found"):
+        segment(data_dir / "rmnp-rgb.tif", model(), device="cpu", mask=tmp_path / "nope.gpkg")
+
+
+def test_the_command_skips_glass_and_says_how_much(tmp_path, data_dir, capsys):
+    path = tmp_path / "pointwise.pt"
+    torch.manual_seed(0)
+    save_torchscript(path, torch.nn.Conv2d(3, 2, 1), ModelCard(classes=("a", "b"), tile_size=256, overlap=32))
+    assert main([str(data_dir / "cmu_small_region.svs"), "--model", str(path), "-o", str(tmp_path / "m.tif"),
+                 "--progress", "json"]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["tiles_skipped"] > 0
+    assert "segtile: note: tissue covers" in err
+    with rasterio.open(tmp_path / "m.tif") as mask:
+        assert (mask.read(1, window=Window(0, 0, 50, 50)) == 255).all()  # a corner of bare glass

@@ -1,0 +1,165 @@
+"""Where the tissue is on a slide, and masks that keep only it, or only an area of interest.
+
+Most of a whole-slide image is often bare glass, and running a network over it costs as much as
+over tissue. The tissue is found once, on a low-resolution level of the slide (whose longer side
+is at most ``OVERVIEW`` px): stained tissue is coloured and glass is grey-white, so the colour
+saturation ``(max - min) / max`` of each pixel separates them, at a threshold chosen by Otsu's
+method on the saturation histogram, held within [0.04, 0.15] so an all-tissue or an all-glass
+slide is not split down the middle. Specks smaller than ``SPECK_UM2`` µm² (dust, debris) are
+removed and holes that small filled (GDAL's sieve), then the mask is grown by ``MARGIN`` pixels of
+the overview so the edges of the tissue are never cut. :class:`TissueMask` then tells, for any
+window of the working grid, which pixels lie on tissue, by nearest neighbour from the overview.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio.features
+from affine import Affine
+from rasterio.windows import Window
+
+from segtile.errors import SegtileError
+from segtile.labels import IGNORE, LabelSource, open_area
+from segtile.sources.base import Source
+from segtile.sources.masked import MaskedSource
+
+OVERVIEW = 4096
+THRESHOLD_RANGE = (0.04, 0.15)
+SPECK_UM2 = 10_000  # 0.01 mm²: a tenth of a millimetre square
+MARGIN = 2
+
+
+class TissueError(SegtileError, ValueError):
+    """Tissue detection asked of an image it cannot work on."""
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """The tissue of a slide on its overview, and how to reach it from the working grid.
+
+    Attributes:
+        tissue: boolean overview, True on tissue.
+        overview_to_level0: ``(x, y)`` level-0 pixels per overview pixel.
+        grid_to_level0: the working grid's pixel -> level-0 pixel transform (a scale).
+        threshold: the saturation threshold used.
+    """
+
+    tissue: np.ndarray
+    overview_to_level0: tuple[float, float]
+    grid_to_level0: Affine
+    threshold: float
+
+    @property
+    def fraction(self) -> float:
+        """The share of the slide covered by tissue."""
+        return float(self.tissue.mean())
+
+    def inside(self, window: Window) -> np.ndarray:
+        """Tissue pixels of ``window`` of the working grid, by nearest neighbour."""
+        scale_x, scale_y = self.grid_to_level0.a, self.grid_to_level0.e
+        cols = (int(window.col_off) + np.arange(int(window.width)) + 0.5) * scale_x + self.grid_to_level0.c
+        rows = (int(window.row_off) + np.arange(int(window.height)) + 0.5) * scale_y + self.grid_to_level0.f
+        height, width = self.tissue.shape
+        ix = np.clip((cols / self.overview_to_level0[0]).astype(np.int64), 0, width - 1)
+        iy = np.clip((rows / self.overview_to_level0[1]).astype(np.int64), 0, height - 1)
+        return self.tissue[np.ix_(iy, ix)]
+
+
+@dataclass(frozen=True)
+class AreaMask:
+    """An area of interest (polygons or a raster mask) on the working grid."""
+
+    area: LabelSource
+
+    def inside(self, window: Window) -> np.ndarray:
+        return self.area.read(window) != IGNORE
+
+
+def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, threshold: float | None = None,
+               area: str | os.PathLike | None = None) -> tuple[Source, list[str]]:
+    """``grid`` (the working grid over ``slide``) keeping only the tissue and the area of interest
+    asked for, and notes for the user. ``tissue=None`` detects tissue on colour slides (an image
+    with µm per pixel and no CRS), and not on other images.
+
+    Raises:
+        TissueError: tissue detection asked of an image it cannot work on.
+        LabelError: an area of interest that cannot be read or placed on the image.
+    """
+    notes = []
+    is_slide = slide.georef.mpp is not None and slide.georef.crs is None
+    if tissue is None:
+        tissue = is_slide and slide.count >= 3
+    if tissue:
+        found = detect_tissue(slide, grid, threshold)
+        grid = MaskedSource(grid, found)
+        notes.append(f"tissue covers {found.fraction:.0%} of the slide (saturation > {found.threshold:.3f}); "
+                     "the tiles on glass are skipped (--no-tissue-mask to run them all)")
+    if area is not None:
+        grid = MaskedSource(grid, AreaMask(open_area(area, grid)))
+    return grid, notes
+
+
+def detect_tissue(slide: Source, grid: Source, threshold: float | None = None) -> TissueMask:
+    """The tissue of ``slide`` (a source with its pyramid, µm per pixel known) for the working
+    grid ``grid`` over it (see the module docstring; ``threshold`` overrides Otsu's).
+
+    Raises:
+        TissueError: the slide has no colour bands or no known pixel size.
+    """
+    if slide.count < 3:
+        raise TissueError("tissue detection needs a colour (RGB) slide: use --no-tissue-mask")
+    if slide.georef.mpp is None or grid.georef.transform is None:
+        raise TissueError("tissue detection needs a slide with a known µm per pixel: use --no-tissue-mask")
+    level = _overview_level(slide.level_shapes)
+    height, width = slide.level_shapes[level]
+    pixels = slide.read(Window(0, 0, width, height), level)[:3].astype(np.float32)
+    brightest = pixels.max(axis=0)
+    saturation = np.where(brightest > 0, (brightest - pixels.min(axis=0)) / np.maximum(brightest, 1), 0.0)
+    if threshold is None:
+        threshold = float(np.clip(otsu_threshold(saturation), *THRESHOLD_RANGE))
+    tissue = saturation > threshold
+    scale = (slide.width / width, slide.height / height)
+    speck = max(1, math.ceil(SPECK_UM2 / (slide.georef.mpp ** 2 * scale[0] * scale[1])))
+    tissue = rasterio.features.sieve(tissue.astype(np.uint8), size=speck, connectivity=8).astype(bool)
+    return TissueMask(_grown(tissue, MARGIN), scale, grid.georef.transform, threshold)
+
+
+def _overview_level(level_shapes: tuple[tuple[int, int], ...]) -> int:
+    """The finest pyramid level whose longer side is at most :data:`OVERVIEW` (the coarsest
+    level when none is)."""
+    for level, shape in enumerate(level_shapes):
+        if max(shape) <= OVERVIEW:
+            return level
+    return len(level_shapes) - 1
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` in [0, 1]: the cut that maximises the variance between the
+    two classes it makes."""
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sums = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_low = sums / weight_low
+        mean_high = (sums[-1] - sums) / weight_high
+        between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[1:][np.nanargmax(np.nan_to_num(between, nan=-1.0))])
+
+
+def _grown(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` grown by ``pixels`` steps to the four neighbours of each pixel."""
+    grown = mask.copy()
+    for _ in range(pixels):
+        step = grown.copy()
+        step[1:] |= grown[:-1]
+        step[:-1] |= grown[1:]
+        step[:, 1:] |= grown[:, :-1]
+        step[:, :-1] |= grown[:, 1:]
+        grown = step
+    return grown
