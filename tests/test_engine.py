@@ -247,3 +247,43 @@ def test_result_progress_bar_counts_every_tile(pointwise_model, capsys):
     with result.progress():
         result.labels.compute()
     assert "18/18" in capsys.readouterr().err   # 3 rows x (4 columns + 2 repeated on stripe boundaries)
+
+
+def test_a_cluster_of_worker_processes_gives_the_threaded_labels(tmp_path, data_dir):
+    from segtile.cli import main
+
+    threaded, clustered = tmp_path / "threads.tif", tmp_path / "workers.tif"
+    common = ["--resolution", "60", "--tile-size", "128", "--quiet", "--device", "cpu"]
+    assert main([str(data_dir / "landsat7.tif"), "-o", str(threaded), *common]) == 0
+    assert main([str(data_dir / "landsat7.tif"), "-o", str(clustered), "--workers", "2", *common]) == 0
+    with rasterio.open(threaded) as a, rasterio.open(clustered) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_a_device_asked_of_a_cluster_is_checked_on_its_workers(tmp_path, data_dir, capsys):
+    from segtile.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the workers would take it")
+    status = main([str(data_dir / "rmnp-rgb.tif"), "-o", str(tmp_path / "m.tif"), "--workers", "1",
+                   "--device", "cuda", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err == "segtile: error: device 'cuda' asked for, but CUDA is not available here\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_gpus_on_a_machine_without_any_is_one_line(tmp_path, data_dir, capsys):
+    from segtile.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main([str(data_dir / "rmnp-rgb.tif"), "-o", str(tmp_path / "m.tif"), "--gpus", "all", "--quiet"]) == 2
+    assert capsys.readouterr().err == "segtile: error: --gpus asked for, but this machine has no CUDA device\n"
+
+
+def test_a_client_for_a_gpu_cluster_is_not_refused_a_cuda_device_here(pointwise_model):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        result = segment(random_image(3, 40, 40), pointwise_model(), device="cuda:3", tile_size=32)
+    assert result.options.device == "cuda:3"  # resolved where the model runs, on the workers

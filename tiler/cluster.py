@@ -1,4 +1,6 @@
-"""The one place segtile asks ``dask.distributed`` which client, if any, runs the work."""
+"""``dask.distributed`` in segtile: which client, if any, runs the work; clusters on this machine
+(one worker per GPU, or several CPU processes); and local thread pools that are joined before an
+interrupted run cleans up."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from typing import Any, Iterator
 
 import dask
 from dask.base import get_scheduler
-from distributed import Client
+from distributed import Client, LocalCluster
+
+from segtile.errors import SegtileError
 
 
 def active_client(collection: Any) -> Client | None:
@@ -40,3 +44,57 @@ def joined_threads() -> Iterator[None]:
             yield
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ClusterError(SegtileError, ValueError):
+    """A cluster that cannot be started or reached as asked."""
+
+
+def parse_gpus(text: str) -> list[int] | None:
+    """``"all"`` -> ``None`` (every GPU of this machine); ``"0,2"`` -> ``[0, 2]``."""
+    if text == "all":
+        return None
+    try:
+        devices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ClusterError(f"--gpus takes 'all' or GPU numbers such as 0,1, not {text!r}") from None
+    if not devices or min(devices) < 0 or len(set(devices)) != len(devices):
+        raise ClusterError(f"--gpus takes 'all' or distinct GPU numbers such as 0,1, not {text!r}")
+    return devices
+
+
+@contextmanager
+def local_cluster(*, workers: int | None = None, gpus: list[int] | None | str = "none") -> Iterator[Client]:
+    """A ``dask.distributed`` cluster on this machine, as the default client inside the block:
+    one worker per GPU (``gpus``: a list, or ``None`` for all of them), each seeing only its
+    own device (``cuda`` on a worker is its GPU), through dask-cuda's ``LocalCUDACluster`` when
+    installed; or ``workers`` CPU processes sharing the cores."""
+    if gpus != "none":
+        cluster = _gpu_cluster(gpus)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _gpu_cluster(devices: list[int] | None):
+    """One worker process per GPU of ``devices`` (all of this machine's when ``None``)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ClusterError("--gpus asked for, but this machine has no CUDA device")
+    devices = list(range(count)) if devices is None else devices
+    missing = [d for d in devices if d >= count]
+    if missing:
+        raise ClusterError(f"--gpus: no GPU {missing[0]} on this machine (it has {count})")
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:  # the optional extra segtile[cuda]: a worker per device, set by hand
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        workers = {f"gpu-{d}": {"cls": Nanny, "options": {"nthreads": 2, "env": {"CUDA_VISIBLE_DEVICES": str(d)}}}
+                   for d in devices}
+        return SpecCluster(scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}, workers=workers)
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(map(str, devices)), dashboard_address=None)

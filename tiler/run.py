@@ -9,6 +9,7 @@ from contextlib import ExitStack, contextmanager
 from typing import ContextManager, Iterator
 
 from segtile.api import segment
+from segtile.cluster import local_cluster, parse_gpus
 from segtile.devices import check_device
 from segtile.errors import SegtileError
 from segtile.grid import check_tiling
@@ -39,7 +40,9 @@ def run_segment(args: argparse.Namespace) -> None:
     options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area)
     if args.tile_size is not None and args.overlap is not None:
         check_tiling(args.tile_size, args.overlap)
-    check_device(args.device, args.precision, here=args.scheduler is None)
+    on_cluster = bool(args.scheduler or args.gpus or args.workers)
+    gpus = parse_gpus(args.gpus) if args.gpus else "none"
+    check_device(args.device, args.precision, here=not on_cluster)
     model = choose_model(args.model)
     protected = [args.input, model.path, *([args.mask] if args.mask else [])]
     planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected)
@@ -51,6 +54,8 @@ def run_segment(args: argparse.Namespace) -> None:
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
+        elif args.gpus or args.workers:
+            stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
         result = segment(
             args.input, model.path,
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,

@@ -95,7 +95,14 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--progress", choices=("bar", "json"), default="bar",
                         help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress, no summary")
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")
+    cluster.add_argument("--gpus", metavar="all|0,1",
+                         help="run on a local cluster with one worker per GPU, each seeing its own "
+                         "(dask-cuda's when installed: pip install 'segtile[cuda]')")
+    cluster.add_argument("--workers", type=positive_int, metavar="N",
+                         help="run on a local cluster of N worker processes sharing the CPU cores")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library messages")
     parser.set_defaults(run=run)
     return parser

@@ -13,6 +13,7 @@ fetched into this process as each completes.
 from __future__ import annotations
 
 import threading
+from itertools import islice
 from typing import Any, Callable, Iterator
 
 import dask.array as da
@@ -65,13 +66,27 @@ def store_chunks(array: da.Array, write: Callable[[Key, np.ndarray], None], *,
 
 
 def _chunks_from_cluster(client: Client, array: da.Array) -> Iterator[tuple[Key, np.ndarray]]:
-    """Compute every chunk on the cluster in one graph; yield each as it completes, then drop it."""
+    """Compute the chunks on the cluster, a few at a time (twice the workers' threads), and yield
+    each as it completes, then drop it: chunks never pile up on the workers or here when writing
+    is slower than computing. Chunks are meant to be independent (read from a work store): one
+    that shares work with a later one would compute it twice."""
     chunks = array.to_delayed(optimize_graph=True).ravel().tolist()
-    futures = client.compute(chunks, optimize_graph=False)
-    keys = {future.key: key for future, key in zip(futures, slices_from_chunks(array.chunks))}
-    for future, chunk in as_completed(futures, with_results=True):
-        yield keys[future.key], chunk
+    pending = iter(zip(chunks, slices_from_chunks(array.chunks)))
+    window = 2 * max(1, sum(client.nthreads().values()))
+    keys: dict = {}
+    running = as_completed(with_results=True)
+
+    def submit(count: int) -> None:
+        for chunk, key in islice(pending, count):
+            future = client.compute(chunk, optimize_graph=False)
+            keys[future.key] = key
+            running.add(future)
+
+    submit(window)
+    for future, chunk in running:
+        yield keys.pop(future.key), chunk
         future.release()
+        submit(1)
 
 
 def as_labels(labels: Any, card: ModelCard, nodata: int) -> da.Array:

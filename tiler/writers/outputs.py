@@ -25,6 +25,7 @@ from typing import ContextManager, Iterator
 import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
+from segtile.cluster import current_client
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
@@ -196,8 +197,8 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
         progress: shows a stage ``writing NAME`` per output (none by default).
         computing: a context manager entered around the pass that computes the layers (the
             staging, or the first output's writing): where a caller counts the tiles run.
-        stage: compute the layers into a scratch store first; by default only when they would
-            otherwise be computed more than once.
+        stage: compute the layers into a scratch store first; by default when they would
+            otherwise be computed more than once, or a ``dask.distributed`` client runs the work.
     """
     from segtile.workstore import staged
 
@@ -208,7 +209,8 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
     with OutputSet(overwrite=overwrite) as outputs:
         targets = [outputs.add(p.path, files=p.files[1:], directory=p.kind.directory, protected=protected)
                    for p in planned]
-        enabled = passes > 1 if stage is None else stage
+        # on a cluster the workers compute into the store and only what is read back travels
+        enabled = (passes > 1 or current_client() is not None) if stage is None else stage
         with staged(layers, planned[0].path.parent, precision, enabled=enabled, computing=computing) as ready:
             for index, (target, output) in enumerate(zip(targets, planned)):
                 units = math.prod(ready.labels.numblocks) * (2 if output.kind.separate_probabilities and precision
