@@ -285,5 +285,5 @@ def test_a_client_for_a_gpu_cluster_is_not_refused_a_cuda_device_here(pointwise_
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
             distributed.Client(cluster):
-        result = segment(random_image(3, 40, 40), pointwise_model(), device="cuda:3", tile_size=32)
+        result = segment(random_image(3, 40, 40), pointwise_model(), device="cuda:3", tile_size=32, overlap=8)
     assert result.options.device == "cuda:3"  # resolved where the model runs, on the workers

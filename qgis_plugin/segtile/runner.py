@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def run(command: Sequence[str], listener: Listener | None = None) -> Outcome:
     for reader in readers:
         reader.join()
     if deadline is not None:
+        _discard_work(command)
         raise Canceled("canceled: segtile stopped and removed its unfinished outputs")
     if process.returncode in EXIT_INTERRUPTED:
         raise SegtileFailed("segtile was interrupted from outside; no output was written")
@@ -196,6 +198,16 @@ def _read_lines(stream, deliver: Callable[[str], None], done: Callable[[], None]
         deliver(line)
     stream.close()
     done()
+
+
+def _discard_work(command: Sequence[str]) -> None:
+    """Remove the work a cancelled run kept for ``--resume`` (``.NAME.segtile-work`` beside its
+    first output, see docs/cli.md): cancelling in QGIS means leaving nothing behind."""
+    for flag, value in zip(command, command[1:]):
+        if flag in ("-o", "--out"):
+            first = Path(value)
+            shutil.rmtree(first.parent / f".{first.name}.segtile-work", ignore_errors=True)
+            return
 
 
 def _stop(process: subprocess.Popen) -> None:
