@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
 from typing import ContextManager, Iterator
 
 from segtile.api import segment
@@ -34,15 +35,12 @@ def run_segment(args: argparse.Namespace) -> None:
     shows inference, then each output.
     """
     started = time.perf_counter()
-    options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area)
+    options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area,
+                           skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects)
     if args.tile_size is not None and args.overlap is not None:
         check_tiling(args.tile_size, args.overlap)
     check_device(args.device, args.precision, here=args.scheduler is None)
     model = choose_model(args.model)
-    planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=[args.input, model.path])
-    mode = "none" if args.quiet else args.progress
-    writing = (1 - INFERENCE_SHARE) / len(planned)
-    progress = Progress(mode, [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
@@ -53,13 +51,20 @@ def run_segment(args: argparse.Namespace) -> None:
             mpp=args.mpp, level=args.level, precision=args.precision, chunk_size=args.chunk_size,
             stripe_width=args.stripe_width,
         )
+        # Planned once the result is known, still before any tile is run: a slide's outputs
+        # are of other kinds than a raster's.
+        planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=[args.input, model.path],
+                               slide=result.georef.is_slide)
+        mode = "none" if args.quiet else args.progress
+        writing = (1 - INFERENCE_SHARE) / len(planned)
+        progress = Progress(mode, [("inference", INFERENCE_SHARE),
+                                   *((f"writing {p.path.name}", writing) for p in planned)])
         if not args.quiet:
             print(f"segtile: model: {model.path} ({model.origin})", file=sys.stderr)
             for note in result.notes:
                 print(f"segtile: note: {note}", file=sys.stderr)
         tally = TileTally()
-        written = result.write(*args.out, probabilities=args.probabilities, simplify=args.simplify,
-                               min_area=args.min_area, overwrite=args.overwrite, progress=progress,
+        written = result.write(*args.out, **asdict(options), overwrite=args.overwrite, progress=progress,
                                computing=lambda: _inference(result, progress, tally), stage=True)
     if tally.nonfinite and not args.quiet:
         print(f"segtile: warning: the model gave NaN or infinite logits for {tally.nonfinite} of "

@@ -44,16 +44,17 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
                atomic: bool = True) -> Path:
     """Write labels (and probabilities) with their georeference and card to a Zarr v3 group;
     return ``path``. See the module docstring for the layout."""
-    labels = _regular(as_labels(labels, card, nodata))
+    labels = regular_chunks(as_labels(labels, card, nodata))
     sources, targets = [labels], []
     with destination(path, overwrite, atomic, directory=True) as target:
-        group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=_attributes(georef, card, nodata))
+        attributes = segtile_attributes(georef, card, nodata)
+        group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=attributes)
         targets.append(group.create_array(
             "labels", shape=labels.shape, chunks=labels.chunksize, dtype=labels.dtype,
             fill_value=nodata, dimension_names=("y", "x"),
         ))
         if probabilities is not None:
-            probabilities = _regular(as_probabilities(probabilities, card, labels.shape).astype(np.float32))
+            probabilities = regular_chunks(as_probabilities(probabilities, card, labels.shape).astype(np.float32))
             sources.append(probabilities)
             targets.append(group.create_array(
                 "probabilities", shape=probabilities.shape, chunks=probabilities.chunksize,
@@ -88,7 +89,7 @@ def _open(path: str | PathLike) -> zarr.Group:
     return group
 
 
-def _attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
+def segtile_attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
     transform = georef.transform
     return {
         "crs": georef.crs.to_wkt() if georef.crs is not None else None,
@@ -101,7 +102,7 @@ def _attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
     }
 
 
-def _regular(array: da.Array) -> da.Array:
+def regular_chunks(array: da.Array) -> da.Array:
     """``array`` with chunks Zarr can hold: equal along each axis but for a smaller last one."""
     for sizes in array.chunks:
         if len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]:
