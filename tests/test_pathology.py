@@ -93,6 +93,7 @@ def microns_of(mask_path) -> tuple[float, float]:
 @pytest.mark.parametrize("slide, mpp", [("svs", None), ("svs", 2.0), ("pyramid", 2.0), ("ome", 2.0)],
                          indirect=["slide"])
 def test_qupath_objects_are_in_level0_pixels_with_areas_in_square_microns(tmp_path, slide, model, mpp):
+    # slide.tif and slide.geojson side by side: a slide's GeoJSON writes no slide.qml to clash with the mask's
     geojson, mask_path = tmp_path / "slide.geojson", tmp_path / "slide.tif"
     grid = ["--mpp", mpp] if mpp else []
     assert run(slide, "--model", model, "-o", geojson, "-o", mask_path, *grid, "--chunk-size", "384", "--quiet") == 0

@@ -14,6 +14,7 @@ from ome_zarr.reader import Reader
 
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
+from segtile.writers import read_zarr
 from segtile.writers.legend import rgb
 from segtile.writers.ome_zarr import write_ome_zarr
 from segtile.writers.pyramid import mean_2x2, mode_2x2
@@ -136,9 +137,13 @@ def test_ome_zarr_of_a_raster_from_the_command_line(tmp_path, data_dir):
 
     model = tmp_path / "pointwise.pt"
     save_torchscript(model, torch.nn.Conv2d(3, 3, 1).eval(), CARD)
-    store = tmp_path / "bahamas.ome.zarr"
-    assert main([str(data_dir / "bahamas_rgb.tif"), "--model", str(model), "-o", str(store), "--quiet"]) == 0
+    store, plain = tmp_path / "bahamas.ome.zarr", tmp_path / "bahamas.zarr"
+    assert main([str(data_dir / "bahamas_rgb.tif"), "--model", str(model), "-o", str(store), "-o", str(plain),
+                 "--quiet"]) == 0
     image, label_image = [n for n in Reader(parse_url(str(store)))() if n.data]
     assert label_image.data[0].shape == (718, 791)
     assert [axis["unit"] for axis in label_image.metadata["axes"]] == ["meter", "meter"]
     assert zarr.open_group(str(store), mode="r").attrs["segtile"]["crs"].startswith("PROJCS")
+    labels, _, georef, _ = read_zarr(plain)  # a raster's .zarr stays segtile's plain store
+    np.testing.assert_array_equal(labels.compute(), label_image.data[0].compute())
+    assert georef.crs is not None and georef.mpp is None
