@@ -181,7 +181,8 @@ def test_a_slides_zarr_is_ome_zarr_that_ome_zarr_py_reads(tmp_path, data_dir, mo
     mx, my = microns_of(mask)
     assert labels.metadata["name"] == "classes"
     assert labels.metadata["color"][2] == pytest.approx([v / 255 for v in (*rgb(COLOURS[2]), 255)])
-    assert {value: p["class_name"] for value, p in labels.metadata["properties"].items()} == dict(enumerate(CLASSES))
+    assert {value: p["class_name"] for value, p in labels.metadata["properties"].items()} == {
+        **dict(enumerate(CLASSES)), 255: "nodata"}
     assert [axis["unit"] for axis in labels.metadata["axes"]] == ["micrometer", "micrometer"]
     levels = labels.metadata["coordinateTransformations"]
     pixels = tifffile.imread(mask)

@@ -5,6 +5,7 @@ from collections import Counter
 
 import dask.array as da
 import numpy as np
+import ome_zarr_models.v05
 import pytest
 import rasterio
 import zarr
@@ -68,7 +69,9 @@ def test_label_pyramid_layout_colours_and_names(tmp_path, arrays):
     assert ome["image-label"]["source"] == {"image": "../../"}
     assert {c["label-value"]: c["rgba"] for c in ome["image-label"]["colors"]} == {
         0: [255, 255, 255, 255], 1: [255, 136, 0, 255], 2: [0, 0, 255, 255], NODATA: [0, 0, 0, 0]}
-    assert ome["image-label"]["properties"] == [{"label-value": i, "class_name": n} for i, n in enumerate(CARD.classes)]
+    assert ome["image-label"]["properties"] == [
+        *({"label-value": i, "class_name": n} for i, n in enumerate(CARD.classes)),
+        {"label-value": NODATA, "class_name": "nodata"}]
     assert root.attrs["segtile"]["card"] == CARD.to_dict() and root.attrs["segtile"]["nodata"] == NODATA
 
     level, expected = 0, labels
@@ -109,6 +112,19 @@ def test_scales_in_micrometres_for_slides_metres_for_projected_rasters(tmp_path,
         else:  # centred on the slide's own level-0 pixels: half the difference of pixel sizes
             assert first[1]["translation"] == pytest.approx(translation)
         assert image.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, *scale])
+
+
+def test_the_metadata_validates_against_the_ome_zarr_05_models(tmp_path, arrays):
+    """ome-zarr-models checks every group against the specification (axes, datasets, scales,
+    image-label colours and properties with the same label values...)."""
+    labels, probabilities = arrays
+    path = tmp_path / "out.ome.zarr"
+    write_ome_zarr(path, da.from_array(labels, chunks=32), Georef(transform=Affine.scale(2.0, 2.0), mpp=1.0), CARD,
+                   probabilities=probabilities)
+    root = zarr.open_group(str(path), mode="r")
+    image = ome_zarr_models.v05.Image.from_zarr(root)  # validates labels/ and labels/classes too
+    assert [d.path for d in image.attributes.ome.multiscales[0].datasets] == ["0", "1", "2"]  # 75, 38, 19 rows
+    ome_zarr_models.v05.Image.from_zarr(root["probabilities"])
 
 
 def test_probabilities_are_a_multiscale_image_of_their_own(tmp_path, arrays):

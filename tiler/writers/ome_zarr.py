@@ -11,7 +11,8 @@ Layout of ``NAME.ome.zarr`` (and of a slide's ``NAME.zarr``):
 - ``labels/classes`` is the **label image**: the class index of each pixel (uint8, uint16
   beyond 255 classes; ``nodata`` where nothing was segmented), axes ``(y, x)``, the same levels,
   with ``image-label`` metadata: ``colors`` (label value -> RGBA, nodata transparent),
-  ``properties`` (label value -> ``class_name``), ``source`` (the image, ``../../``);
+  ``properties`` (label value -> ``class_name``; ``"nodata"`` for nodata), ``source`` (the
+  image, ``../../``);
 - ``probabilities`` (on request): a multiscale image of its own, ``(c, y, x)`` float32, one
   channel per class named after it (NaN where unknown);
 - the root's ``segtile`` attributes keep what NGFF has no place for: the CRS, the affine
@@ -163,10 +164,12 @@ def _omero(channels: Sequence[tuple[str, str]], maximum: float) -> dict[str, Any
 
 
 def _image_label(card: ModelCard, nodata: int) -> dict[str, Any]:
-    """Colours (nodata transparent) and class names of the label values, and the image they label."""
+    """Colours (nodata transparent) and class names (``"nodata"`` for nodata) of the label
+    values, and the image they label."""
+    names = {**dict(enumerate(card.classes)), nodata: "nodata"}
     return {
         "colors": [{"label-value": value, "rgba": list(rgba)} for value, rgba in colour_table(card, nodata).items()],
-        "properties": [{"label-value": index, "class_name": name} for index, name in enumerate(card.classes)],
+        "properties": [{"label-value": value, "class_name": name} for value, name in names.items()],
         "source": {"image": "../../"},
     }
 
