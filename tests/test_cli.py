@@ -1,6 +1,9 @@
 """The segtile command on real GeoTIFFs: outputs on the input's grid, and every bad input."""
 
+import os
+import signal
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -187,3 +190,21 @@ def test_exit_status_follows_whose_fault_it_is(capsys):
     assert err[0] == "segtile: error: cannot open x.tif: damaged"
     assert err[1] == "segtile: error: /data/x.tif: No such file or directory"
     assert err[2].startswith("segtile: failed: operands could not be broadcast") and "--debug" in err[2]
+
+
+class SignalsItselfWhenCollected:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # lands while this finaliser runs, where Python swallows it
+
+
+def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again():
+    from segtile.cli import _signals_as_interrupts
+
+    with _signals_as_interrupts() as received:
+        with pytest.raises(KeyboardInterrupt):
+            SignalsItselfWhenCollected()  # collected at once
+            for _ in range(2000):  # the run goes on: the interrupt must land here
+                time.sleep(0.001)
+    assert received == {"signal": signal.SIGTERM}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the test process goes on
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

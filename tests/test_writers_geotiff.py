@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import rasterio
+import tifffile
 from affine import Affine
 from distributed import Client, LocalCluster
 from rasterio.crs import CRS
@@ -164,6 +165,16 @@ def test_mask_without_georeference_and_with_mpp(tmp_path):
         assert mask.transform == Affine.identity()
         assert mask.tags()["SEGTILE_MPP"] == "0.25"
         assert mask.read(1).tolist() == labels.tolist()
+
+
+def test_slide_mask_carries_its_pixel_size_as_tiff_resolution(tmp_path):
+    """µm per pixel along x and y (a grid 4.008 x 4 level-0 pixels of 0.5 µm) in pixels per cm."""
+    write_mask(tmp_path / "slide.tif", stripes((100, 120)), Georef(transform=Affine.scale(4.008, 4.0), mpp=2.004), CARD)
+    with tifffile.TiffFile(tmp_path / "slide.tif") as tif:
+        page = tif.pages[0]
+        assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+        assert [1e4 / r for r in page.get_resolution()] == [pytest.approx(2.004), pytest.approx(2.0)]
+        assert not any(code in page.tags for code in (33550, 33922, 34264, 34735))  # no geotransform, no CRS
 
 
 def test_uint16_mask_for_many_classes(tmp_path):

@@ -308,3 +308,14 @@ def test_seam_merger_matches_connected_components(seed, shape, chunk, values):
     found = sorted((class_id, int(round(polygon.area))) for polygon, class_id in regions)
     assert found == sorted(components(labels))
     assert all(isinstance(polygon, shapely.Polygon) for polygon, _ in regions)
+
+
+def test_skipped_classes_make_no_polygon_and_leave_the_others_alone(tmp_path, georef):
+    labels = scene()
+    path = write_polygons(tmp_path / "some.gpkg", da.from_array(labels, chunks=16), georef, CARD,
+                          skip_classes=["class 0", "class 6"])
+    _, columns = read_polygons(path)
+    expected = Counter(value for value, _ in components(labels) if value not in (0, 6))
+    assert Counter(columns["class_id"].tolist()) == expected
+    with pytest.raises(vector.UnknownClassError, match="unknown class 'class 9' to skip"):
+        write_polygons(tmp_path / "none.gpkg", labels, georef, CARD, skip_classes=["class 9"])

@@ -13,17 +13,20 @@ imports what it needs (torch, GDAL...) when it runs.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import importlib
 import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
 COMMANDS = ("segment", "train", "eval", "convert", "qgis")
 _MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
 
@@ -131,19 +134,34 @@ def _signals_as_interrupts() -> Iterator[dict[str, int]]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, once: later signals are
     ignored, so the clean-up the first one started runs to its end, and they stay ignored after
     it (the process is exiting; a signal during the interpreter's shutdown would kill it with no
-    exit status of ours). Yields a dict that records the signal received."""
+    exit status of ours). Yields a dict that records the signal received.
+
+    A signal that lands while the main thread runs a finaliser (``__del__``, a weakref
+    callback) raises there, where Python swallows the exception; that one is raised again at
+    once, so a run is never left going after it was told to stop."""
     received: dict[str, int] = {}
+    lost: list[bool] = []
 
     def interrupt(signum: int, _frame: object) -> None:
-        if received:
+        if received and not lost:
             return
+        lost.clear()
         received["signal"] = signum
         raise KeyboardInterrupt
 
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if isinstance(report.exc_value, KeyboardInterrupt) and received:
+            lost.append(True)  # signal again, from another thread, once this hook has returned
+            threading.Timer(REPEAT_SECONDS, _thread.interrupt_main, args=(received["signal"],)).start()
+        else:
+            previous_hook(report)
+
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield received
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if received else handler)
 

@@ -29,6 +29,25 @@ class Georef:
     def is_georeferenced(self) -> bool:
         return self.crs is not None and self.transform is not None
 
+    @property
+    def is_slide(self) -> bool:
+        """Whether this is a microscopy slide's grid: a pixel size in µm and no CRS. Outputs then
+        take the forms pathology tools read (OME-Zarr, QuPath GeoJSON, TIFF resolution tags)."""
+        return self.crs is None and self.mpp is not None
+
+    def microns_per_pixel(self) -> tuple[float, float] | None:
+        """A slide pixel's size in µm along x and y, or ``None`` without a pixel size.
+
+        ``mpp`` is the size along the columns; along the rows it is the level-0 pixel size
+        (square) times the grid's row scale, which may differ from the column scale by the
+        rounding of the grid's size."""
+        if self.mpp is None:
+            return None
+        if self.transform is None:
+            return self.mpp, self.mpp
+        a, b, _, d, e, _ = self.transform[:6]
+        return self.mpp, self.mpp / math.hypot(a, d) * math.hypot(b, e)
+
     def scaled(self, x: float, y: float) -> Georef:
         """The georeference of the same area sampled ``x`` times coarser along columns and ``y``
         times along rows (> 1: coarser). The µm per pixel follow the columns."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,7 +20,7 @@ from segtile.plan import TilingOptions, tile_runs
 from segtile.predictor import ModelSpec
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
-from segtile.writers.legend import rgb
+from segtile.writers.legend import rgb_palette
 from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
 
@@ -116,13 +116,11 @@ class Segmentation:
         """
         step = max(1, -(-max(self.shape) // max_size))
         labels = self.labels[::step, ::step].compute()
-        palette = np.zeros((self.nodata + 1, 3), dtype=np.uint8)
-        for index, colour in enumerate(self.card.colors):
-            palette[index] = rgb(colour)
-        return palette[labels]
+        return rgb_palette(self.card, self.nodata + 1)[labels]
 
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
-        """Write labels (and probabilities) with their georeference and card to a Zarr v3 store."""
+        """Write labels (and probabilities) with their georeference and card to a Zarr v3 store
+        (OME-Zarr for slides and ``.ome.zarr`` paths)."""
         self.write(path, probabilities=probabilities, overwrite=overwrite)
 
     def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
@@ -130,11 +128,11 @@ class Segmentation:
         probabilities as a second GeoTIFF beside it, see ``probabilities_path_for``)."""
         self.write(path, probabilities=probabilities, overwrite=overwrite)
 
-    def to_vector(self, path: str | PathLike, *, simplify: float | None = None,
-                  min_area: float | None = None, overwrite: bool = False) -> None:
+    def to_vector(self, path: str | PathLike, *, simplify: float | None = None, min_area: float | None = None,
+                  skip_classes: Sequence[str] = (), overwrite: bool = False) -> None:
         """Write one polygon per connected region per class (GeoPackage, GeoJSON, FlatGeobuf,
-        Shapefile, by extension)."""
-        self.write(path, simplify=simplify, min_area=min_area, overwrite=overwrite)
+        Shapefile, by extension; a slide's GeoJSON is QuPath's), but for the ``skip_classes``."""
+        self.write(path, simplify=simplify, min_area=min_area, skip_classes=skip_classes, overwrite=overwrite)
 
     def layers(self, probabilities: bool = False) -> Layers:
         """The arrays and metadata writers take (the probabilities only when asked for: then both
@@ -143,15 +141,18 @@ class Segmentation:
         return Layers(arrays["labels"], arrays.get("probabilities"), self.georef, self.card, self.nodata)
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
-              min_area: float | None = None, overwrite: bool = False, progress: Progress | None = None,
+              min_area: float | None = None, skip_classes: Sequence[str] = (), qupath_objects: str = "annotation",
+              overwrite: bool = False, progress: Progress | None = None,
               computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
         Either every output appears, complete, or none does: all are written under temporary
         names and renamed only when the last one is done. No output may replace the input.
-        ``progress``, ``computing`` and ``stage`` are those of
+        The writing options are those of :class:`segtile.writers.outputs.WriteOptions`;
+        ``progress``, ``computing`` and ``stage`` those of
         :func:`segtile.writers.outputs.write_outputs`. Returns the paths written.
         """
-        options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area)
+        options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
+                               skip_classes=tuple(skip_classes), qupath_objects=qupath_objects)
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
                              protected=self.inputs, progress=progress, computing=computing, stage=stage)

@@ -18,6 +18,7 @@ from segtile.predictor import ModelError
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
 from segtile.resume import Work, prepare_work, run_identity, work_folder
+from segtile.sources.files import is_slide
 from segtile.writers.atomic import OutputError
 from segtile.writers.outputs import WriteOptions, plan_outputs, probability_precision, write_outputs
 
@@ -37,7 +38,8 @@ def run_segment(args: argparse.Namespace) -> None:
     shows inference, then each output.
     """
     started = time.perf_counter()
-    options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area)
+    options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area,
+                           skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects)
     if args.tile_size is not None and args.overlap is not None:
         check_tiling(args.tile_size, args.overlap)
     on_cluster = bool(args.scheduler or args.gpus or args.workers)
@@ -45,11 +47,7 @@ def run_segment(args: argparse.Namespace) -> None:
     check_device(args.device, args.precision, here=not on_cluster)
     model = choose_model(args.model)
     protected = [args.input, model.path, *([args.mask] if args.mask else [])]
-    planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected)
-    precision = probability_precision([p.kind for p in planned], options)
-    mode = "none" if args.quiet else args.progress
-    writing = (1 - INFERENCE_SHARE) / len(planned)
-    progress = Progress(mode, [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
+    plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected, slide=is_slide(args.input))
     say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
     with ExitStack() as stack:
         if args.scheduler:
@@ -64,6 +62,15 @@ def run_segment(args: argparse.Namespace) -> None:
             mask=args.mask, precision=args.precision, tta=args.tta, scales=args.scales,
             chunk_size=args.chunk_size, stripe_width=args.stripe_width, memory_limit=args.memory_limit,
         )
+        # Planned again once the result is known, still before any tile is run: whether the
+        # image is a slide (and its outputs of a slide's kinds) is certain only now.
+        options.check(result.card)
+        planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected,
+                               slide=result.georef.is_slide)
+        precision = probability_precision([p.kind for p in planned], options)
+        writing = (1 - INFERENCE_SHARE) / len(planned)
+        progress = Progress("none" if args.quiet else args.progress,
+                            [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
         say(f"model: {model.path} ({model.origin})")
         for note in result.notes:
             say(f"note: {note}")

@@ -9,6 +9,7 @@ from segtile.commands.arguments import (
     band_list,
     finite_float,
     memory_size,
+    name_list,
     non_negative_int,
     positive_int,
     scale_list,
@@ -20,7 +21,8 @@ FROM_CARD = "card"  # --tta's default: the model card's suggestion (segtile.api.
 DESCRIPTION = (
     "Segment an image too large for memory with a PSPNet, tile by tile. The format of each output "
     "follows its extension: .tif/.tiff (Cloud-Optimised GeoTIFF mask), .zarr (labels and metadata), "
-    ".gpkg/.geojson/.fgb/.shp (polygons)."
+    ".ome.zarr (OME-Zarr labels), .gpkg/.geojson/.fgb/.shp (polygons). For slides, .zarr is OME-Zarr "
+    "and .geojson is QuPath's (objects in level-0 pixels)."
 )
 
 
@@ -73,6 +75,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="simplify polygons (topology preserving), tolerance in CRS units")
     parser.add_argument("--min-area", type=finite_float(0.0), metavar="A",
                         help="drop polygons smaller than A (CRS units squared)")
+    parser.add_argument("--skip-classes", type=name_list, default=[], metavar="NAME,...",
+                        help="classes that make no polygon or QuPath object, e.g. background "
+                        "(names from the model card)")
+    # segtile.writers.qupath.OBJECT_TYPES, not imported here: --help must not load the writers
+    parser.add_argument("--qupath-objects", choices=("annotation", "detection"), default="annotation",
+                        help="QuPath object type of a slide's .geojson features (default: annotation)")
     parser.add_argument("--tta", choices=("none", "flip", "d4"), default=FROM_CARD,
                         help="test-time augmentation: horizontal flip, or all 8 flips and rotations; "
                         "predictions averaged as probabilities (default: the model card's suggestion, else none)")

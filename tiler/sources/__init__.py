@@ -3,7 +3,8 @@
 from segtile.sources.base import Source, SourceError
 from segtile.sources.memory import MemorySource
 from segtile.sources.open import open_source
+from segtile.sources.openslide import OpenSlideSource
 from segtile.sources.raster import RasterSource
 from segtile.sources.slide import SlideSource
 
-__all__ = ["MemorySource", "RasterSource", "SlideSource", "Source", "SourceError", "open_source"]
+__all__ = ["MemorySource", "OpenSlideSource", "RasterSource", "SlideSource", "Source", "SourceError", "open_source"]

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from segtile.sources.base import Source
 from segtile.sources.files import is_slide
 from segtile.sources.memory import MemorySource
+from segtile.sources.openslide import OpenSlideSource, opens_with_openslide
 from segtile.sources.raster import RasterSource
 from segtile.sources.slide import SlideSource
 
@@ -18,8 +19,10 @@ def open_source(obj: Any, bands: Sequence[int] | None = None) -> Source:
     ``obj`` may be:
 
     * a path: whole-slide TIFFs (``.svs``, ``.ndpi``, ``.ome.tif(f)``, ``.scn``, ``.bif``, or a
-      TIFF that tifffile recognises as one of these) open as a :class:`SlideSource`; everything
-      else (GeoTIFF, COG, VRT, JP2, any GDAL raster) as a :class:`RasterSource`;
+      TIFF that tifffile recognises as one of these) open as a :class:`SlideSource`; files that
+      are no TIFF but OpenSlide reads (MIRAX, Hamamatsu VMS, Sakura…; with ``segtile[openslide]``)
+      as an :class:`OpenSlideSource`; everything else (GeoTIFF, COG, VRT, JP2, any GDAL raster)
+      as a :class:`RasterSource`;
     * a numpy / dask array ``(bands, H, W)`` or ``(H, W)``, or an xarray DataArray: a
       :class:`MemorySource`;
     * a Source: returned as is, or re-banded when ``bands`` select other bands than all.
@@ -33,6 +36,9 @@ def open_source(obj: Any, bands: Sequence[int] | None = None) -> Source:
         return obj.select_bands(bands)
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
-        backend = SlideSource if is_slide(path) else RasterSource
-        return backend(path, bands=bands)
+        if is_slide(path):
+            return SlideSource(path, bands=bands)
+        if opens_with_openslide(path):
+            return OpenSlideSource(path, bands=bands)
+        return RasterSource(path, bands=bands)
     return MemorySource(obj, bands=bands)

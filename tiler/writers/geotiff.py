@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 import rasterio
 import rasterio.shutil
-from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetWriter
@@ -33,6 +32,7 @@ from segtile.writers.legend import colour_table, legend_sidecars, write_legend_s
 BLOCK_SIZE = 512
 COMPRESSION = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it
 PROBABILITY_SCALE = 255  # uint8 probabilities: stored value = round(p * 255)
+MICRONS_PER_CENTIMETRE = 1e4
 
 
 def probabilities_path_for(mask_path: str | PathLike) -> Path:
@@ -47,7 +47,8 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
     """Write a class mask as a Cloud-Optimised GeoTIFF with its legend; return ``path``.
 
     One band of the labels' type (uint8, or uint16 beyond 255 classes) on the georeference's
-    grid (no CRS and the identity transform when there is none), ``nodata`` set, tiles of 512,
+    grid (no CRS and no geotransform when there is none; a slide's µm per pixel as the TIFF
+    resolution tags, so microscopy readers and segtile read it back as a slide), ``nodata`` set, tiles of 512,
     DEFLATE with predictor, overviews by mode, the card's colours as a colour table (``nodata``
     transparent). Class names go in the band's ``CLASS_NAMES`` tag (JSON), the card in the
     ``SEGTILE_CARD`` tag; beside the mask, ``NAME.qml`` (QGIS style) and ``NAME.tif.aux.xml``
@@ -124,17 +125,23 @@ def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef
     height, width = shape
     return {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
-        "crs": georef.crs, "transform": georef.transform if georef.crs is not None else Affine.identity(), "nodata": nodata,
+        "crs": georef.crs, **({"transform": georef.transform} if georef.crs is not None else {}), "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
         "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
     }
 
 
 def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:
-    """Dataset metadata: the model card (JSON) and, for slides, the microns per pixel."""
+    """Dataset metadata: the model card (JSON) and, for slides, the microns per pixel, also as
+    the TIFF resolution tags (pixels per centimetre) every microscopy reader takes the scale from
+    (GDAL writes ``TIFFTAG_*`` items as those tags)."""
     tags = {"SEGTILE_CARD": json.dumps(card.to_dict())}
-    if georef.mpp is not None:
+    microns = georef.microns_per_pixel()
+    if microns is not None:
         tags["SEGTILE_MPP"] = repr(georef.mpp)
+        tags["TIFFTAG_XRESOLUTION"] = repr(MICRONS_PER_CENTIMETRE / microns[0])
+        tags["TIFFTAG_YRESOLUTION"] = repr(MICRONS_PER_CENTIMETRE / microns[1])
+        tags["TIFFTAG_RESOLUTIONUNIT"] = "3"  # centimetre
     return tags
 
 

@@ -37,6 +37,15 @@ def rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
+def rgb_palette(card: ModelCard, size: int) -> np.ndarray:
+    """Label value -> RGB as a ``(size, 3)`` uint8 lookup table: each class in its colour,
+    black elsewhere (nodata)."""
+    palette = np.zeros((size, 3), dtype=np.uint8)
+    for index, colour in enumerate(card.colors):
+        palette[index] = rgb(colour)
+    return palette
+
+
 def colour_table(card: ModelCard, nodata: int) -> dict[int, tuple[int, int, int, int]]:
     """Value -> RGBA for ``write_colormap``: each class opaque in its colour, ``nodata`` transparent."""
     table = {index: (*rgb(colour), 255) for index, colour in enumerate(card.colors)}

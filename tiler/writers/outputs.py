@@ -1,8 +1,9 @@
 """The table of output kinds, and several outputs written together from one inference pass.
 
-Each kind of output is one row of :data:`OUTPUT_KINDS`: the extensions it answers to, every file
-it writes (so that a sidecar in the way counts as the output existing), whether it is a folder,
-whether it writes probabilities, and its writer. Writers take arrays and metadata
+Each kind of output is one row of :data:`OUTPUT_KINDS`: the extensions it answers to (for any
+input, or for slides only: a slide's ``.zarr`` is OME-Zarr and its ``.geojson`` QuPath's), every
+file it writes (so that a sidecar in the way counts as the output existing), whether it is a
+folder, whether it writes probabilities, and its writer. Writers take arrays and metadata
 (:class:`Layers`), never the lazy result object.
 
 One output is written straight from the arrays given. Several outputs (or a mask with its
@@ -34,7 +35,9 @@ from segtile.writers.atomic import OutputError, OutputSet, check_output
 from segtile.writers.blocks import Advance
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import legend_sidecars
-from segtile.writers.vector import polygon_sidecars, write_polygons
+from segtile.writers.ome_zarr import write_ome_zarr
+from segtile.writers.qupath import check_object_type, write_qupath_geojson
+from segtile.writers.vector import class_indices, polygon_sidecars, write_polygons
 from segtile.writers.zarr_store import write_zarr
 
 
@@ -60,11 +63,26 @@ class Layers:
 
 @dataclass(frozen=True)
 class WriteOptions:
-    """How outputs are written: the options of the ``segtile`` command that concern writers."""
+    """How outputs are written: the options of the ``segtile`` command that concern writers.
+
+    Attributes:
+        probabilities: write the per-class probabilities too (outputs that can).
+        simplify, min_area: of polygons and QuPath objects, in output units (level-0 pixels for slides).
+        skip_classes: names of classes that make no polygon or QuPath object.
+        qupath_objects: the QuPath object type of a slide's GeoJSON features.
+    """
 
     probabilities: bool = False
     simplify: float | None = None
     min_area: float | None = None
+    skip_classes: tuple[str, ...] = ()
+    qupath_objects: str = "annotation"
+
+    def check(self, card: ModelCard) -> None:
+        """Raise a :class:`~segtile.errors.SegtileError` for an option that cannot apply to ``card``'s
+        output: an unknown class to skip, an unknown QuPath object type."""
+        class_indices(card, self.skip_classes)
+        check_object_type(self.qupath_objects)
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,8 @@ class OutputKind:
 
     Attributes:
         name: what it is, for messages.
-        suffixes: the extensions that select it (lower case).
+        suffixes: the extensions that select it (lower case; ``.ome.zarr`` counts as one).
+        slide_suffixes: the extensions that select it for slides only (see ``Georef.is_slide``).
         files: every path the writer makes for an output at ``path``, ``path`` first.
         write: ``write(target, layers, options, advance)`` writes the output to ``target`` (a
             temporary path; the files beside it land beside ``target``), calling ``advance(1)``
@@ -89,6 +108,7 @@ class OutputKind:
     suffixes: tuple[str, ...]
     files: Callable[[Path, WriteOptions], list[Path]]
     write: Callable[[Path, Layers, WriteOptions, Advance], None]
+    slide_suffixes: tuple[str, ...] = ()
     probabilities: str | None = None
     directory: bool = False
     separate_probabilities: bool = False
@@ -118,32 +138,52 @@ def _write_zarr(target: Path, layers: Layers, options: WriteOptions, advance: Ad
     advance(math.prod(layers.labels.numblocks))
 
 
+def _write_ome_zarr(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
+    write_ome_zarr(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
+                   probabilities=layers.probabilities if options.probabilities else None)
+    advance(math.prod(layers.labels.numblocks))
+
+
 def _write_polygons(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
     write_polygons(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata,
-                   simplify=options.simplify, min_area=options.min_area, atomic=False, progress=advance)
+                   simplify=options.simplify, min_area=options.min_area, skip_classes=options.skip_classes,
+                   atomic=False, progress=advance)
 
 
+def _write_qupath(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
+    write_qupath_geojson(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata,
+                         objects=options.qupath_objects, skip_classes=options.skip_classes,
+                         simplify=options.simplify, min_area=options.min_area, atomic=False, progress=advance)
+
+
+def _path_alone(path: Path, options: WriteOptions) -> list[Path]:
+    return [path]
+
+
+# The first row that matches wins: .ome.zarr before .zarr, a slide's .geojson before polygons.
 OUTPUT_KINDS: tuple[OutputKind, ...] = (
     OutputKind("mask (Cloud-Optimised GeoTIFF)", (".tif", ".tiff"), _mask_files, _write_mask, probabilities="uint8",
                separate_probabilities=True),
-    OutputKind("Zarr store", (".zarr",), lambda path, _: [path], _write_zarr, probabilities="float32",
-               directory=True),
+    OutputKind("OME-Zarr", (".ome.zarr",), _path_alone, _write_ome_zarr, slide_suffixes=(".zarr",),
+               probabilities="float32", directory=True),
+    OutputKind("Zarr store", (".zarr",), _path_alone, _write_zarr, probabilities="float32", directory=True),
+    OutputKind("QuPath GeoJSON", (), _path_alone, _write_qupath, slide_suffixes=(".geojson",)),
     OutputKind("polygons", (".gpkg", ".geojson", ".fgb", ".shp"), lambda path, _: [path, *polygon_sidecars(path)],
                _write_polygons),
 )
 
 
-def output_kind(path: str | os.PathLike) -> OutputKind:
-    """The kind of output ``path`` names, by its extension.
+def output_kind(path: str | os.PathLike, slide: bool = False) -> OutputKind:
+    """The kind of output ``path`` names, by its extension, for a slide or not.
 
     Raises:
         OutputError: no kind has that extension.
     """
-    suffix = Path(os.fspath(path).rstrip("/\\")).suffix.lower()
+    name = Path(os.fspath(path).rstrip("/\\")).name.lower()
     for kind in OUTPUT_KINDS:
-        if suffix in kind.suffixes:
+        if name.endswith(kind.suffixes + (kind.slide_suffixes if slide else ())):
             return kind
-    known = ", ".join(s for kind in OUTPUT_KINDS for s in kind.suffixes)
+    known = ", ".join(dict.fromkeys(s for kind in OUTPUT_KINDS for s in kind.suffixes))
     raise OutputError(f"unknown output format for {path}: use one of {known}")
 
 
@@ -157,8 +197,9 @@ class PlannedOutput:
 
 
 def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, overwrite: bool = False,
-                 protected: Iterable[str | os.PathLike] = ()) -> list[PlannedOutput]:
-    """Check every output and every file it writes, before any work.
+                 protected: Iterable[str | os.PathLike] = (), slide: bool = False) -> list[PlannedOutput]:
+    """Check every output and every file it writes, before any work; ``slide``: the outputs are
+    a slide's (their kinds follow, see :data:`OUTPUT_KINDS`).
 
     Raises:
         OutputError: an unknown extension; two outputs writing the same file; a folder that is
@@ -170,7 +211,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
     planned, seen = [], {}
     for path in paths:
         path = Path(path)
-        kind = output_kind(path)
+        kind = output_kind(path, slide)
         files = kind.files(path, options)
         for written in files:
             resolved = Path(os.path.abspath(written))
@@ -199,10 +240,15 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
             staging, or the first output's writing): where a caller counts the tiles run.
         stage: compute the layers into a scratch store first; by default when they would
             otherwise be computed more than once, or a ``dask.distributed`` client runs the work.
+
+    Raises:
+        SegtileError: an option that cannot apply (:meth:`WriteOptions.check`) or an output that
+            cannot be written (:func:`plan_outputs`), before any work.
     """
     from segtile.workstore import staged
 
-    planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected)
+    options.check(layers.card)
+    planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected, slide=layers.georef.is_slide)
     precision = probability_precision([p.kind for p in planned], options)
     passes = sum(2 if p.kind.separate_probabilities and precision else 1 for p in planned)
     progress = progress or Progress("none")

@@ -47,7 +47,8 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
     labels = regular_chunks(as_labels(labels, card, nodata))
     sources, targets = [labels], []
     with destination(path, overwrite, atomic, directory=True) as target:
-        group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=_attributes(georef, card, nodata))
+        attributes = segtile_attributes(georef, card, nodata)
+        group = zarr.open_group(str(target), mode="w", zarr_format=3, attributes=attributes)
         targets.append(group.create_array(
             "labels", shape=labels.shape, chunks=labels.chunksize, dtype=labels.dtype,
             fill_value=nodata, dimension_names=("y", "x"),
@@ -88,7 +89,7 @@ def _open(path: str | PathLike) -> zarr.Group:
     return group
 
 
-def _attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
+def segtile_attributes(georef: Georef, card: ModelCard, nodata: int) -> dict[str, Any]:
     transform = georef.transform
     return {
         "crs": georef.crs.to_wkt() if georef.crs is not None else None,
