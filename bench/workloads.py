@@ -114,9 +114,34 @@ def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
     return {"seconds": seconds, "labels": str(next(iter(outputs.values()))), "rss_before_mib": rss_before}
 
 
+def decode_every_block(args: argparse.Namespace) -> dict:
+    """Decode every block of the GeoTIFF once, on as many threads as segtile uses (one dataset
+    handle per thread): the floor of any engine that reads the whole image."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
+
+    local = threading.local()
+
+    def read(window) -> int:
+        if not hasattr(local, "dataset"):
+            local.dataset = rasterio.open(args.input)
+        return local.dataset.read(window=window).nbytes
+
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    start = time.perf_counter()
+    with rasterio.open(args.input) as dataset:
+        windows = [window for _, window in dataset.block_windows(1)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        decoded = sum(pool.map(read, windows))
+    return {"seconds": time.perf_counter() - start, "bytes": decoded, "rss_before_mib": rss_before}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine", choices=("segtile", "monai", "tiatoolbox"))
+    parser.add_argument("engine", choices=("segtile", "monai", "tiatoolbox", "decode"))
     parser.add_argument("--input", required=True, help="GeoTIFF or slide to segment")
     parser.add_argument("--out", help="labels output: a .zarr store (segtile), a .npy file (monai), "
                         "a folder (tiatoolbox)")
@@ -135,7 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.engine in ("segtile", "tiatoolbox") and not args.out:
         parser.error(f"{args.engine} needs --out PATH")
-    workloads = {"segtile": segtile_to_zarr, "monai": monai_in_memory, "tiatoolbox": tiatoolbox_to_zarr}
+    workloads = {"segtile": segtile_to_zarr, "monai": monai_in_memory, "tiatoolbox": tiatoolbox_to_zarr,
+                 "decode": decode_every_block}
     print(json.dumps(workloads[args.engine](args)))
 
 

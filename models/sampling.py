@@ -127,6 +127,8 @@ class TrainingData:
         """Pixels and labels of ``window`` (square, ``tile_size``; it may run past the image's
         right or bottom edge, which is padded as the tiler pads it and left unlabelled)."""
         pixels, valid = read_tile(self.images[image], Tile(0, window, _WHOLE_TILE_EDGES))
+        if valid is None:  # every pixel valid
+            valid = np.ones(pixels.shape[1:], dtype=bool)
         height, width = self.labels[image].shape
         inside = Window(window.col_off, window.row_off,
                         min(window.width, width - window.col_off), min(window.height, height - window.row_off))

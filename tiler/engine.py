@@ -68,8 +68,8 @@ class TileResult:
     weight: np.ndarray
 
 
-def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-    """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)``.
+def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None]:
+    """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)`` (``None``: all valid).
 
     Pixels that are not finite (NaN, infinite) are invalid, whatever the source says. A tile
     running past the image (see :mod:`segtile.grid`) is padded by reflection; the padding is
@@ -78,21 +78,27 @@ def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     window = tile.window
     inside = intersection(window, Window(0, 0, source.width, source.height))
     pixels, valid = source.read_with_valid(inside)
-    if valid is None:
-        valid = np.ones(pixels.shape[1:], dtype=bool)
     if pixels.dtype.kind in "fc":
-        valid = valid & np.isfinite(pixels).all(axis=0)
+        finite = np.isfinite(pixels).all(axis=0)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
     pad = ((0, window.height - inside.height), (0, window.width - inside.width))
     if any(after for _, after in pad):
         pixels = np.pad(pixels, ((0, 0), *pad), mode="reflect" if min(pixels.shape[1:]) > 1 else "edge")
+        if valid is None:
+            valid = np.ones((inside.height, inside.width), dtype=bool)
         valid = np.pad(valid, pad, mode="constant", constant_values=False)
-    return pixels, valid
+    return pixels, (None if valid is not None and valid.all() else valid)
 
 
-def _masked_weight(tile: Tile, valid: np.ndarray, options: TilingOptions) -> np.ndarray:
+def _masked_weight(tile: Tile, valid: np.ndarray | None, options: TilingOptions) -> np.ndarray:
     """The tile's blend weight, zero on invalid pixels; the shared cached array when all are valid."""
     weight = tile_weight(options.blend, options.tile_size, options.overlap, tile.edges)
-    return weight if valid.all() else weight * valid
+    return weight if valid is None else weight * valid
+
+
+def _valid_count(valid: np.ndarray | None, size: int) -> int:
+    return size if valid is None else int(np.count_nonzero(valid))
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
@@ -102,15 +108,17 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     reads = [read_tile(source, tile) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
-    keep = [i for i, (_, valid) in enumerate(reads) if valid.any()]
+    counts = [_valid_count(valid, options.tile_size ** 2) for _, valid in reads]
+    keep = [i for i, count in enumerate(counts) if count]
     results, valid, nonfinite = [], 0, 0
     if keep:
         pixels = np.stack([reads[i][0] for i in keep])
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
         predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
-        predicted = predictor(pixels, np.stack([weights[i] for i in keep]))
-        valid, nonfinite = predicted.valid, predicted.nonfinite
+        all_valid = all(reads[i][1] is None for i in keep)
+        predicted = predictor(pixels, np.stack([weights[i] for i in keep]), all_valid)
+        valid, nonfinite = sum(counts), predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
             h, w = inside.height, inside.width
@@ -159,7 +167,7 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
     out = {}
     if "labels" in products:
         dtype, nodata = label_dtype(num_classes)
-        labels = np.argmax(total, axis=-1).astype(dtype)
+        labels = argmax_last(total, dtype)
         labels[empty] = nodata
         out["labels"] = labels
     if "probabilities" in products or "logits" in products:
@@ -173,6 +181,25 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
             out["probabilities"] = np.moveaxis(softmax_last(total), -1, 0).copy()
     release_free_memory()
     return out
+
+
+SMALL_CLASS_COUNT = 16  # up to this many classes, comparing slices beats np.argmax on the last axis
+
+
+def argmax_last(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Index of the largest value along the last axis (the first one on ties, as
+    ``np.argmax``), as ``dtype``. For a few classes, class by class over whole slices: numpy's
+    argmax along a short last axis loops per pixel, several times slower."""
+    classes = values.shape[-1]
+    if classes > SMALL_CLASS_COUNT:
+        return np.argmax(values, axis=-1).astype(dtype)
+    best = values[..., 0].copy()
+    index = np.zeros(values.shape[:-1], dtype=dtype)
+    for c in range(1, classes):
+        better = values[..., c] > best
+        index[better] = c
+        np.maximum(best, values[..., c], out=best)
+    return index
 
 
 def softmax_last(logits: np.ndarray) -> np.ndarray:

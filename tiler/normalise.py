@@ -18,24 +18,27 @@ from segtile.models.card import ModelCard
 
 @dataclass(frozen=True)
 class Normalisation:
-    """A card's normalisation as tensors on one device, shaped to broadcast over ``(N, bands, h, w)``."""
+    """A card's normalisation ``(x / scale - mean) / std`` as one multiply and one add,
+    ``x * factor + offset``, with tensors on one device shaped to broadcast over
+    ``(N, bands, h, w)``: two passes over the pixels instead of three."""
 
-    scale: float
-    mean: torch.Tensor
-    std: torch.Tensor
+    factor: torch.Tensor
+    offset: torch.Tensor
 
     @classmethod
     def of(cls, card: ModelCard, device: torch.device | str = "cpu") -> Normalisation:
         shape = (1, card.in_channels, 1, 1)
-        mean = torch.tensor(card.mean, dtype=torch.float32, device=device).view(shape)
-        std = torch.tensor(card.std, dtype=torch.float32, device=device).view(shape)
-        return cls(card.scale, mean, std)
+        mean = torch.tensor(card.mean, dtype=torch.float64).view(shape)
+        std = torch.tensor(card.std, dtype=torch.float64).view(shape)
+        factor = 1.0 / (card.scale * std)
+        return cls(factor.to(device, torch.float32), (-mean / std).to(device, torch.float32))
 
 
 def normalise_(x: torch.Tensor, normalisation: Normalisation, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Normalise float32 pixels ``x`` ``(N, bands, h, w)`` in place; zero where ``valid``
-    (``(N, 1, h, w)`` or ``(N, h, w)``, bool or weights > 0) is false. Returns ``x``."""
-    x.div_(normalisation.scale).sub_(normalisation.mean).div_(normalisation.std)
+    (``(N, 1, h, w)`` or ``(N, h, w)``, bool or weights > 0) is false (``None``: all are
+    valid). Returns ``x``."""
+    x.mul_(normalisation.factor).add_(normalisation.offset)
     if valid is not None:
         if valid.ndim == 3:
             valid = valid.unsqueeze(1)

@@ -65,13 +65,11 @@ class BatchResult:
         weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
             (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
             logit was finite and the weights given still hold.
-        valid: how many pixels had a weight (were valid).
-        nonfinite: how many of them got logits that were not finite.
+        nonfinite: how many pixels with a weight got logits that were not finite.
     """
 
     weighted: np.ndarray
     weights: np.ndarray | None
-    valid: int
     nonfinite: int
 
 
@@ -111,10 +109,10 @@ class Predictor:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def __call__(self, pixels: np.ndarray, weights: np.ndarray) -> BatchResult:
+    def __call__(self, pixels: np.ndarray, weights: np.ndarray, all_valid: bool = False) -> BatchResult:
         """Weighted logits for ``pixels`` ``(B, bands, h, w)`` (any numeric dtype) and blend
         ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
-        normalised, whatever they hold: NaN included).
+        normalised, whatever they hold: NaN included); ``all_valid`` says there are none.
 
         The weighted logits come back pixel-major, ``(B, h, w, classes)``: the layout a
         channels-last network gives, so no copy reorders them, and the one the stitcher sums.
@@ -128,7 +126,7 @@ class Predictor:
         """
         with self._lock, torch.inference_mode():
             weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
-            x = self._normalised(self._to_device(pixels), weight[..., 0])
+            x = self._normalised(self._to_device(pixels), None if all_valid else weight[..., 0])
             logits = self.augmentation(self._network, x).permute(0, 2, 3, 1)
             if logits.dtype != torch.float32:
                 logits = logits.float()
@@ -136,18 +134,17 @@ class Predictor:
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
             logits = logits.contiguous()
-            valid = weight > 0
             nonfinite, weights = 0, None
             if not torch.isfinite(logits.sum()):  # one fast reduction: a NaN or inf anywhere shows
                 finite = torch.isfinite(logits).all(dim=-1, keepdim=True)
-                nonfinite = int((valid & ~finite).sum())
+                nonfinite = int(((weight > 0) & ~finite).sum())
                 weight = weight * finite
                 logits.masked_fill_(~finite, 0.0)
                 weights = weight[..., 0].cpu().numpy()
             logits.mul_(weight)
             if self.precision == "fp16":
                 logits = logits.half()
-            return BatchResult(logits.cpu().numpy(), weights, int(valid.sum()), nonfinite)
+            return BatchResult(logits.cpu().numpy(), weights, nonfinite)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits for ``x``, checked; on the first batch that fails in
@@ -194,7 +191,7 @@ class Predictor:
         self.module = self.module.to(memory_format=torch.contiguous_format)
         self._input = None
 
-    def _normalised(self, pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _normalised(self, pixels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         """``pixels`` as float32 in the network's layout, normalised by the card (0 where the
         weight is 0), in an input buffer reused from batch to batch (one large allocation per
         predictor, not one per batch). Called under the lock."""
