@@ -552,3 +552,12 @@ def test_damaged_slide_tile_fails_on_read(tmp_path, pyramid):
     np.testing.assert_array_equal(source.read(Window(64, 64, 10, 10)), pyramid[1][0][64:74, 64:74].transpose(2, 0, 1))
     with pytest.raises(SourceError, match="cannot read .*damaged.tif"):
         source.read(Window(0, 0, 10, 10))
+
+
+@pytest.mark.parametrize("name", ["landsat7.tif", "rmnp-rgb.tif", "bahamas_rgb.tif"])
+def test_validity_from_nodata_values_equals_gdals_masks(data_dir, name):
+    source = open_source(data_dir / name)
+    for window in (Window(0, 0, 300, 200), last_window(source.level_shapes[0], 97)):
+        pixels, valid = source.read_with_valid(window)
+        np.testing.assert_array_equal(pixels, source.read(window))
+        np.testing.assert_array_equal(valid, source.read_valid(window))  # GDAL's own masks

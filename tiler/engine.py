@@ -193,6 +193,8 @@ def argmax_last(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     classes = values.shape[-1]
     if classes > SMALL_CLASS_COUNT:
         return np.argmax(values, axis=-1).astype(dtype)
+    if classes == 2:
+        return np.greater(values[..., 1], values[..., 0]).astype(dtype)
     best = values[..., 0].copy()
     index = np.zeros(values.shape[:-1], dtype=dtype)
     for c in range(1, classes):

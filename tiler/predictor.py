@@ -76,8 +76,10 @@ class BatchResult:
 class Predictor:
     """A network on one device, ready to turn a batch of raw tiles into weighted logits.
 
-    Calls are serialised by a lock: one device runs one batch at a time, while the other Dask
-    threads read and stitch; that overlap is what keeps the device busy.
+    Only the network's own run is serialised, by a lock: one device runs one batch at a time.
+    Preparing a batch (converting, normalising, masking, into the network's layout) and
+    weighting its logits happen outside it, each thread in buffers of its own, so the Dask
+    threads prepare and stitch while the device computes; that overlap keeps the device busy.
     """
 
     def __init__(self, module: torch.nn.Module, card: ModelCard, device: torch.device,
@@ -101,7 +103,7 @@ class Predictor:
             self._use_plain_layout()
         self.normalisation = Normalisation.of(card, device)
         self._lock = threading.Lock()
-        self._input: torch.Tensor | None = None
+        self._buffers = threading.local()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
@@ -124,13 +126,15 @@ class Predictor:
             ModelError: the network failed, or its output is not ``(B, classes, h, w)`` logits
                 for the card's classes.
         """
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
-            x = self._normalised(self._to_device(pixels), None if all_valid else weight[..., 0])
-            logits = self.augmentation(self._network, x).permute(0, 2, 3, 1)
+            x = self._prepared(self._to_device(pixels), None if all_valid else weight[..., 0])
+            with self._lock:
+                logits = self.augmentation(self._network, x)
+            logits = logits.permute(0, 2, 3, 1)
             if logits.dtype != torch.float32:
                 logits = logits.float()
-            # never a view of the input buffer, which the next batch overwrites
+            # never a view of the input buffer, which this thread's next batch overwrites
             if logits.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
                 logits = logits.clone()
             logits = logits.contiguous()
@@ -148,7 +152,8 @@ class Predictor:
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits for ``x``, checked; on the first batch that fails in
-        channels-last, the layout falls back to plain and the batch runs again."""
+        channels-last, the layout falls back to plain and the batch runs again. Called under
+        the lock."""
         x = x.contiguous(memory_format=self.memory_format)
         try:
             with autocast(self.device, self.precision):
@@ -189,18 +194,29 @@ class Predictor:
     def _use_plain_layout(self) -> None:
         self.memory_format = torch.contiguous_format
         self.module = self.module.to(memory_format=torch.contiguous_format)
-        self._input = None
 
-    def _normalised(self, pixels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """``pixels`` as float32 in the network's layout, normalised by the card (0 where the
-        weight is 0), in an input buffer reused from batch to batch (one large allocation per
-        predictor, not one per batch). Called under the lock."""
-        if self._input is None or self._input.shape[1:] != pixels.shape[1:] or len(self._input) < len(pixels):
-            self._input = torch.empty(pixels.shape, dtype=torch.float32, device=self.device,
-                                      memory_format=self.memory_format)
-        x = self._input[:len(pixels)]
-        x.copy_(pixels)
-        return normalise_(x, self.normalisation, weight)
+    def _prepared(self, pixels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """``pixels`` as the network takes them: float32, normalised by the card (0 where the
+        weight is 0), in its layout. Normalising happens in the plain layout, where broadcasting
+        a value per band runs over whole planes (several times faster than channels-last with
+        its 3-value inner rows); one copy then reorders the planes. The buffers are this
+        thread's, reused from batch to batch."""
+        plain = self._buffer("plain", pixels.shape, torch.contiguous_format)
+        plain.copy_(pixels)
+        normalise_(plain, self.normalisation, weight)
+        if self.memory_format == torch.contiguous_format:
+            return plain
+        x = self._buffer("input", pixels.shape, self.memory_format)
+        return x.copy_(plain)
+
+    def _buffer(self, name: str, shape: torch.Size, memory_format: torch.memory_format) -> torch.Tensor:
+        """This thread's float32 buffer ``name`` of at least ``shape`` (a batch may be shorter)."""
+        buffer = getattr(self._buffers, name, None)
+        if (buffer is None or buffer.shape[1:] != shape[1:] or len(buffer) < shape[0]
+                or not buffer.is_contiguous(memory_format=memory_format)):
+            buffer = torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=memory_format)
+            setattr(self._buffers, name, buffer)
+        return buffer[:shape[0]]
 
 
 def _batch_text(x: torch.Tensor) -> str:

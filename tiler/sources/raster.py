@@ -66,6 +66,7 @@ class RasterSource(Source):
             self.band_names = tuple(_band_name(dataset, i) for i in self.band_indexes)
             self.georef = _georef(dataset)
             self.has_mask = all(MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1] for i in self.band_indexes)
+            self._nodata = _nodata_values(dataset, self.band_indexes) if self.has_mask else None
             overview_count = len(dataset.overviews(self.band_indexes[0]))
         self.level_shapes = ((self.height, self.width),) + tuple(
             _overview_shape(self.path, level) for level in range(1, overview_count + 1)
@@ -79,6 +80,16 @@ class RasterSource(Source):
             return self._datasets.get(level).read(list(self.band_indexes), window=bounds, out_dtype=self.dtype)
         except RasterioError as exc:
             raise SourceError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
+
+    def read_with_valid(self, window: Window, level: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pixels of ``window`` and their validity; when the masks are plain nodata values,
+        the validity comes from the pixels themselves (GDAL would read and compare them again)."""
+        pixels = self.read(window, level)
+        if self._nodata is None:
+            return pixels, self.read_valid(window, level)
+        nodata = self._nodata[:, None, None]
+        missing = np.isnan(pixels) if np.isnan(nodata).all() else pixels == nodata
+        return pixels, ~missing.all(axis=0)
 
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
         """True where any selected band is valid per GDAL's masks (so nodata means all bands
@@ -120,6 +131,17 @@ def _check_tiff_complete(path: str) -> None:
         return
     with tif:
         check_tiff_complete(tif, path, structure=False)
+
+
+def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int]) -> np.ndarray | None:
+    """The nodata value of each band when the bands' masks are nothing but those values (then
+    validity can be computed from the pixels), else ``None`` (alpha bands, internal masks)."""
+    if any(dataset.mask_flag_enums[i - 1] != [MaskFlags.nodata] for i in band_indexes):
+        return None
+    values = np.array([dataset.nodatavals[i - 1] for i in band_indexes], dtype=np.float64)
+    if np.isnan(values).any() and not np.isnan(values).all():
+        return None  # NaN for some bands only: GDAL's masks say it exactly
+    return values
 
 
 def _overview_shape(path: str, level: int) -> tuple[int, int]:
