@@ -83,6 +83,11 @@ def level_tiles(source: np.ndarray, level: int, side: int) -> Iterator[np.ndarra
 def make_slide(size: int, out: Path, source_path: Path = DEFAULT_SOURCE) -> None:
     """Write the ``size`` x ``size`` pyramidal slide mirror-tiled from ``source_path`` to ``out``."""
     source, mpp = read_source(source_path)
+    write_slide(source, mpp, size, out, f"mirror-tiled from {source_path.name} at {mpp} um/px")
+
+
+def write_slide(source: np.ndarray, mpp: float, size: int, out: Path, description: str) -> None:
+    """Write ``source`` ``(H, W, 3)``, mirror-tiled to ``size`` x ``size``, as a pyramidal slide."""
     sides = level_sides(size)
     pixels_per_cm = 1e4 / mpp
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,7 @@ def make_slide(size: int, out: Path, source_path: Path = DEFAULT_SOURCE) -> None
                 photometric="rgb", compression="jpeg", compressionargs={"level": JPEG_QUALITY},
                 resolution=(pixels_per_cm / 2**level, pixels_per_cm / 2**level), resolutionunit="CENTIMETER",
                 subifds=len(sides) - 1 if level == 0 else None, subfiletype=1 if level else 0,
-                description=f"mirror-tiled from {source_path.name} at {mpp} um/px" if level == 0 else None,
+                description=description if level == 0 else None,
                 metadata=None,
             )
 
