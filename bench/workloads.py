@@ -102,7 +102,8 @@ def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
         patch_output_shape=(args.tile_size, args.tile_size),
         stride_shape=(stride, stride),
     )
-    segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size or 8, device="cpu", verbose=False)
+    segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size or 8, device="cpu",
+                                  verbose=False)
     spilling = {"memory_threshold": args.memory_threshold} if args.memory_threshold is not None else {}
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
     parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
-    parser.add_argument("--stripe-width", type=int, help="segtile: stripe width (0: whole width; default: from its budget)")
+    parser.add_argument("--stripe-width", type=int,
+                        help="segtile: stripe width (0: whole width; default: from its budget)")
     parser.add_argument("--memory-threshold", type=int, help="tiatoolbox: RAM use (%%) past which it spills "
                         "its merge canvas to Zarr (its default: 80)")
     args = parser.parse_args()

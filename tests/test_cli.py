@@ -3,8 +3,8 @@
 import os
 import signal
 import subprocess
-import time
 import sys
+import time
 
 import numpy as np
 import pyogrio
@@ -16,7 +16,7 @@ import torch
 from segtile.cli import main
 from segtile.grid import tile_grid
 from segtile.models import ModelCard, save_torchscript
-from segtile.plan import TilingOptions, plan_stripes, tile_runs
+from segtile.plan import TilingOptions, tile_runs
 from tests.conftest import whole_image_logits
 
 

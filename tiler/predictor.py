@@ -20,6 +20,7 @@ from segtile.devices import check_precision, resolve_device
 from segtile.errors import SegtileError, one_line
 from segtile.models import ModelCard
 from segtile.normalise import Normalisation, normalise_
+from segtile.tta import NONE as NO_AUGMENTATION
 from segtile.tta import Augmentation
 
 
@@ -83,7 +84,7 @@ class Predictor:
     """
 
     def __init__(self, module: torch.nn.Module, card: ModelCard, device: torch.device,
-                 precision: str = "fp32", augmentation: Augmentation = Augmentation()) -> None:
+                 precision: str = "fp32", augmentation: Augmentation = NO_AUGMENTATION) -> None:
         check_precision(precision, device)
         self.augmentation = augmentation
         self.device = device
@@ -233,7 +234,7 @@ call in a notebook or a loop over images."""
 
 
 def get_predictor(spec: ModelSpec, device: str, precision: str,
-                  augmentation: Augmentation = Augmentation()) -> Predictor:
+                  augmentation: Augmentation = NO_AUGMENTATION) -> Predictor:
     """The predictor for ``spec`` on ``device``, built on first use in this process."""
     resolved = resolve_device(device)
     key = (spec.token, str(resolved), precision, augmentation)

@@ -78,7 +78,10 @@ class Augmentation:
         return tuple(max(1, round((length - 1) * scale / step)) * step + 1 for length in size)
 
 
-def _transforms(mode: str | None) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _transforms(mode: str | None) -> list[tuple[Transform, Transform]]:
     """Pairs (transform of the input, the inverse transform of the output)."""
     identity = (lambda t: t, lambda t: t)
     if mode is None:
@@ -99,3 +102,7 @@ def _rotation(turns: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _then(first: Callable, second: Callable) -> Callable:
     return lambda t: second(first(t))
+
+
+NONE = Augmentation()
+"""No augmentation: the network runs once on each batch as it is."""

@@ -61,7 +61,7 @@ class Source(ABC):
         """
         raise SourceError(f"{type(self).__name__} cannot select bands: open it with the bands wanted")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a source with nothing to release keeps this)
         """Release file handles (safe to call twice)."""
 
     def __enter__(self) -> Source:

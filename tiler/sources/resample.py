@@ -151,7 +151,8 @@ def at_pixel_size(source: Source, size: float, unit: str) -> Source:
                           "projected CRS): this one has none")
     _, own_unit = known
     if own_unit != unit:
-        hint = "slides take --mpp (µm per pixel)" if own_unit == "um" else "rasters take --resolution (metres per pixel)"
+        hint = ("slides take --mpp (µm per pixel)" if own_unit == "um"
+                else "rasters take --resolution (metres per pixel)")
         raise SourceError(f"{option} does not fit this image: {hint}")
     width, height = _pixel_extent(source)
     shape = (max(1, round(height / size)), max(1, round(width / size)))

@@ -194,7 +194,8 @@ def _rename(source: Path, target: Path, undo: list[tuple[Path, Path]], replace: 
         try:
             rename_no_replace(source, target)
         except FileExistsError:
-            raise OutputExistsError(f"output exists: {target} (created by someone else meanwhile; use --overwrite)") from None
+            raise OutputExistsError(
+                f"output exists: {target} (created by someone else meanwhile; use --overwrite)") from None
     undo.append((source, target))
 
 

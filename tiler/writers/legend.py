@@ -18,7 +18,7 @@ other format, as ``NAME.qml``.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +153,7 @@ def write_polygon_style(path: Path, layer: str, card: ModelCard) -> None:
         "description": "segtile: classes in the model card's colours", "owner": "", "ui": "",
     }
     values = [np.array([value], dtype=bool if isinstance(value, bool) else object) for value in columns.values()]
-    now = np.array([datetime.now(timezone.utc).replace(tzinfo=None)], dtype="datetime64[ms]")
+    now = np.array([datetime.now(UTC).replace(tzinfo=None)], dtype="datetime64[ms]")
     ogr_write(str(path), None, [*values, now], [*columns, "update_time"], layer="layer_styles",
               driver="GPKG", layer_options={"FID": "id"})
 

@@ -221,7 +221,8 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
             seen[resolved] = path
         check_output(path, overwrite, files=files[1:], directory=kind.directory, protected=protected)
         if kind.directory and overwrite and path.is_dir() and not (path / "zarr.json").exists():
-            raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it could have written")
+            raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it "
+                              "could have written")
         planned.append(PlannedOutput(path, kind, files))
     return planned
 
