@@ -25,6 +25,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
+from segtile.interrupt import STOP
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
 COMMANDS = ("segment", "train", "eval", "convert", "qgis")
@@ -147,6 +149,7 @@ def _signals_as_interrupts() -> Iterator[dict[str, int]]:
             return
         lost.clear()
         received["signal"] = signum
+        STOP.set()  # and every task from now on stops the run, wherever this raise lands
         raise KeyboardInterrupt
 
     def unraisable(report: sys.UnraisableHookArgs) -> None:
@@ -156,11 +159,13 @@ def _signals_as_interrupts() -> Iterator[dict[str, int]]:
         else:
             previous_hook(report)
 
+    STOP.clear()
     previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield received
     finally:
+        STOP.clear()
         sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if received else handler)

@@ -42,6 +42,7 @@ from rasterio.windows import Window, intersect, intersection
 from segtile.blend import tile_weight
 from segtile.events import TileCounts, report
 from segtile.grid import Tile
+from segtile.interrupt import stop_if_asked
 from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
 from segtile.predictor import ModelSpec, get_predictor
@@ -105,6 +106,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
               progress_topic: str) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`)."""
+    stop_if_asked()
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     reads = [read_tile(source, tile) for tile in tiles]
     weights = [_masked_weight(tile, valid, options) for tile, (_, valid) in zip(tiles, reads)]
@@ -152,6 +154,7 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
                  *batches: list[TileResult]) -> dict[str, np.ndarray]:
     """The ``products`` of ``chunk`` from the tiles of ``batches`` (see the module docstring):
     ``labels`` ``(h, w)``, ``probabilities`` and ``logits`` ``(classes, h, w)`` float32."""
+    stop_if_asked()
     total = _accumulator(chunk.height, chunk.width, num_classes)
     weight = np.zeros((chunk.height, chunk.width), dtype=np.float32)
     for results in batches:
