@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
@@ -16,6 +16,7 @@ import numpy as np
 from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
 from segtile.models import ModelCard
+from segtile.persist import Stored, persist
 from segtile.plan import TilingOptions, tile_runs
 from segtile.predictor import ModelSpec
 from segtile.progress import Progress, TileTally, tile_progress
@@ -36,6 +37,7 @@ class Segmentation:
         options: the tiling the result is built with.
         inputs: the files read (no output may replace them).
         notes: what the user should know about how the job runs (e.g. the grid chosen).
+        stored: where :meth:`persist` keeps the computed arrays; ``None`` for a lazy result.
     """
 
     source: Source
@@ -45,6 +47,7 @@ class Segmentation:
     options: TilingOptions
     inputs: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    stored: Stored | None = None
 
     @property
     def crs(self):
@@ -71,7 +74,10 @@ class Segmentation:
     def products(self, *names: str, skip: frozenset[tuple[int, int]] = frozenset()) -> dict[str, da.Array]:
         """Several of ``labels``, ``probabilities`` and ``logits`` from one pass: computed together
         (one ``dask.compute``, one ``da.store``), each chunk is stitched once. Chunks in ``skip``
-        are left out (they were computed before; see :mod:`segtile.engine`)."""
+        are left out (they were computed before; see :mod:`segtile.engine`). A persisted result
+        reads them from its store."""
+        if self.stored is not None:
+            return self.stored.products(names)
         return build_products(self.source, self.spec, self.options, names, skip)
 
     @cached_property
@@ -106,8 +112,8 @@ class Segmentation:
 
     def tile_count(self, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
         """How many tiles computing the result reads (stripe boundaries count twice), leaving
-        out the chunks in ``skip``."""
-        return tile_runs(*self.shape, self.options, skip)
+        out the chunks in ``skip``; none for a persisted result."""
+        return 0 if self.stored is not None else tile_runs(*self.shape, self.options, skip)
 
     def thumbnail(self, max_size: int = 512) -> np.ndarray:
         """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
@@ -120,6 +126,29 @@ class Segmentation:
         for index, colour in enumerate(self.card.colors):
             palette[index] = rgb(colour)
         return palette[labels]
+
+    def persist(self, path: str | PathLike | None = None, probabilities: bool = False) -> Segmentation:
+        """Compute the labels (and the probabilities) once, into a work store at ``path`` (a new
+        folder) or in a temporary folder, and return a result that reads them from there: its
+        ``.labels``, ``.probabilities`` and writers never run the model again. Its ``.logits``
+        are not kept. A temporary store is removed by :meth:`close` (or leaving a ``with``
+        block), or when neither the result nor an array taken from it is in use any more;
+        a store at ``path`` is kept (see :mod:`segtile.persist`).
+
+        Wrap it in :meth:`progress` for a progress bar. To write several outputs in one pass
+        without keeping anything, :meth:`write` does the same inside."""
+        return replace(self, stored=persist(self, path, probabilities))
+
+    def close(self) -> None:
+        """Remove a persisted result's temporary store now; nothing for a lazy result."""
+        if self.stored is not None:
+            self.stored.close()
+
+    def __enter__(self) -> Segmentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
         """Write labels (and probabilities) with their georeference and card to a Zarr v3 store."""
@@ -147,11 +176,16 @@ class Segmentation:
               computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
-        Either every output appears, complete, or none does: all are written under temporary
-        names and renamed only when the last one is done. No output may replace the input.
-        ``progress``, ``computing`` and ``stage`` are those of
-        :func:`segtile.writers.outputs.write_outputs`. Returns the paths written.
+        ``result.write("mask.tif", "regions.gpkg")`` runs the model once: the labels are
+        computed into a scratch store beside the first output, each output is written from it,
+        and the store is removed (:meth:`persist` keeps such a store, for writers called one
+        after another). Either every output appears, complete, or none does: all are written
+        under temporary names and renamed only when the last one is done. No output may replace
+        the input. ``progress``, ``computing`` and ``stage`` are those of
+        :func:`segtile.writers.outputs.write_outputs` (a persisted result is never staged again).
+        Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area)
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
-                             protected=self.inputs, progress=progress, computing=computing, stage=stage)
+                             protected=self.inputs, progress=progress, computing=computing,
+                             stage=False if self.stored is not None else stage)
