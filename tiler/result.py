@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import ContextManager
 
 import dask.array as da
-import numpy as np
 
 from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
@@ -19,9 +18,9 @@ from segtile.models import ModelCard
 from segtile.persist import Stored, persist
 from segtile.plan import TilingOptions, tile_runs
 from segtile.predictor import ModelSpec
+from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
-from segtile.writers.legend import rgb
 from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
 
@@ -115,17 +114,15 @@ class Segmentation:
         out the chunks in ``skip``; none for a persisted result."""
         return 0 if self.stored is not None else tile_runs(*self.shape, self.options, skip)
 
-    def thumbnail(self, max_size: int = 512) -> np.ndarray:
-        """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
+    def preview(self, max_size: int = 1024, over_image: bool = True, alpha: float = 0.5) -> Preview:
+        """A quick look: the model run on the image resampled to about ``max_size`` pixels on its
+        longer side (from the coarsest pyramid level fine enough), its labels in the card's
+        colours over the image. Seconds for a gigapixel image, and it shows as a picture with a
+        legend in Jupyter; ``.array`` is the RGB array, ``.save(path)`` writes a PNG.
 
-        Computes the labels, then keeps every n-th pixel so the longer side is ``max_size``.
-        """
-        step = max(1, -(-max(self.shape) // max_size))
-        labels = self.labels[::step, ::step].compute()
-        palette = np.zeros((self.nodata + 1, 3), dtype=np.uint8)
-        for index, colour in enumerate(self.card.colors):
-            palette[index] = rgb(colour)
-        return palette[labels]
+        The model then sees the image at another scale than it was trained at: the preview is a
+        look, not a result (see :mod:`segtile.preview`)."""
+        return preview(self, max_size=max_size, over_image=over_image, alpha=alpha)
 
     def persist(self, path: str | PathLike | None = None, probabilities: bool = False) -> Segmentation:
         """Compute the labels (and the probabilities) once, into a work store at ``path`` (a new
