@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -47,6 +48,9 @@ class Segmentation:
     inputs: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     stored: Stored | None = None
+
+    def __repr__(self) -> str:
+        return describe(self)
 
     @property
     def crs(self):
@@ -186,3 +190,42 @@ class Segmentation:
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
                              protected=self.inputs, progress=progress, computing=computing,
                              stage=False if self.stored is not None else stage)
+
+
+MAX_NAMED_CLASSES = 6  # a repr names this many classes, then "…"
+
+
+def describe(result: Segmentation) -> str:
+    """One line for ``repr``: size, classes, where it sits, tiling, lazy or persisted, e.g.
+    ``<Segmentation 791×718 px, 3 classes (water, land, cloud), EPSG:32618 at 300 m, tiles 193/25, lazy>``."""
+    height, width = result.shape
+    card = result.card
+    names = ", ".join(card.classes[:MAX_NAMED_CLASSES]) + (", …" if card.num_classes > MAX_NAMED_CLASSES else "")
+    parts = [f"{width}×{height} px", f"{card.num_classes} class{'es' if card.num_classes != 1 else ''} ({names})"]
+    place = _place(result.georef)
+    if place:
+        parts.append(place)
+    parts.append(f"tiles {result.options.tile_size}/{result.options.overlap}")
+    parts.append("lazy" if result.stored is None else f"persisted in {result.stored.folder}")
+    return f"<Segmentation {', '.join(parts)}>"
+
+
+def _place(georef: Georef) -> str | None:
+    """The CRS (its EPSG code, else its name) and pixel size, or the µm per pixel of a slide."""
+    size = georef.pixel_size()
+    if georef.crs is None:
+        return None if size is None else f"{_short(size[0])} µm/px"
+    epsg = georef.crs.to_epsg()
+    name = f"EPSG:{epsg}" if epsg else _wkt_name(georef.crs.to_wkt())
+    return name if size is None else f"{name} at {_short(size[0])} m"
+
+
+def _wkt_name(wkt: str) -> str:
+    """The name a WKT gives its CRS (``PROJCS["NAD83 / UTM zone 18N", …`` -> the quoted part)."""
+    match = re.match(r'\s*\w+\["([^"]*)"', wkt)
+    return match.group(1) if match else "a custom CRS"
+
+
+def _short(value: float) -> str:
+    """``value`` to three significant digits, without exponent: 300.04 -> 300, 0.4990 -> 0.499."""
+    return f"{float(f'{value:.3g}'):g}"
