@@ -6,7 +6,9 @@ import re
 import imagecodecs
 import numpy as np
 import pytest
+from rasterio.windows import Window
 
+import segtile.preview as preview_module
 from segtile import segment
 from segtile.errors import SegtileError
 from segtile.preview import blend, coarse_source, stretch
@@ -44,6 +46,19 @@ def test_an_image_already_resampled_is_resampled_again_from_the_file(data_dir):
     coarse = coarse_source(result.source, 100)
     assert coarse.inner is result.source.inner
     assert coarse_source(result.source, 5000) is result.source  # small enough: segmented as it is
+
+
+def test_the_coarse_grid_is_read_once_in_bounded_windows_that_fit_together(data_dir, monkeypatch):
+    source = segment(data_dir / "bahamas_rgb.tif").source  # nodata 0 around the scene
+    coarse = coarse_source(source, 500)  # 791 px to 500: the 1/2 overview is too coarse, level 0 is read
+    assert coarse.read_level == 0
+    monkeypatch.setattr(preview_module, "READ_SIDE", 100)  # windows of 100 / 1.58 = 63 px: 64 of them
+    assert preview_module._window_side(coarse) == 63
+    pixels = preview_module.read_whole(coarse)
+    whole, valid = coarse.read_with_valid(Window(0, 0, coarse.width, coarse.height))
+    assert pixels.dtype == np.float32 and pixels.shape == whole.shape
+    np.testing.assert_array_equal(pixels, whole)
+    assert np.isnan(pixels[:, ~valid]).all() and not np.isnan(pixels[:, valid]).any()
 
 
 def test_labels_alone_are_painted_in_the_card_colours(pointwise_model):

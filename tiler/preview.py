@@ -4,8 +4,8 @@ Segmenting a gigapixel image takes hours; looking at what a model makes of it sh
 seconds. :func:`preview` resamples the image so that its longer side is about ``max_size``
 pixels (a :class:`~segtile.sources.resample.ResampledSource`, read from the coarsest pyramid
 level that is still fine enough, so the full resolution is not even read when the file has
-overviews), runs the same model and tiling on that small grid, and paints the labels in the
-model card's colours, over the image or alone. The :class:`Preview` shows itself in Jupyter
+overviews), reads that small grid once, runs the same model and tiling on it, and paints the
+labels in the model card's colours, over the image or alone. The :class:`Preview` shows itself in Jupyter
 (``_repr_png_``, and ``_repr_html_`` with a legend) and saves as a PNG.
 
 The model then sees the image at another scale than the one it was trained at, so a preview is
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
@@ -29,7 +31,7 @@ from rasterio.windows import Window
 from segtile.errors import SegtileError
 from segtile.models.card import ModelCard
 from segtile.plan import fit_to_image
-from segtile.sources import Source
+from segtile.sources import MemorySource, Source
 from segtile.sources.resample import ResampledSource
 from segtile.writers.legend import rgb
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from segtile.result import Segmentation
 
 STRETCH = (2, 98)  # percentiles of each band mapped to black and white (QGIS's default cut)
+READ_SIDE = 2048  # pixels a side of the level read, at most, per window read for a preview
 
 
 class PreviewError(SegtileError, ValueError):
@@ -111,13 +114,13 @@ def preview(result: Segmentation, max_size: int = 1024, over_image: bool = True,
     if not 0 <= alpha <= 1:
         raise PreviewError(f"alpha must be between 0 and 1, got {alpha!r}")
     coarse = coarse_source(result.source, max_size)
-    small = replace(result, source=coarse, georef=coarse.georef,
+    pixels = read_whole(coarse)
+    small = replace(result, source=MemorySource(pixels, georef=coarse.georef), georef=coarse.georef,
                     options=fit_to_image(result.options, coarse.height, coarse.width), stored=None)
     labels = small.labels.compute()
     colours = paint(labels, result.card, result.nodata)
     if over_image:
-        pixels, valid = coarse.read_with_valid(Window(0, 0, coarse.width, coarse.height))
-        colours = blend(stretch(pixels, valid), colours, labels != result.nodata, alpha)
+        colours = blend(stretch(pixels, None), colours, labels != result.nodata, alpha)
     return Preview(colours, labels, result.card, result.source.width / coarse.width)
 
 
@@ -130,6 +133,41 @@ def coarse_source(source: Source, max_size: int) -> Source:
         return source
     shape = (max(1, round(source.height * max_size / longer)), max(1, round(source.width * max_size / longer)))
     return ResampledSource(source.inner if isinstance(source, ResampledSource) else source, shape)
+
+
+def read_whole(source: Source) -> np.ndarray:
+    """All of ``source`` (a small grid) as float32 ``(bands, h, w)``, NaN where invalid.
+
+    It is read once, for the model and the picture alike, in windows covering at most about
+    :data:`READ_SIDE` pixels a side of the level read, several at a time: without overviews a
+    1024 px grid over a 30000 px image reads every full-resolution pixel, and one window of all
+    of it would hold gigabytes."""
+    side = _window_side(source)
+    windows = [Window(column, row, min(side, source.width - column), min(side, source.height - row))
+               for row in range(0, source.height, side) for column in range(0, source.width, side)]
+    pixels = np.empty(source.shape, dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        for window, block in zip(windows, pool.map(lambda window: _read_float(source, window), windows)):
+            pixels[:, window.row_off:window.row_off + window.height,
+                   window.col_off:window.col_off + window.width] = block
+    return pixels
+
+
+def _window_side(source: Source) -> int:
+    """The side of the windows of ``source`` that :func:`read_whole` reads at once."""
+    if not isinstance(source, ResampledSource):
+        return READ_SIDE
+    level_height, level_width = source.inner.level_shapes[source.read_level]
+    span = max(level_height / source.height, level_width / source.width)  # pixels read per pixel
+    return max(1, int(READ_SIDE / span))
+
+
+def _read_float(source: Source, window: Window) -> np.ndarray:
+    pixels, valid = source.read_with_valid(window)
+    pixels = pixels.astype(np.float32)
+    if valid is not None:
+        pixels[:, ~valid] = np.nan
+    return pixels
 
 
 def paint(labels: np.ndarray, card: ModelCard, nodata: int) -> np.ndarray:
