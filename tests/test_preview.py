@@ -64,7 +64,7 @@ def test_the_coarse_grid_is_read_once_in_bounded_windows_that_fit_together(data_
 def test_labels_alone_are_painted_in_the_card_colours(pointwise_model):
     result = segment(random_image(3, 90, 60), pointwise_model(bands=3, classes=3), tile_size=32, overlap=8,
                      device="cpu")
-    picture = result.preview(max_size=30, over_image=False)
+    picture = result.preview(max_size=np.int64(30), over_image=False)  # any integer type will do
     assert picture.array.shape == (30, 20, 3)
     assert len(np.unique(picture.labels)) > 1
     for class_id, colour in enumerate(result.card.colors):

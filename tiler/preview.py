@@ -20,6 +20,7 @@ import html
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from numbers import Integral
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,7 +110,7 @@ def preview(result: Segmentation, max_size: int = 1024, over_image: bool = True,
     Raises:
         PreviewError: ``max_size`` is not a positive integer, or ``alpha`` is not in [0, 1].
     """
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+    if isinstance(max_size, bool) or not isinstance(max_size, Integral) or max_size < 1:
         raise PreviewError(f"max_size must be a positive integer, got {max_size!r}")
     if not 0 <= alpha <= 1:
         raise PreviewError(f"alpha must be between 0 and 1, got {alpha!r}")
