@@ -14,6 +14,7 @@ from segtile.cluster import current_client
 from segtile.devices import check_device
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
+from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import with_network_alignment
 from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
@@ -32,7 +33,7 @@ class SegmentError(SegtileError, ValueError):
 
 def segment(
     source: Any,
-    model: Any,
+    model: Any = None,
     *,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -58,10 +59,12 @@ def segment(
     Args:
         source: a path (any GDAL raster, or a whole-slide TIFF), a numpy / dask array
             ``(bands, H, W)`` or ``(H, W)``, an xarray DataArray, or an opened Source.
-        model: a segtile checkpoint or TorchScript path, a loaded checkpoint
+        model: a segtile checkpoint, TorchScript or ONNX path, the name of an installed model
+            (``"nuclei_psp18"``, see :mod:`segtile.models.builtin`), a loaded checkpoint
             (:func:`segtile.models.load_checkpoint`), or any ``torch.nn.Module`` mapping
             ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as
-            float32 with no normalisation.
+            float32 with no normalisation. ``None``: ``$SEGTILE_MODEL`` when set, else the
+            installed default model.
         tile_size, overlap: the tiling; default to the model card's suggestion.
         blend: ``gaussian``, ``cosine``, ``linear`` or ``constant``.
         batch_size: tiles per model call (default: 4, fewer when a batch of a many-class model
@@ -178,9 +181,9 @@ def _bands(count: int) -> str:
 
 def _model_spec_kwargs(model: Any) -> dict[str, Any]:
     """The card, path and module a :class:`ModelSpec` is built from, whatever ``model`` is."""
-    if isinstance(model, (str, os.PathLike)):
-        loaded = load_checkpoint(model)
-        return {"card": loaded.card, "path": os.path.abspath(model)}
+    if model is None or isinstance(model, (str, os.PathLike)):
+        path = choose_model(model).path
+        return {"card": load_checkpoint(path).card, "path": os.path.abspath(path)}
     if isinstance(model, LoadedModel):
         return {"card": model.card, "module": model.module}
     if isinstance(model, torch.nn.Module):

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from os import PathLike
 from pathlib import Path
 from typing import ContextManager
 
 import dask.array as da
-import numpy as np
 
 from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
 from segtile.models import ModelCard
+from segtile.persist import Stored, persist
 from segtile.plan import TilingOptions, tile_runs
 from segtile.predictor import ModelSpec
+from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
-from segtile.writers.legend import rgb_palette
 from segtile.writers.outputs import Layers, WriteOptions, write_outputs
 
 
@@ -36,6 +37,7 @@ class Segmentation:
         options: the tiling the result is built with.
         inputs: the files read (no output may replace them).
         notes: what the user should know about how the job runs (e.g. the grid chosen).
+        stored: where :meth:`persist` keeps the computed arrays; ``None`` for a lazy result.
     """
 
     source: Source
@@ -45,6 +47,10 @@ class Segmentation:
     options: TilingOptions
     inputs: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    stored: Stored | None = None
+
+    def __repr__(self) -> str:
+        return describe(self)
 
     @property
     def crs(self):
@@ -71,7 +77,10 @@ class Segmentation:
     def products(self, *names: str, skip: frozenset[tuple[int, int]] = frozenset()) -> dict[str, da.Array]:
         """Several of ``labels``, ``probabilities`` and ``logits`` from one pass: computed together
         (one ``dask.compute``, one ``da.store``), each chunk is stitched once. Chunks in ``skip``
-        are left out (they were computed before; see :mod:`segtile.engine`)."""
+        are left out (they were computed before; see :mod:`segtile.engine`). A persisted result
+        reads them from its store."""
+        if self.stored is not None:
+            return self.stored.products(names)
         return build_products(self.source, self.spec, self.options, names, skip)
 
     @cached_property
@@ -106,17 +115,41 @@ class Segmentation:
 
     def tile_count(self, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
         """How many tiles computing the result reads (stripe boundaries count twice), leaving
-        out the chunks in ``skip``."""
-        return tile_runs(*self.shape, self.options, skip)
+        out the chunks in ``skip``; none for a persisted result."""
+        return 0 if self.stored is not None else tile_runs(*self.shape, self.options, skip)
 
-    def thumbnail(self, max_size: int = 512) -> np.ndarray:
-        """An RGB ``(h, w, 3)`` uint8 preview of the labels in the card's colours (black: nodata).
+    def preview(self, max_size: int = 1024, over_image: bool = True, alpha: float = 0.5) -> Preview:
+        """A quick look: the model run on the image resampled to about ``max_size`` pixels on its
+        longer side (from the coarsest pyramid level fine enough), its labels in the card's
+        colours over the image. Seconds for a gigapixel image, and it shows as a picture with a
+        legend in Jupyter; ``.array`` is the RGB array, ``.save(path)`` writes a PNG.
 
-        Computes the labels, then keeps every n-th pixel so the longer side is ``max_size``.
-        """
-        step = max(1, -(-max(self.shape) // max_size))
-        labels = self.labels[::step, ::step].compute()
-        return rgb_palette(self.card, self.nodata + 1)[labels]
+        The model then sees the image at another scale than it was trained at: the preview is a
+        look, not a result (see :mod:`segtile.preview`)."""
+        return preview(self, max_size=max_size, over_image=over_image, alpha=alpha)
+
+    def persist(self, path: str | PathLike | None = None, probabilities: bool = False) -> Segmentation:
+        """Compute the labels (and the probabilities) once, into a work store at ``path`` (a new
+        folder) or in a temporary folder, and return a result that reads them from there: its
+        ``.labels``, ``.probabilities`` and writers never run the model again. Its ``.logits``
+        are not kept. A temporary store is removed by :meth:`close` (or leaving a ``with``
+        block), or when neither the result nor an array taken from it is in use any more;
+        a store at ``path`` is kept (see :mod:`segtile.persist`).
+
+        Wrap it in :meth:`progress` for a progress bar. To write several outputs in one pass
+        without keeping anything, :meth:`write` does the same inside."""
+        return replace(self, stored=persist(self, path, probabilities))
+
+    def close(self) -> None:
+        """Remove a persisted result's temporary store now; nothing for a lazy result."""
+        if self.stored is not None:
+            self.stored.close()
+
+    def __enter__(self) -> Segmentation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
         """Write labels (and probabilities) with their georeference and card to a Zarr v3 store
@@ -146,13 +179,56 @@ class Segmentation:
               computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
-        Either every output appears, complete, or none does: all are written under temporary
-        names and renamed only when the last one is done. No output may replace the input.
-        The writing options are those of :class:`segtile.writers.outputs.WriteOptions`;
-        ``progress``, ``computing`` and ``stage`` those of
-        :func:`segtile.writers.outputs.write_outputs`. Returns the paths written.
+        ``result.write("mask.tif", "regions.gpkg")`` runs the model once: the labels are
+        computed into a scratch store beside the first output, each output is written from it,
+        and the store is removed (:meth:`persist` keeps such a store, for writers called one
+        after another). Either every output appears, complete, or none does: all are written
+        under temporary names and renamed only when the last one is done. No output may replace
+        the input. ``progress``, ``computing`` and ``stage`` are those of
+        :func:`segtile.writers.outputs.write_outputs` (a persisted result is never staged again).
+        Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
                                skip_classes=tuple(skip_classes), qupath_objects=qupath_objects)
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
-                             protected=self.inputs, progress=progress, computing=computing, stage=stage)
+                             protected=self.inputs, progress=progress, computing=computing,
+                             stage=False if self.stored is not None else stage)
+
+
+MAX_NAMED_CLASSES = 6  # a repr names this many classes, then "…"
+
+
+def describe(result: Segmentation) -> str:
+    """One line for ``repr``: size, classes, where it sits, tiling, lazy or persisted, e.g.
+    ``<Segmentation 791×718 px, 3 classes (water, land, cloud), EPSG:32618 at 300 m, tiles 193/25, lazy>``."""
+    height, width = result.shape
+    card = result.card
+    names = ", ".join(card.classes[:MAX_NAMED_CLASSES]) + (", …" if card.num_classes > MAX_NAMED_CLASSES else "")
+    parts = [f"{width}×{height} px", f"{card.num_classes} class{'es' if card.num_classes != 1 else ''} ({names})"]
+    place = _place(result.georef)
+    if place:
+        parts.append(place)
+    parts.append(f"tiles {result.options.tile_size}/{result.options.overlap}")
+    parts.append("lazy" if result.stored is None else f"persisted in {result.stored.folder}")
+    return f"<Segmentation {', '.join(parts)}>"
+
+
+def _place(georef: Georef) -> str | None:
+    """The CRS (its EPSG code, else its name) and pixel size, or the µm per pixel of a slide."""
+    size = georef.pixel_size()
+    if georef.crs is None:
+        return None if size is None else f"{_short(size[0])} µm/px"
+    epsg = georef.crs.to_epsg()
+    name = f"EPSG:{epsg}" if epsg else _wkt_name(georef.crs.to_wkt())
+    return name if size is None else f"{name} at {_short(size[0])} m"
+
+
+def _wkt_name(wkt: str) -> str:
+    """The name a WKT gives its CRS (``PROJCS["NAD83 / UTM zone 18N", …`` -> the quoted part)."""
+    match = re.match(r'\s*\w+\["([^"]*)"', wkt)
+    return match.group(1) if match else "a custom CRS"
+
+
+def _short(value: float) -> str:
+    """``value`` to three significant digits, without exponent: 300.04 -> 300, 0.4990 -> 0.499."""
+    return f"{float(f'{value:.3g}'):g}"

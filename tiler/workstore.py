@@ -112,9 +112,14 @@ class WorkStore:
         except OSError as exc:  # a full disk, a file size limit
             raise OutputError(f"cannot write the work store in {self.folder.parent}: {write_failure(exc)}") from exc
 
-    def layers(self, template: Layers) -> Layers:
-        """``template`` with its arrays read back from the store (lazily)."""
-        group = zarr.open_group(str(self.store), mode="r")
+    def open(self) -> zarr.Group:
+        """The store's Zarr group, read-only."""
+        return zarr.open_group(str(self.store), mode="r")
+
+    def layers(self, template: Layers, group: zarr.Group | None = None) -> Layers:
+        """``template`` with its arrays read back (lazily) from the store, or from ``group``,
+        the store opened by :meth:`open` (the arrays then hold that object)."""
+        group = self.open() if group is None else group
         labels = da.from_zarr(group["labels"])
         probabilities = None
         if "probabilities" in group:
@@ -165,13 +170,19 @@ def _from_bytes(stored: np.ndarray, labels: np.ndarray, nodata: int) -> np.ndarr
 
 def stage(layers: Layers, folder: Path, precision: str | None) -> Layers:
     """Compute ``layers`` into a new store in ``folder``; return them read back from it."""
+    return computed_store(layers, folder, precision).layers(layers)
+
+
+def computed_store(layers: Layers, folder: Path, precision: str | None) -> WorkStore:
+    """A new store in ``folder`` holding ``layers`` computed: the labels, and the probabilities
+    at ``precision`` (``"float32"`` or ``"uint8"``; ``None``: not kept)."""
     labels = regular_chunks(layers.labels)
     arrays = {"labels": labels}
     if precision is not None:
         arrays["probabilities"] = layers.probabilities.rechunk((-1, *labels.chunks))
     work = WorkStore.create(folder, labels, layers.nodata, layers.card.num_classes, precision)
     work.fill(arrays)
-    return work.layers(layers)
+    return work
 
 
 @contextmanager

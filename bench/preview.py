@@ -1,0 +1,83 @@
+"""Preview time against full-run time on a large GeoTIFF, as ratios from one run.
+
+The mosaic (``bench/make_mosaic.py``: SIZE x SIZE px, mirror-tiled ``examples/data/landsat7.tif``,
+30 m, tiled 512, ZSTD, no overviews) is built in ``bench/out`` when missing. In one process, with
+the default model (``landsat_rgb_psp18``) on the image's own 30 m grid (``resolution=30``; at the
+card's 300 m the full job would be a hundred times smaller), CPU, one after another:
+
+1. ``result.preview()`` (1024 px on the longer side) of the mosaic as it is: no overviews, so
+   every full-resolution block is read and averaged down (the model sees 1024 x 1024 px);
+2. the same on a copy of the mosaic with internal overviews (``mosaic_SIZE_overviews.tif``,
+   average, factors 2 to 32, as a Cloud-Optimised GeoTIFF has them; built once, kept for later
+   runs): the coarse grid is read from the coarsest overview still at least as fine as it (for
+   30000 px: the 1/16 one, 1875 px);
+3. the full job: ``result.to_zarr(...)`` (the labels of every pixel), removed afterwards.
+
+    python -m bench.preview --size 30000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import rasterio
+from rasterio.enums import Resampling
+
+from bench.make_mosaic import make_mosaic
+from segtile import segment
+
+OUT = Path(__file__).resolve().parent / "out"
+RESOLUTION = 30.0  # the mosaic's own pixel size, in metres
+
+
+def with_overviews(mosaic: Path) -> Path:
+    """A copy of ``mosaic`` with internal overviews (built once, then reused)."""
+    copy = mosaic.with_name(f"{mosaic.stem}_overviews.tif")
+    if not copy.exists():
+        building = copy.with_name(copy.name + ".part")
+        shutil.copyfile(mosaic, building)
+        with rasterio.Env(COMPRESS_OVERVIEW="ZSTD"), rasterio.open(building, "r+") as image:
+            image.build_overviews([2, 4, 8, 16, 32], Resampling.average)
+        building.rename(copy)
+    return copy
+
+
+def timed(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=30000, help="side of the mosaic, in pixels")
+    parser.add_argument("--max-size", type=int, default=1024, help="the preview's longer side")
+    args = parser.parse_args()
+    mosaic = OUT / f"mosaic_{args.size}.tif"
+    if not mosaic.exists():
+        make_mosaic(args.size, mosaic)
+    overviews = with_overviews(mosaic)
+
+    plain = segment(mosaic, resolution=RESOLUTION, device="cpu")
+    layered = segment(overviews, resolution=RESOLUTION, device="cpu")
+    print(f"{plain!r}; preview {args.max_size} px")
+    preview_plain = timed(lambda: plain.preview(max_size=args.max_size))
+    print(f"preview, no overviews:   {preview_plain:8.1f} s")
+    preview_layered = timed(lambda: layered.preview(max_size=args.max_size))
+    print(f"preview, with overviews: {preview_layered:8.1f} s")
+    labels = OUT / f"preview_bench_labels_{args.size}.zarr"
+    shutil.rmtree(labels, ignore_errors=True)
+    try:
+        full = timed(lambda: plain.to_zarr(labels))
+    finally:
+        shutil.rmtree(labels, ignore_errors=True)
+    print(f"full run (labels to Zarr): {full:8.1f} s")
+    print(f"ratio preview / full run: {preview_plain / full:.4f} without overviews, "
+          f"{preview_layered / full:.5f} with overviews")
+
+
+if __name__ == "__main__":
+    main()
