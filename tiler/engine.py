@@ -114,12 +114,17 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     keep = [i for i, count in enumerate(counts) if count]
     results, valid, nonfinite = [], 0, 0
     if keep:
-        pixels = np.stack([reads[i][0] for i in keep])
+        # stacked into this thread's buffers: the predictor copies both before it returns
+        first = reads[keep[0]][0]
+        pixels = np.stack([reads[i][0] for i in keep],
+                          out=_scratch("pixels", (len(keep), *first.shape), first.dtype))
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
         predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
         all_valid = all(reads[i][1] is None for i in keep)
-        predicted = predictor(pixels, np.stack([weights[i] for i in keep]), all_valid)
+        size = options.tile_size
+        stacked_weights = np.stack([weights[i] for i in keep], out=_scratch("weights", (len(keep), size, size)))
+        predicted = predictor(pixels, stacked_weights, all_valid)
         valid, nonfinite = sum(counts), predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
@@ -135,19 +140,26 @@ def _done(_: object) -> None:
     return None
 
 
-_ACCUMULATORS = threading.local()
+_SCRATCH = threading.local()
 
 
-def _accumulator(height: int, width: int, classes: int) -> np.ndarray:
-    """A zeroed ``(height, width, classes)`` float32 array, this thread's from one chunk to the
-    next (a fresh array per chunk would cost a page fault per 4 KiB of it, every time)."""
-    size = height * width * classes
-    buffer = getattr(_ACCUMULATORS, "buffer", None)
-    if buffer is None or buffer.size < size:
-        buffer = _ACCUMULATORS.buffer = np.empty(size, dtype=np.float32)
-    total = buffer[:size].reshape(height, width, classes)
-    total.fill(0.0)
-    return total
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype = np.float32) -> np.ndarray:
+    """An array of ``shape`` and ``dtype``, this thread's buffer ``name`` reused from one task to
+    the next (a fresh multi-MB array each time would cost a page fault per 4 KiB of it). Its
+    contents are the previous task's: only for arrays no result keeps a view of."""
+    size = int(np.prod(shape))
+    buffer = getattr(_SCRATCH, name, None)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = np.empty(size, dtype=dtype)
+        setattr(_SCRATCH, name, buffer)
+    return buffer[:size].reshape(shape)
+
+
+def _zeroed(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """This thread's float32 buffer ``name`` (see :func:`_scratch`), zeroed."""
+    array = _scratch(name, shape)
+    array.fill(0.0)
+    return array
 
 
 def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _previous: None,
@@ -155,8 +167,8 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
     """The ``products`` of ``chunk`` from the tiles of ``batches`` (see the module docstring):
     ``labels`` ``(h, w)``, ``probabilities`` and ``logits`` ``(classes, h, w)`` float32."""
     stop_if_asked()
-    total = _accumulator(chunk.height, chunk.width, num_classes)
-    weight = np.zeros((chunk.height, chunk.width), dtype=np.float32)
+    total = _zeroed("total", (chunk.height, chunk.width, num_classes))
+    weight = _zeroed("weight", (chunk.height, chunk.width))
     for results in batches:
         for result in results:
             if not intersect(result.window, chunk):

@@ -66,7 +66,7 @@ class RasterSource(Source):
             self.band_names = tuple(_band_name(dataset, i) for i in self.band_indexes)
             self.georef = _georef(dataset)
             self.has_mask = all(MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1] for i in self.band_indexes)
-            self._nodata = _nodata_values(dataset, self.band_indexes) if self.has_mask else None
+            self._nodata = _nodata_values(dataset, self.band_indexes, self.dtype) if self.has_mask else None
             overview_count = len(dataset.overviews(self.band_indexes[0]))
         self.level_shapes = ((self.height, self.width),) + tuple(
             _overview_shape(self.path, level) for level in range(1, overview_count + 1)
@@ -133,15 +133,21 @@ def _check_tiff_complete(path: str) -> None:
         check_tiff_complete(tif, path, structure=False)
 
 
-def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int]) -> np.ndarray | None:
+def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int], dtype: np.dtype) -> np.ndarray | None:
     """The nodata value of each band when the bands' masks are nothing but those values (then
-    validity can be computed from the pixels), else ``None`` (alpha bands, internal masks)."""
+    validity can be computed from the pixels), else ``None`` (alpha bands, internal masks).
+    In the pixels' ``dtype`` where that holds them exactly: comparing uint8 pixels with a
+    float64 value would first convert every pixel to float64."""
     if any(dataset.mask_flag_enums[i - 1] != [MaskFlags.nodata] for i in band_indexes):
         return None
     values = np.array([dataset.nodatavals[i - 1] for i in band_indexes], dtype=np.float64)
     if np.isnan(values).any() and not np.isnan(values).all():
         return None  # NaN for some bands only: GDAL's masks say it exactly
-    return values
+    if np.isnan(values).any():
+        return values
+    with np.errstate(invalid="ignore", over="ignore"):  # out of range: the check below keeps float64
+        typed = values.astype(dtype)
+    return typed if np.array_equal(typed.astype(np.float64), values) else values
 
 
 def _overview_shape(path: str, level: int) -> tuple[int, int]:
