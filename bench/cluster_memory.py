@@ -1,9 +1,13 @@
-"""Peak memory of each worker of a ``dask.distributed`` cluster against image size.
+"""Peak memory of each worker of a ``dask.distributed`` cluster against image size, beside the
+same job on threads.
 
-The same workload as ``bench/memory.py`` (a 1x1 convolution, tile 512, overlap 64, batch 4,
-GeoTIFF mosaic to Zarr labels), run on a fresh ``LocalCluster`` of worker processes for each
-size, as a multi-GPU job would run with one worker per GPU. Each worker's peak RSS is its own
-``ru_maxrss``, read on the worker after the run. Prints a Markdown table.
+The workload of ``bench/memory.py`` (a 1x1 convolution, tile 512, overlap 64, batch 4, GeoTIFF
+mosaic to Zarr labels), written the way segtile writes (``result.write(path)``: on a cluster the
+labels are computed stripe by stripe into a work store, then copied into the output, a few
+chunks at a time). For each size: first the threaded run in a fresh process (its peak RSS),
+then the same on a fresh ``LocalCluster`` of worker processes (one thread each, as one worker per
+GPU runs); each worker's peak RSS is its own ``ru_maxrss``, read on the worker after the run.
+Prints a Markdown table with the ratio of the larger worker peak to the threaded peak.
 
     python -m bench.cluster_memory                          # from the repository root
     python -m bench.cluster_memory --sizes 4000 16000 --workers 2
@@ -17,10 +21,10 @@ import shutil
 import time
 from pathlib import Path
 
-import dask.array as da
 from distributed import Client, LocalCluster
 
 from bench.make_mosaic import make_mosaic
+from bench.measure import run_workload
 from bench.workloads import pointwise_model
 from segtile import segment
 
@@ -32,11 +36,19 @@ def peak_rss_mib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-def measure_size(size: int, workers: int) -> tuple[float, list[int], list[int]]:
-    """Seconds of the run, and each worker's peak RSS after importing segtile and after the run."""
-    mosaic, labels = OUT / f"mosaic_{size}.tif", OUT / f"cluster_labels_{size}.zarr"
-    if not mosaic.exists():
-        make_mosaic(size, mosaic)
+def threaded_peak(mosaic: Path, labels: Path) -> tuple[float, float]:
+    """Seconds and peak RSS (MiB) of the job on threads, in a fresh process."""
+    try:
+        measured = run_workload("segtile", "--input", str(mosaic), "--out", str(labels), "--writer",
+                                "--batch-size", "4")
+    finally:
+        shutil.rmtree(labels, ignore_errors=True)
+    return measured.report["seconds"], measured.peak_rss_mib
+
+
+def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list[int], list[int]]:
+    """Seconds of the run on a fresh cluster, and each worker's peak RSS after importing segtile
+    and after the run."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("segtile.engine"))
@@ -44,7 +56,7 @@ def measure_size(size: int, workers: int) -> tuple[float, list[int], list[int]]:
         start = time.perf_counter()
         result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")
         try:
-            da.to_zarr(result.labels, str(labels))
+            result.write(labels)
         finally:
             shutil.rmtree(labels, ignore_errors=True)
         seconds = time.perf_counter() - start
@@ -56,12 +68,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 16000, 30000])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    print("| size (px) | seconds | worker peak RSS (MiB) | worker RSS after imports (MiB) |")
-    print("|---:|---:|---|---|")
+    print("| size (px) | threads: s | threads: peak RSS (MiB) | cluster: s | worker peak RSS (MiB) "
+          "| worker RSS after imports (MiB) | larger worker peak / threaded peak |")
+    print("|---:|---:|---:|---:|---|---|---:|")
     for size in args.sizes:
-        seconds, before, after = measure_size(size, args.workers)
-        print(f"| {size} | {seconds:.1f} | {' / '.join(map(str, after))} | {' / '.join(map(str, before))} |",
-              flush=True)
+        mosaic, labels = OUT / f"mosaic_{size}.tif", OUT / f"cluster_labels_{size}.zarr"
+        if not mosaic.exists():
+            make_mosaic(size, mosaic)
+        threaded_seconds, threaded = threaded_peak(mosaic, labels)
+        seconds, before, after = cluster_peaks(mosaic, labels, args.workers)
+        print(f"| {size} | {threaded_seconds:.1f} | {threaded:.0f} | {seconds:.1f} | {' / '.join(map(str, after))} "
+              f"| {' / '.join(map(str, before))} | {max(after) / threaded:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

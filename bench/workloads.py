@@ -53,7 +53,10 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
                      device="cpu", **sizes)
     tasks = len(result.labels.__dask_graph__())
-    da.to_zarr(result.labels, args.out)
+    if args.writer:
+        result.write(args.out)  # segtile's own writer: Zarr with georeference and card
+    else:
+        da.to_zarr(result.labels, args.out)
     return {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
             "rss_before_mib": rss_before}
 
@@ -155,6 +158,8 @@ def main() -> None:
     parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
     parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
+    parser.add_argument("--writer", action="store_true",
+                        help="segtile: write with result.write(out) rather than dask.array.to_zarr")
     parser.add_argument("--stripe-width", type=int,
                         help="segtile: stripe width (0: whole width; default: from its budget)")
     parser.add_argument("--memory-threshold", type=int, help="tiatoolbox: RAM use (%%) past which it spills "

@@ -276,3 +276,31 @@ def test_a_client_for_a_gpu_cluster_is_not_refused_a_cuda_device_here(pointwise_
             distributed.Client(cluster):
         result = segment(random_image(3, 40, 40), pointwise_model(), device="cuda:3", tile_size=32, overlap=8)
     assert result.options.device == "cuda:3"  # resolved where the model runs, on the workers
+
+
+def test_no_batch_starts_before_the_chunk_row_above_it_is_stitched(pointwise_model):
+    """Every batch task waits for the stitching of the chunk row ``BATCH_LEAD_ROWS`` above its
+    first tile, so no scheduler can run batches far ahead of the stitching (a distributed one,
+    left to itself, did: two to three times the memory of the threaded run)."""
+    from dask.core import get_dependencies
+
+    from segtile.engine import BATCH_LEAD_ROWS, BATCH_PREFIX
+
+    chunk = 32
+    result = segment(random_image(3, 200, 150), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
+                     batch_size=2, chunk_size=chunk, stripe_width=64, device="cpu")
+    graph = dict(result.labels.__dask_graph__())
+    batches = [key for key in graph if isinstance(key, tuple) and key[0].startswith(BATCH_PREFIX)]
+    waiting = 0
+    for key in batches:
+        tiles = graph[key][3]
+        markers = [d for d in get_dependencies(graph, key) if d[0].startswith("segtile-done-")]
+        row = tiles[0].window.row_off // chunk - BATCH_LEAD_ROWS
+        if row < 0:
+            assert markers == []
+            continue
+        waiting += 1
+        (marker,) = markers
+        stripe = key[1]  # stripes of 2 chunk columns: 0-1, 2-3, 4
+        assert marker[1:] == (row, min(2 * stripe + 1, 4))  # the last chunk of that row in the stripe
+    assert waiting > len(batches) / 2

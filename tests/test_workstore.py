@@ -1,5 +1,6 @@
 """The store several outputs are written from: only what they need, at the precision they keep."""
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -43,3 +44,26 @@ def test_probabilities_kept_as_bytes_for_byte_outputs(tmp_path):
 def test_probabilities_kept_as_floats_for_float_outputs(tmp_path):
     ready = stage(layers(), tmp_path / "work", precision="float32")
     np.testing.assert_array_equal(ready.probabilities.compute(), layers().probabilities.compute())
+
+
+def test_a_store_is_filled_one_stripe_after_another(tmp_path, pointwise_model, monkeypatch):
+    """Given every stripe at once, a distributed scheduler works on all of them together and holds
+    each one's band of batch results; the store is filled stripe by stripe instead."""
+    from segtile import engine, segment
+
+    stripes_stitched = []
+
+    def recording_stitch(chunk, *args):
+        stripes_stitched.append(chunk.col_off // 64)  # stripes of 64 px
+        return stitch_chunk(chunk, *args)
+
+    stitch_chunk = engine.stitch_chunk
+    monkeypatch.setattr(engine, "stitch_chunk", recording_stitch)
+    image = np.random.default_rng(2).normal(size=(3, 96, 160)).astype(np.float32)
+    result = segment(image, pointwise_model(bands=3, classes=2), tile_size=32, overlap=8, batch_size=2,
+                     chunk_size=32, stripe_width=64, device="cpu")
+    assert [list(group) for group in result.column_groups] == [[0, 1], [2, 3], [4]]
+    with dask.config.set(scheduler="threads", num_workers=4):
+        stored = stage(result.layers(), tmp_path / "work", None)
+    assert stripes_stitched == sorted(stripes_stitched) and len(stripes_stitched) == 15
+    np.testing.assert_array_equal(stored.labels.compute(), result.labels.compute())

@@ -18,10 +18,13 @@ Three kinds of task, all small and picklable:
 
 Each chunk task also takes a data-free marker of the completion of the chunk before it in its
 stripe, so each stripe is stitched row by row (stripes are independent: computing part of the
-result runs only the stripes it touches, down to the rows it asks for). Dask frees a batch as soon
-as the chunks that need it are done, so memory is bounded by the batches in flight, the band of
-batches one tile row high and one stripe wide that straddles the current chunk row, and the
-chunks being stitched, whatever the image size; :func:`segtile.plan.fit_memory` sizes stripes,
+result runs only the stripes it touches, down to the rows it asks for). Each batch task takes
+the marker of the last chunk of the row ``BATCH_LEAD_ROWS`` above its first tile, so batches
+cannot run further ahead of the stitching than that, whatever the scheduler does (a
+``dask.distributed`` scheduler, left to itself, runs every ready batch it can). Dask frees a
+batch as soon as the chunks that need it are done, so memory is bounded by the batches in
+flight, at most a few chunk rows of one stripe per stripe being computed, and the chunks being
+stitched, whatever the image size; :func:`segtile.plan.fit_memory` sizes stripes,
 chunks and batches to the class count so that bound holds for 2 classes and for 150.
 
 Chunks already computed by an interrupted run (``skip``) get no task at all: the chain of markers
@@ -50,6 +53,10 @@ from segtile.sources import Source
 
 PRODUCTS = ("labels", "probabilities", "logits")
 BATCH_PREFIX = "segtile-batch-"
+BATCH_LEAD_ROWS = 1
+"""How many chunk rows a stripe's batches may run ahead of its stitching (see the module
+docstring): enough that batches of the next rows run while a row is stitched, few enough that
+no scheduler can pile up batch results."""
 
 
 def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
@@ -103,9 +110,10 @@ def _valid_count(valid: np.ndarray | None, size: int) -> int:
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
-              progress_topic: str) -> list[TileResult]:
+              progress_topic: str, _after: None = None) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
-    The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`)."""
+    The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`).
+    ``_after`` is the marker of the stitched chunk the batch waits for (its data is nothing)."""
     stop_if_asked()
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     reads = [read_tile(source, tile) for tile in tiles]
@@ -269,10 +277,9 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
     for s, stripe in enumerate(plan_stripes(height, width, options)):
-        for b, batch in enumerate(stripe.batches):
-            graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks)
         needed = batches_per_chunk(stripe.batches, height, width, size)
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
+        stitched_through: list[tuple | None] = []  # the last marker of the chain once row i is done
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
                 for product, name in names.items():
@@ -288,6 +295,12 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
                 graph[(chunk_tasks, i, j)] = (stitch_chunk, chunk, num_classes, tuple(products), previous, *deps)
                 previous = (done_name, i, j)
                 graph[previous] = (_done, (chunk_tasks, i, j))
+            stitched_through.append(previous)
+        for b, batch in enumerate(stripe.batches):
+            # a batch starts only once the chunk row two above its first tile is stitched
+            row = batch[0].window.row_off // size - BATCH_LEAD_ROWS
+            after = stitched_through[row] if row >= 0 else None
+            graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, after)
     arrays = {}
     for product, name in names.items():
         hlg = HighLevelGraph.from_collections(name, graph, dependencies=())

@@ -17,7 +17,7 @@ from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
 from segtile.models import ModelCard
 from segtile.persist import Stored, persist
-from segtile.plan import TilingOptions, tile_runs
+from segtile.plan import TilingOptions, stripe_chunk_columns, tile_runs
 from segtile.predictor import ModelSpec
 from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
@@ -113,6 +113,15 @@ class Segmentation:
         progress = progress or Progress("bar" if enabled else "none", [("inference", 1.0)])
         return tile_progress(self.token, self.tile_count(skip), progress, tally)
 
+    @property
+    def column_groups(self) -> tuple[range, ...]:
+        """The chunk columns of each stripe of the engine (:mod:`segtile.plan`): computing them one
+        stripe after another bounds the memory on any scheduler; none for a persisted result."""
+        if self.stored is not None:
+            return ()
+        width, options = self.shape[1], self.options
+        return tuple(stripe_chunk_columns(width, options.chunk_size, options.stripe_width))
+
     def tile_count(self, skip: frozenset[tuple[int, int]] = frozenset()) -> int:
         """How many tiles computing the result reads (stripe boundaries count twice), leaving
         out the chunks in ``skip``; none for a persisted result."""
@@ -171,7 +180,8 @@ class Segmentation:
         """The arrays and metadata writers take (the probabilities only when asked for: then both
         come from one pass)."""
         arrays = self.products("labels", "probabilities") if probabilities else {"labels": self.labels}
-        return Layers(arrays["labels"], arrays.get("probabilities"), self.georef, self.card, self.nodata)
+        return Layers(arrays["labels"], arrays.get("probabilities"), self.georef, self.card, self.nodata,
+                      self.column_groups)
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
               min_area: float | None = None, skip_classes: Sequence[str] = (), qupath_objects: str = "annotation",

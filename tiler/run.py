@@ -82,7 +82,8 @@ def run_segment(args: argparse.Namespace) -> None:
         with _keeping(work, say):
             names = ("labels", "probabilities") if precision else ("labels",)
             with result.progress(progress=progress, tally=tally, skip=work.done):
-                work.store.fill(result.products(*names, skip=work.done), skip=work.done)
+                work.store.fill(result.products(*names, skip=work.done), skip=work.done,
+                                column_groups=result.column_groups)
             if tally.valid and tally.nonfinite == tally.valid:
                 raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
             written = write_outputs(work.store.layers(result.layers()), args.out, options, overwrite=args.overwrite,

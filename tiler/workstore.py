@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from functools import lru_cache
@@ -84,9 +84,14 @@ class WorkStore:
             return frozenset()
         return frozenset(tuple(int(n) for n in name.split("-")) for name in names)
 
-    def fill(self, arrays: dict[str, da.Array], skip: frozenset[tuple[int, int]] = frozenset()) -> None:
+    def fill(self, arrays: dict[str, da.Array], skip: frozenset[tuple[int, int]] = frozenset(),
+             column_groups: Sequence[range] = ()) -> None:
         """Compute ``arrays`` (``labels`` and maybe ``probabilities``) into the store, chunk by
-        chunk, every chunk but those in ``skip``; each chunk's marker once it is written."""
+        chunk, every chunk but those in ``skip``; each chunk's marker once it is written.
+
+        ``column_groups`` (the engine's stripes) are computed one after another: a
+        ``dask.distributed`` scheduler given every stripe at once works on all of them together,
+        holding each one's band of batch results (two to three times the memory of one)."""
         labels = arrays["labels"]
         probabilities = arrays.get("probabilities")
         name = "segtile-store-" + tokenize(str(self.folder), labels.name, getattr(probabilities, "name", None),
@@ -106,9 +111,11 @@ class WorkStore:
         dependencies = [labels] if probabilities is None else [labels, probabilities]
         markers = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
                            ((1,) * len(labels.chunks[0]), (1,) * len(labels.chunks[1])), dtype=bool)
+        groups = column_groups or (range(markers.shape[1]),)
         try:
             with joined_threads():
-                markers.compute()
+                for columns in groups:
+                    markers[:, columns.start:columns.stop].compute()
         except OSError as exc:  # a full disk, a file size limit
             raise OutputError(f"cannot write the work store in {self.folder.parent}: {write_failure(exc)}") from exc
 
@@ -127,7 +134,7 @@ class WorkStore:
             if probabilities.dtype == np.uint8:
                 probabilities = da.map_blocks(_from_bytes, probabilities, labels[None], template.nodata,
                                               dtype=np.float32)
-        return replace(template, labels=labels, probabilities=probabilities)
+        return replace(template, labels=labels, probabilities=probabilities, column_groups=())
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -181,7 +188,7 @@ def computed_store(layers: Layers, folder: Path, precision: str | None) -> WorkS
     if precision is not None:
         arrays["probabilities"] = layers.probabilities.rechunk((-1, *labels.chunks))
     work = WorkStore.create(folder, labels, layers.nodata, layers.card.num_classes, precision)
-    work.fill(arrays)
+    work.fill(arrays, column_groups=layers.column_groups)
     return work
 
 

@@ -52,6 +52,8 @@ class Layers:
         georef: CRS and transform, or µm/px, or nothing.
         card: the model card (classes, colours).
         nodata: the label of pixels that were not segmented.
+        column_groups: ranges of chunk columns best computed one after another (the engine's
+            stripes, see :func:`segtile.workstore.WorkStore.fill`); empty: all at once.
     """
 
     labels: da.Array
@@ -59,6 +61,7 @@ class Layers:
     georef: Georef
     card: ModelCard
     nodata: int
+    column_groups: tuple[range, ...] = ()
 
 
 @dataclass(frozen=True)
