@@ -278,29 +278,42 @@ def test_a_client_for_a_gpu_cluster_is_not_refused_a_cuda_device_here(pointwise_
     assert result.options.device == "cuda:3"  # resolved where the model runs, on the workers
 
 
-def test_no_batch_starts_before_the_chunk_row_above_it_is_stitched(pointwise_model):
-    """Every batch task waits for the stitching of the chunk row ``BATCH_LEAD_ROWS`` above its
-    first tile, so no scheduler can run batches far ahead of the stitching (a distributed one,
-    left to itself, did: two to three times the memory of the threaded run)."""
+def batch_markers(result, chunk: int) -> list[tuple[int, int, tuple]]:
+    """For each batch task of ``result``'s labels: its stripe, the chunk row of its first tile and
+    the stitch markers it waits for."""
     from dask.core import get_dependencies
 
-    from segtile.engine import BATCH_LEAD_ROWS, BATCH_PREFIX
+    from segtile.engine import BATCH_PREFIX
 
-    chunk = 32
-    result = segment(random_image(3, 200, 150), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
-                     batch_size=2, chunk_size=chunk, stripe_width=64, device="cpu")
     graph = dict(result.labels.__dask_graph__())
-    batches = [key for key in graph if isinstance(key, tuple) and key[0].startswith(BATCH_PREFIX)]
+    return [(key[1], graph[key][3][0].window.row_off // chunk,
+             [d for d in get_dependencies(graph, key) if d[0].startswith("segtile-done-")])
+            for key in graph if isinstance(key, tuple) and key[0].startswith(BATCH_PREFIX)]
+
+
+def test_on_a_cluster_no_batch_starts_before_the_chunk_row_above_it_is_stitched(pointwise_model):
+    """A distributed scheduler runs every ready batch, far ahead of the stitching (about twice
+    the memory of the threaded run per worker): built for a cluster, every batch task waits for
+    the stitching of the chunk row ``BATCH_LEAD_ROWS`` above its first tile. Built for the local
+    scheduler, which orders better without, none does."""
+    from distributed import Client
+
+    from segtile.engine import BATCH_LEAD_ROWS
+
+    def segmented():
+        return segment(random_image(3, 200, 150), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
+                       batch_size=2, chunk_size=32, stripe_width=64, device="cpu")
+
+    assert all(markers == [] for _, _, markers in batch_markers(segmented(), 32))
+    with Client(processes=False, dashboard_address=None):
+        batches = batch_markers(segmented(), 32)
     waiting = 0
-    for key in batches:
-        tiles = graph[key][3]
-        markers = [d for d in get_dependencies(graph, key) if d[0].startswith("segtile-done-")]
-        row = tiles[0].window.row_off // chunk - BATCH_LEAD_ROWS
+    for stripe, first_row, markers in batches:
+        row = first_row - BATCH_LEAD_ROWS
         if row < 0:
             assert markers == []
             continue
         waiting += 1
         (marker,) = markers
-        stripe = key[1]  # stripes of 2 chunk columns: 0-1, 2-3, 4
-        assert marker[1:] == (row, min(2 * stripe + 1, 4))  # the last chunk of that row in the stripe
+        assert marker[1:] == (row, min(2 * stripe + 1, 4))  # the last chunk of that row in the stripe (2 columns)
     assert waiting > len(batches) / 2

@@ -18,14 +18,16 @@ Three kinds of task, all small and picklable:
 
 Each chunk task also takes a data-free marker of the completion of the chunk before it in its
 stripe, so each stripe is stitched row by row (stripes are independent: computing part of the
-result runs only the stripes it touches, down to the rows it asks for). Each batch task takes
-the marker of the last chunk of the row ``BATCH_LEAD_ROWS`` above its first tile, so batches
-cannot run further ahead of the stitching than that, whatever the scheduler does (a
-``dask.distributed`` scheduler, left to itself, runs every ready batch it can). Dask frees a
-batch as soon as the chunks that need it are done, so memory is bounded by the batches in
-flight, at most a few chunk rows of one stripe per stripe being computed, and the chunks being
-stitched, whatever the image size; :func:`segtile.plan.fit_memory` sizes stripes,
-chunks and batches to the class count so that bound holds for 2 classes and for 150.
+result runs only the stripes it touches, down to the rows it asks for). Dask's local scheduler
+then runs the batches in the order the stitches need them. A ``dask.distributed`` scheduler
+runs every ready batch it can, far ahead of the stitching: a graph built while a client is
+current therefore makes each batch task wait for the marker of the last chunk of the row
+``BATCH_LEAD_ROWS`` above its first tile (the local scheduler orders better without that, and
+holds less). Dask frees a batch as soon as the chunks that need it are done, so memory is
+bounded by the batches in flight, the band of batches one tile row high and one stripe wide
+that straddles the current chunk row, and the chunks being stitched, whatever the image size;
+:func:`segtile.plan.fit_memory` sizes stripes, chunks and batches to the class count so that
+bound holds for 2 classes and for 150.
 
 Chunks already computed by an interrupted run (``skip``) get no task at all: the chain of markers
 passes over them, and nothing they alone needed is run.
@@ -43,6 +45,7 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from segtile.blend import tile_weight
+from segtile.cluster import current_client
 from segtile.events import TileCounts, report
 from segtile.grid import Tile
 from segtile.interrupt import stop_if_asked
@@ -54,9 +57,10 @@ from segtile.sources import Source
 PRODUCTS = ("labels", "probabilities", "logits")
 BATCH_PREFIX = "segtile-batch-"
 BATCH_LEAD_ROWS = 1
-"""How many chunk rows a stripe's batches may run ahead of its stitching (see the module
-docstring): enough that batches of the next rows run while a row is stitched, few enough that
-no scheduler can pile up batch results."""
+"""On a ``dask.distributed`` cluster, how many chunk rows a stripe's batches may run ahead of its
+stitching (see the module docstring). One: at 30000 px, 1.8x the threaded run's memory per
+worker with two, 1.5x with one, 0.85x with one and the stripes computed one after another
+(``segtile.workstore.WorkStore.fill``) against 1.9x without either (docs/performance.md)."""
 
 
 def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
@@ -269,7 +273,8 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     num_classes = spec.card.num_classes
     size = options.chunk_size
     token = run_token(source, spec, options)
-    products_token = tokenize(token, products, sorted(skip))
+    lead = BATCH_LEAD_ROWS if current_client() is not None else None
+    products_token = tokenize(token, products, sorted(skip), lead)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_tasks, chunk_tasks = f"{BATCH_PREFIX}{token}", f"segtile-chunk-{products_token}"
     done_name = f"segtile-done-{products_token}"
@@ -297,8 +302,7 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
                 graph[previous] = (_done, (chunk_tasks, i, j))
             stitched_through.append(previous)
         for b, batch in enumerate(stripe.batches):
-            # a batch starts only once the chunk row two above its first tile is stitched
-            row = batch[0].window.row_off // size - BATCH_LEAD_ROWS
+            row = -1 if lead is None else batch[0].window.row_off // size - lead
             after = stitched_through[row] if row >= 0 else None
             graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, after)
     arrays = {}
