@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--classes", type=int, default=2, help="classes of the 1x1 convolution (150: ADE20K's)")
-    parser.add_argument("--memory-limit", help="segtile's memory budget (default: its own, 1.5 GiB)")
+    parser.add_argument("--memory-limit", help="segtile's memory budget (default: its own, 1.25 GiB)")
     parser.add_argument("--batch-size", type=int, help="default: from the memory budget (4 with 2 classes)")
     parser.add_argument("--chunk-size", type=int, help="default: from the memory budget (1024 with 2 classes)")
     parser.add_argument("--stripe-width", type=int, help="0: the whole width at once; default: from the budget")

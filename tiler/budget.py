@@ -27,7 +27,10 @@ from dataclasses import dataclass
 
 from segtile.errors import SegtileError
 
-DEFAULT_LIMIT = 1536 * 2**20  # the engine's share; the interpreter, torch and the model come on top
+DEFAULT_LIMIT = 1280 * 2**20
+"""The engine's share; the interpreter, torch and the model come on top (about 400 MiB with torch's
+CPU build). What a job holds beyond the plan (GDAL's cache, Zarr's buffers, the heap) adds about
+15 %: a 150-class model over 10000 x 10000 px then peaks just under 2 GiB (docs/performance.md)."""
 MAX_BATCH, MAX_CHUNK, MAX_STRIPE = 4, 1024, 8192
 CHUNK_SIZES = (1024, 512, 256, 128, 64)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}

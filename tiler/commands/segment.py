@@ -89,7 +89,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "0.5,0.75,1,1.25,1.5,1.75; default: 1)")
     parser.add_argument("--memory-limit", type=memory_size, metavar="SIZE",
                         help="memory the engine may hold, e.g. 1.5G or 800M; sizes the batches, chunks and "
-                        "stripes you leave open (default: 1.5G)")
+                        "stripes you leave open (default: 1.25G)")
     parser.add_argument("--chunk-size", type=positive_int, metavar="N",
                         help="side of the output chunks stitched at once (default: 1024, smaller for many classes)")
     parser.add_argument("--stripe-width", type=non_negative_int, metavar="N",
