@@ -11,7 +11,7 @@ def held_bytes(classes: int, tile: int, overlap: int, plan, threads: int) -> flo
     per_tile_pixel = classes * 4 + 4
     batches = threads * plan.batch_size * tile * tile * per_tile_pixel
     chunks = threads * plan.chunk_size ** 2 * (classes * 8 + 4)
-    band = 2 * tile * tile * per_tile_pixel * plan.stripe_width / (tile - overlap)
+    band = 2 * tile * tile * per_tile_pixel * (plan.stripe_width + tile) / (tile - overlap)  # tiles reaching in too
     return batches + chunks + band
 
 

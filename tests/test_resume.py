@@ -2,6 +2,7 @@
 what is missing, and writes exactly what an uninterrupted run writes."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,6 +112,17 @@ def test_work_of_another_model_or_input_is_never_resumed(tmp_path, data_dir, slo
     save_torchscript(other, torch.jit.script(SlowPointwise()),
                      ModelCard(classes=("water", "land", "cloud"), tile_size=256, overlap=32, extra={"v": 2}))
     run = segtile(image, "--model", other, "-o", tmp_path / "m.tif", "--resume")
+    err = run.stderr.read()
+    assert run.wait(timeout=300) == 0, err
+    assert "is from another run (input, model or options differ): starting afresh" in err
+    assert "resuming" not in err
+
+    (tmp_path / "m.tif").unlink()
+    work = interrupted_store(tmp_path, image, slow_model)
+    assert work.exists()
+    image.write_bytes(image.read_bytes())  # the same pixels, but a file changed since the work was done
+    os.utime(image, (image.stat().st_atime, image.stat().st_mtime + 10))
+    run = segtile(image, "--model", slow_model, "-o", tmp_path / "m.tif", "--resume")
     err = run.stderr.read()
     assert run.wait(timeout=300) == 0, err
     assert "is from another run (input, model or options differ): starting afresh" in err

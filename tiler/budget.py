@@ -12,7 +12,9 @@ gigabytes. So whatever the user leaves open is chosen from the limit (``--memory
   1024, 512, 256, 128 or 64 that fits;
 * stripes: the rest for the band of tile results that straddles the chunk row being stitched:
   two rows of tiles (a chunk row meets the tiles of the row above it and of its own), each
-  ``width / stride`` tiles of ``tile²`` pixels; rounded down to whole chunks, at most 8192 px.
+  ``(width + tile) / stride`` tiles of ``tile²`` pixels (the tiles reaching into the stripe from
+  its left count too: a third of the band for a 1024 px stripe of 512 px tiles); rounded down to
+  whole chunks, at most 8192 px.
 
 The price of narrower stripes is the tiles on their boundaries, run once per stripe (see
 :mod:`segtile.plan`). Sizes the user gives are used as they are. The figures this was checked
@@ -29,8 +31,8 @@ from segtile.errors import SegtileError
 
 DEFAULT_LIMIT = 1280 * 2**20
 """The engine's share; the interpreter, torch and the model come on top (about 400 MiB with torch's
-CPU build). What a job holds beyond the plan (GDAL's cache, Zarr's buffers, the heap) adds about
-15 %: a 150-class model over 10000 x 10000 px then peaks just under 2 GiB (docs/performance.md)."""
+CPU build): a 150-class model over 10000 x 10000 px peaks at about 1.7 GiB in all, a 2-class one
+at about 0.75 GiB (docs/performance.md)."""
 MAX_BATCH, MAX_CHUNK, MAX_STRIPE = 4, 1024, 8192
 CHUNK_SIZES = (1024, 512, 256, 128, 64)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -81,7 +83,7 @@ def plan_memory(*, classes: int, tile_size: int, overlap: int, limit: int = DEFA
         chunk_size = fitting[0] if fitting else CHUNK_SIZES[-1]
     if stripe_width is None:
         stride = max(1, tile_size - overlap)
-        band_per_column = 2 * tile_size * tile_size * per_tile_pixel / stride
-        fits = int(limit * 5 / 8 // band_per_column) // chunk_size * chunk_size
+        # a stripe w px wide meets about (w + tile_size) / stride tiles per row: two rows are held
+        fits = int(limit * 5 / 8 * stride / (2 * tile_bytes) - tile_size) // chunk_size * chunk_size
         stripe_width = min(MAX_STRIPE, max(chunk_size, fits))
     return MemoryPlan(batch_size, chunk_size, stripe_width)
