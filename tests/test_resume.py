@@ -117,12 +117,13 @@ def test_work_of_another_model_or_input_is_never_resumed(tmp_path, data_dir, slo
     assert "is from another run (input, model or options differ): starting afresh" in err
     assert "resuming" not in err
 
-    (tmp_path / "m.tif").unlink()
-    work = interrupted_store(tmp_path, image, slow_model)
+    second = tmp_path / "second"
+    second.mkdir()
+    work = interrupted_store(second, image, slow_model)
     assert work.exists()
     image.write_bytes(image.read_bytes())  # the same pixels, but a file changed since the work was done
     os.utime(image, (image.stat().st_atime, image.stat().st_mtime + 10))
-    run = segtile(image, "--model", slow_model, "-o", tmp_path / "m.tif", "--resume")
+    run = segtile(image, "--model", slow_model, "-o", second / "m.tif", "--resume")
     err = run.stderr.read()
     assert run.wait(timeout=300) == 0, err
     assert "is from another run (input, model or options differ): starting afresh" in err
