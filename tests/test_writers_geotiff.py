@@ -259,3 +259,32 @@ def test_probabilities_must_match_the_card(tmp_path, probabilities):
         write_probabilities(tmp_path / "p.tif", probabilities[:2], Georef(), CARD)
     with pytest.raises(WriterInputError, match="dtype"):
         write_probabilities(tmp_path / "p.tif", probabilities, Georef(), CARD, dtype="int8")
+
+
+def test_creation_options_replace_segtiles_own(tmp_path, bahamas_georef):
+    georef, shape = bahamas_georef
+    labels = stripes(shape)
+    options = {"COMPRESS": "ZSTD", "BLOCKSIZE": "256"}
+    write_mask(tmp_path / "m.tif", labels, georef, CARD, creation_options=options)
+    probabilities = np.stack([(labels == c).astype(np.float32) for c in range(3)])
+    write_probabilities(tmp_path / "p.tif", probabilities, georef, CARD, creation_options=options)
+    for name in ("m.tif", "p.tif"):
+        with rasterio.open(tmp_path / name) as written:
+            assert written.compression.name == "zstd" and written.block_shapes[0] == (256, 256)
+            assert written.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    with rasterio.open(tmp_path / "m.tif") as written:
+        np.testing.assert_array_equal(written.read(1), labels)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"NO_SUCH_OPTION": "1"}, "does not support creation option NO_SUCH_OPTION"),
+    ({"COMPRESS": "NO_SUCH_CODEC"}, "unexpected value for COMPRESS"),
+    ({"BLOCKSIZE": "abc"}, "BLOCKSIZE=abc: expected a positive integer"),  # GDAL itself would abort
+    ({"BLOCKSIZE": "100"}, "multiple of 16"),
+])
+def test_creation_options_gdal_refuses_are_named_before_any_writing(options, message):
+    from segtile.writers.geotiff import CreationOptionError, check_creation_options
+
+    with pytest.raises(CreationOptionError, match=message):
+        check_creation_options(options)
+    check_creation_options({"COMPRESS": "ZSTD", "LEVEL": "9", "OVERVIEW_RESAMPLING": "NEAREST"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -165,10 +165,12 @@ class Segmentation:
         (OME-Zarr for slides and ``.ome.zarr`` paths)."""
         self.write(path, probabilities=probabilities, overwrite=overwrite)
 
-    def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
+    def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False,
+                   creation_options: Mapping[str, str] | None = None) -> None:
         """Write the mask as a Cloud-Optimised GeoTIFF on the source's grid (and, on request, the
-        probabilities as a second GeoTIFF beside it, see ``probabilities_path_for``)."""
-        self.write(path, probabilities=probabilities, overwrite=overwrite)
+        probabilities as a second GeoTIFF beside it, see ``probabilities_path_for``), with GDAL
+        ``creation_options`` of the COG driver over segtile's (e.g. ``{"COMPRESS": "ZSTD"}``)."""
+        self.write(path, probabilities=probabilities, overwrite=overwrite, creation_options=creation_options)
 
     def to_vector(self, path: str | PathLike, *, simplify: float | None = None, min_area: float | None = None,
                   skip_classes: Sequence[str] = (), overwrite: bool = False) -> None:
@@ -185,7 +187,8 @@ class Segmentation:
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
               min_area: float | None = None, skip_classes: Sequence[str] = (), qupath_objects: str = "annotation",
-              overwrite: bool = False, progress: Progress | None = None,
+              creation_options: Mapping[str, str] | None = None, overwrite: bool = False,
+              progress: Progress | None = None,
               computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
 
@@ -194,12 +197,15 @@ class Segmentation:
         and the store is removed (:meth:`persist` keeps such a store, for writers called one
         after another). Either every output appears, complete, or none does: all are written
         under temporary names and renamed only when the last one is done. No output may replace
-        the input. ``progress``, ``computing`` and ``stage`` are those of
-        :func:`segtile.writers.outputs.write_outputs` (a persisted result is never staged again).
-        Returns the paths written.
+        the input. ``creation_options`` are GDAL's for GeoTIFF outputs (the COG driver's, e.g.
+        ``{"COMPRESS": "ZSTD"}``), checked before any work. ``progress``, ``computing`` and
+        ``stage`` are those of :func:`segtile.writers.outputs.write_outputs` (a persisted result
+        is never staged again). Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
-                               skip_classes=tuple(skip_classes), qupath_objects=qupath_objects)
+                               skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
+                               creation_options=tuple((key.upper(), str(value))
+                                                      for key, value in (creation_options or {}).items()))
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
                              protected=self.inputs, progress=progress, computing=computing,
                              stage=False if self.stored is not None else stage)

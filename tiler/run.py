@@ -39,7 +39,8 @@ def run_segment(args: argparse.Namespace) -> None:
     """
     started = time.perf_counter()
     options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area,
-                           skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects)
+                           skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects,
+                           creation_options=tuple(args.creation_options))
     if args.tile_size is not None and args.overlap is not None:
         check_tiling(args.tile_size, args.overlap)
     on_cluster = bool(args.scheduler or args.gpus or args.workers)

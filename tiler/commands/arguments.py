@@ -77,6 +77,14 @@ def scale_list(text: str) -> tuple[float, ...]:
     return scales
 
 
+def creation_option(text: str) -> tuple[str, str]:
+    """``"compress=zstd"`` -> ``("COMPRESS", "zstd")``: a GDAL creation option (the key upper-cased)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. COMPRESS=ZSTD), got {text!r}")
+    return key.strip().upper(), value.strip()
+
+
 def memory_size(text: str) -> int:
     """``"1.5G"`` -> bytes (see :func:`segtile.budget.parse_size`)."""
     from segtile.budget import BudgetError, parse_size

@@ -7,6 +7,7 @@ import argparse
 from segtile.blend import BLENDS
 from segtile.commands.arguments import (
     band_list,
+    creation_option,
     finite_float,
     memory_size,
     name_list,
@@ -71,6 +72,11 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "GeoJSON...) or a raster mask (non-zero inside); pixels outside are nodata")
     parser.add_argument("--probabilities", action="store_true",
                         help="also write per-class probabilities (.zarr: an array; .tif: a second GeoTIFF)")
+    parser.add_argument("--co", dest="creation_options", type=creation_option, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a GDAL creation option for GeoTIFF outputs (the COG driver's; repeatable), "
+                        "e.g. --co COMPRESS=ZSTD; segtile's defaults: COMPRESS=DEFLATE, PREDICTOR=YES, "
+                        "BLOCKSIZE=512")
     parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",
                         help="simplify polygons (topology preserving), tolerance in CRS units")
     parser.add_argument("--min-area", type=finite_float(0.0), metavar="A",

@@ -9,8 +9,12 @@ the overviews: mode for the mask (a class, never a blend of classes), average fo
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import uuid
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from os import PathLike
 from pathlib import Path
 from typing import Any, Callable
@@ -19,10 +23,11 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetWriter
 from rasterio.windows import Window
 
+from segtile.errors import SegtileError, one_line
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
@@ -30,7 +35,12 @@ from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, as
 from segtile.writers.legend import colour_table, legend_sidecars, write_legend_sidecars
 
 BLOCK_SIZE = 512
-COMPRESSION = {"COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it
+COG_OPTIONS = {"BLOCKSIZE": str(BLOCK_SIZE), "BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS",
+               "COMPRESS": "DEFLATE", "PREDICTOR": "YES"}  # DEFLATE: every GDAL and QGIS reads it
+"""The COG driver's creation options segtile writes with; the user's (``--co``) override them."""
+INTEGER_OPTIONS = ("BLOCKSIZE", "LEVEL", "QUALITY", "OVERVIEW_COUNT", "OVERVIEW_QUALITY", "NBITS", "ZOOM_LEVEL")
+"""Options GDAL reads as integers: checked here, since GDAL reads a bad one as 0 and may abort
+the whole process (``BLOCKSIZE=abc``)."""
 PROBABILITY_SCALE = 255  # uint8 probabilities: stored value = round(p * 255)
 MICRONS_PER_CENTIMETRE = 1e4
 
@@ -41,9 +51,68 @@ def probabilities_path_for(mask_path: str | PathLike) -> Path:
     return mask_path.with_name(f"{mask_path.stem}.probabilities{mask_path.suffix}")
 
 
+class CreationOptionError(SegtileError, ValueError):
+    """A GDAL creation option the COG driver does not take, or a value it refuses."""
+
+
+def check_creation_options(options: Mapping[str, str]) -> None:
+    """Raise :class:`CreationOptionError` unless GDAL's COG driver takes every one of ``options``
+    (``{"COMPRESS": "ZSTD"}``...): integers are checked here, the rest by GDAL's own validation,
+    on a copy of a tiny image in memory, before any real work."""
+    for key, value in options.items():
+        if key in INTEGER_OPTIONS and not (value.isdigit() and int(value) > 0):
+            raise CreationOptionError(f"creation option {key}={value}: expected a positive integer")
+    block = options.get("BLOCKSIZE")
+    if block is not None and int(block) % 16:
+        raise CreationOptionError(f"creation option BLOCKSIZE={block}: tiles must be a multiple of 16 pixels")
+    name = f"/vsimem/segtile-check-{uuid.uuid4().hex}"
+    with _gdal_complaints() as complaints, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(f"{name}.tif", "w", driver="GTiff", width=16, height=16, count=1,
+                               dtype="uint8") as image:
+                image.write(np.zeros((1, 16, 16), np.uint8))
+            rasterio.shutil.copy(f"{name}.tif", f"{name}.cog.tif", driver="COG", **cog_options(options, "MODE"))
+        except RasterioError as exc:
+            complaints.append(one_line(exc))
+        finally:
+            for suffix in (".tif", ".cog.tif"):
+                if rasterio.shutil.exists(f"{name}{suffix}"):
+                    rasterio.shutil.delete(f"{name}{suffix}")
+    if complaints:
+        given = " ".join(f"{key}={value}" for key, value in options.items())
+        raise CreationOptionError(f"GDAL's COG driver refuses the creation options {given}: {complaints[0]}")
+
+
+def cog_options(options: Mapping[str, str] | None, overview_resampling: str) -> dict[str, str]:
+    """The COG driver's creation options: segtile's, then ``options`` over them."""
+    return {**COG_OPTIONS, "OVERVIEW_RESAMPLING": overview_resampling, **(options or {})}
+
+
+@contextmanager
+def _gdal_complaints() -> Iterator[list[str]]:
+    """The warnings GDAL emits inside the block (rasterio logs them), without the error class."""
+    complaints: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            complaints.append(message.split(" in ", 1)[1] if message.startswith("CPLE_") else message)
+
+    logger, handler = logging.getLogger("rasterio._env"), Collect(logging.WARNING)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever the application set its loggers to
+    logger.addHandler(handler)
+    try:
+        yield complaints
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,
                nodata: int = 255, overwrite: bool = False, progress: Advance | None = None,
-               atomic: bool = True) -> Path:
+               atomic: bool = True, creation_options: Mapping[str, str] | None = None) -> Path:
     """Write a class mask as a Cloud-Optimised GeoTIFF with its legend; return ``path``.
 
     One band of the labels' type (uint8, or uint16 beyond 255 classes) on the georeference's
@@ -59,6 +128,8 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
         progress: called with 1 after each chunk is written.
         atomic: write under a temporary name and rename at the end; ``False`` writes ``path``
             directly (the caller already holds a temporary path, see ``OutputSet``).
+        creation_options: GDAL COG creation options over segtile's (:data:`COG_OPTIONS`), e.g.
+            ``{"COMPRESS": "ZSTD"}``; check them first with :func:`check_creation_options`.
     """
     labels = as_labels(labels, card, nodata)
 
@@ -71,21 +142,21 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
 
     with destination(path, overwrite, atomic, files=legend_sidecars(Path(path))) as target:
         profile = _profile(labels.shape, 1, labels.dtype, georef, nodata=nodata)
-        _write_cog(target, profile, _dataset_tags(georef, card), fill, overview_resampling="MODE")
+        _write_cog(target, profile, _dataset_tags(georef, card), fill, cog_options(creation_options, "MODE"))
         write_legend_sidecars(target, card)
     return Path(path)
 
 
 def write_probabilities(path: str | PathLike, probabilities: Any, georef: Georef, card: ModelCard, *,
                         overwrite: bool = False, dtype: str = "uint8", progress: Advance | None = None,
-                        atomic: bool = True) -> Path:
+                        atomic: bool = True, creation_options: Mapping[str, str] | None = None) -> Path:
     """Write per-class probabilities as a Cloud-Optimised GeoTIFF, one band per class; return ``path``.
 
     Band ``i + 1`` holds class ``i`` and is described by its name. ``dtype="uint8"`` stores
     ``round(p * 255)`` with a scale of 1/255 in the band metadata (GDAL and QGIS unscale to
     0–1), and marks pixels without a probability (NaN: nodata input, skipped tiles) in the
     dataset's mask band; ``dtype="float32"`` stores ``p`` itself with NaN as nodata. Same grid,
-    tiling and compression as :func:`write_mask`; overviews by average.
+    tiling and compression as :func:`write_mask` (and its ``creation_options``); overviews by average.
     """
     if dtype not in ("uint8", "float32"):
         raise WriterInputError(f"probabilities dtype must be 'uint8' or 'float32', got {dtype!r}")
@@ -115,7 +186,7 @@ def write_probabilities(path: str | PathLike, probabilities: Any, georef: Georef
     with destination(path, overwrite, atomic) as target:
         profile = _profile(probabilities.shape[1:], classes, np.dtype(dtype), georef,
                            nodata=None if as_uint8 else float("nan"), photometric="MINISBLACK")
-        _write_cog(target, profile, _dataset_tags(georef, card), fill, overview_resampling="AVERAGE")
+        _write_cog(target, profile, _dataset_tags(georef, card), fill, cog_options(creation_options, "AVERAGE"))
     return Path(path)
 
 
@@ -146,9 +217,9 @@ def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:
 
 
 def _write_cog(target: Path, profile: dict[str, Any], tags: dict[str, str],
-               fill: Callable[[DatasetWriter], None], overview_resampling: str) -> None:
+               fill: Callable[[DatasetWriter], None], options: dict[str, str]) -> None:
     """Create the staging GeoTIFF, tag it, let ``fill`` write its bands, copy it to ``target``
-    as a COG."""
+    as a COG with the creation ``options``."""
     with tempfile.TemporaryDirectory(prefix=".segtile-stage-", dir=target.parent) as folder:
         stage_path = Path(folder) / "stage.tif"
         with warnings.catch_warnings():
@@ -156,10 +227,7 @@ def _write_cog(target: Path, profile: dict[str, Any], tags: dict[str, str],
             with rasterio.open(stage_path, "w", **profile) as stage:
                 stage.update_tags(**tags)
                 fill(stage)
-            rasterio.shutil.copy(
-                stage_path, target, driver="COG", BLOCKSIZE=BLOCK_SIZE, BIGTIFF="IF_SAFER",
-                OVERVIEW_RESAMPLING=overview_resampling, NUM_THREADS="ALL_CPUS", **COMPRESSION,
-            )
+            rasterio.shutil.copy(stage_path, target, driver="COG", **options)
 
 
 def _window(key: Key) -> Window:

@@ -33,7 +33,13 @@ from segtile.models.card import ModelCard
 from segtile.progress import Progress
 from segtile.writers.atomic import OutputError, OutputSet, check_output
 from segtile.writers.blocks import Advance
-from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
+from segtile.writers.geotiff import (
+    CreationOptionError,
+    check_creation_options,
+    probabilities_path_for,
+    write_mask,
+    write_probabilities,
+)
 from segtile.writers.legend import legend_sidecars
 from segtile.writers.ome_zarr import write_ome_zarr
 from segtile.writers.qupath import check_object_type, write_qupath_geojson
@@ -73,6 +79,8 @@ class WriteOptions:
         simplify, min_area: of polygons and QuPath objects, in output units (level-0 pixels for slides).
         skip_classes: names of classes that make no polygon or QuPath object.
         qupath_objects: the QuPath object type of a slide's GeoJSON features.
+        creation_options: GDAL creation options of GeoTIFF outputs (the COG driver's), over
+            segtile's defaults, as ``(KEY, VALUE)`` pairs.
     """
 
     probabilities: bool = False
@@ -80,6 +88,7 @@ class WriteOptions:
     min_area: float | None = None
     skip_classes: tuple[str, ...] = ()
     qupath_objects: str = "annotation"
+    creation_options: tuple[tuple[str, str], ...] = ()
 
     def check(self, card: ModelCard) -> None:
         """Raise a :class:`~segtile.errors.SegtileError` for an option that cannot apply to ``card``'s
@@ -128,11 +137,12 @@ def _raster_sidecars(path: Path) -> list[Path]:
 
 
 def _write_mask(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
+    creation = dict(options.creation_options)
     write_mask(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
-               progress=advance)
+               progress=advance, creation_options=creation)
     if options.probabilities:
         write_probabilities(probabilities_path_for(target), layers.probabilities, layers.georef, layers.card,
-                            atomic=False, progress=advance)
+                            atomic=False, progress=advance, creation_options=creation)
 
 
 def _write_zarr(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
@@ -209,6 +219,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
             missing or read-only; an output that would replace a ``protected`` path (the input)
             or a folder that is not the output's own kind.
         OutputExistsError: a file exists and ``overwrite`` is false.
+        CreationOptionError: a GeoTIFF creation option GDAL refuses (or one given without a GeoTIFF).
     """
     protected = list(protected)
     planned, seen = [], {}
@@ -227,6 +238,10 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
             raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it "
                               "could have written")
         planned.append(PlannedOutput(path, kind, files))
+    if options.creation_options:
+        if not any(p.kind.write is _write_mask for p in planned):
+            raise CreationOptionError("creation options apply to GeoTIFF outputs (.tif, .tiff), and none is asked for")
+        check_creation_options(dict(options.creation_options))
     return planned
 
 
