@@ -20,6 +20,7 @@ generator, which drives dropout, is saved), so a resumed run continues the unint
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
 from segtile.models.sampling import TrainingData
 from segtile.normalise import Normalisation, normalise_
+from segtile.progress import Progress
 
 POLY_POWER = 0.9
 MOMENTUM = 0.9
@@ -216,7 +218,7 @@ def validate(model: nn.Module, data: TrainingData, card: ModelCard, device: torc
 def train(model: nn.Module, data: TrainingData, card: ModelCard, options: TrainOptions, *,
           device: torch.device | str = "cpu", state: TrainingState | None = None,
           on_epoch: Callable[[EpochResult, TrainingState], None] | None = None,
-          progress: bool = False) -> list[EpochResult]:
+          progress: str = "none") -> list[EpochResult]:
     """Train ``model`` in place on ``data`` until ``options.epochs`` epochs are done.
 
     Args:
@@ -225,7 +227,9 @@ def train(model: nn.Module, data: TrainingData, card: ModelCard, options: TrainO
         card: the model card (its normalisation is applied to every window).
         state: a saved state to resume from (its step, optimiser and torch random state).
         on_epoch: called after each epoch with its result and the state to save.
-        progress: show a progress bar over the steps (with the loss) on stderr.
+        progress: on stderr: ``"bar"``, a progress bar over the steps (with the loss) and a line
+            per epoch; ``"json"``, the steps as JSON progress records (:mod:`segtile.progress`)
+            and a line per epoch; ``"none"``.
 
     Returns:
         every epoch's result, the resumed run's earlier epochs included. The model is left in
@@ -249,8 +253,12 @@ def train(model: nn.Module, data: TrainingData, card: ModelCard, options: TrainO
             raise TrainError(f"the run to resume has done {state.epoch} epoch(s) already: ask for more with --epochs")
     normalisation = Normalisation.of(card, device)
     losses: list[float] = []
-    with ThreadPoolExecutor(1) as reader, tqdm(total=total, initial=step, unit="step", desc="segtile train",
-                                               dynamic_ncols=True, disable=not progress) as bar:
+    records = Progress("json" if progress == "json" else "none", [("training", 1.0)]).stage("training", total)
+    with ThreadPoolExecutor(1) as reader, records as advance, \
+            tqdm(total=total, initial=step, unit="step", desc="segtile train", dynamic_ncols=True,
+                 disable=progress != "bar") as bar:
+        if step:
+            advance(step)  # a resumed run starts part-way
         pending = reader.submit(draw_batch, data, options, step)  # the next batch reads while this one trains
         while step < total:
             batch = pending.result()
@@ -268,14 +276,15 @@ def train(model: nn.Module, data: TrainingData, card: ModelCard, options: TrainO
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             bar.update(1)
+            advance(1)
             if step % per_epoch == 0:
                 result = EpochResult(step // per_epoch, float(np.mean(losses)),
                                      validate(model, data, card, device, options.batch_size),
                                      optimizer.param_groups[0]["lr"])
                 history.append(result)
                 losses = []
-                if progress:
-                    bar.write(epoch_line(result, options.epochs))
+                if progress != "none":
+                    bar.write(epoch_line(result, options.epochs), file=sys.stderr)
                 if on_epoch is not None:
                     on_epoch(result, TrainingState(step, per_epoch, asdict(options), optimizer.state_dict(),
                                                    torch.get_rng_state(), [asdict(r) for r in history]))

@@ -128,3 +128,45 @@ def test_pyqgis_loads_styled_outputs_and_cancel_leaves_nothing(qgis, tmp_path):
     assert not canceled["succeeded"]
     assert canceled["errors"] == ["canceled: segtile stopped and removed its unfinished outputs"]
     assert canceled["files"] == []  # no output and no temporary folder
+
+
+def qgis_run(qgis, algorithm: str, **parameters) -> subprocess.CompletedProcess:
+    """``qgis_process run segtile:ALGORITHM -- NAME=VALUE ...``, in the plugin's QGIS."""
+    return subprocess.run([qgis["qgis_process"], "run", f"segtile:{algorithm}", "--",
+                           *(f"{name}={value}" for name, value in parameters.items())],
+                          env=qgis["env"], capture_output=True, text=True, timeout=QGIS_TIMEOUT)
+
+
+def test_qgis_process_trains_a_model_segment_takes(qgis, tmp_path):
+    data = SAMPLE.parent
+    image, labels = tmp_path / "nuclei.tif", tmp_path / "labels.tif"
+    shutil.copy(data / "nuclei_img2d.tif", image)
+    shutil.copy(data / "nuclei_labels_train.tif", labels)
+    model = tmp_path / "nuclei.pt"
+    done = qgis_run(qgis, "train", IMAGE=image, LABELS=labels, CLASSES="background,nucleus", EPOCHS=1,
+                    STEPS_PER_EPOCH=2, TILE_SIZE=64, BATCH_SIZE=2, WIDTH=0.125, DEVICE="cpu", OUTPUT=model)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "epoch 1/1: loss" in done.stdout
+    card = load_checkpoint(model).card
+    assert card.classes == ("background", "nucleus") and card.in_channels == 1
+    mask = tmp_path / "mask.tif"
+    done = qgis_run(qgis, "segment", INPUT=image, MODEL=model, OUTPUT=mask)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with rasterio.open(mask) as written, rasterio.open(image) as source:
+        assert written.shape == source.shape
+
+
+def test_qgis_process_evaluates_like_the_cli(qgis, tmp_path):
+    mask = tmp_path / "mask.tif"
+    subprocess.run([segtile_executable(), qgis["image"], "-o", mask, "--quiet"], check=True)
+    truth = tmp_path / "truth.tif"
+    shutil.copy(SAMPLE.parent / "bahamas_labels_heldout.tif", truth)
+    expected = json.loads(subprocess.run([segtile_executable(), "eval", mask, truth, "--json", "--quiet"],
+                                         check=True, capture_output=True, text=True).stdout)
+    done = qgis_run(qgis, "eval", PREDICTION=mask, GROUND_TRUTH=truth)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = dict(line.split(":\t", 1) for line in done.stdout.splitlines() if ":\t" in line)
+    assert float(results["MIOU"]) == pytest.approx(expected["mIoU"])
+    assert float(results["OVERALL_ACCURACY"]) == pytest.approx(expected["allAcc"])
+    assert json.loads(results["REPORT"])["confusion_matrix"] == expected["confusion_matrix"]
+    assert f"mIoU {expected['mIoU']:.4f}" in done.stdout

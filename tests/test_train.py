@@ -356,3 +356,18 @@ def test_a_resumed_run_keeps_its_settings(tmp_path, scene, capsys):
                             (["--layers", "34"], "--layers 34 differs from the resumed network's 18")):
         assert run("train", *common, *extra) == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_progress_as_json_records_for_programs(tmp_path, scene, capsys):
+    """What the QGIS plugin reads: JSON progress records up to 1, and a line per epoch, on stderr."""
+    image, labels = scene
+    loud = [arg for arg in TINY if arg != "--quiet"]
+    assert run("train", "--image", image, "--labels", labels, "--classes", "dark,bright", "--out",
+               tmp_path / "m.pt", "--epochs", "2", "--steps-per-epoch", "2", "--progress", "json", *loud) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records[0]["progress"] == 0 and records[-1] == {"stage": "training", "done": 4, "total": 4,
+                                                           "progress": 1.0}
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+    assert captured.out == ""

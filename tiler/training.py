@@ -100,7 +100,8 @@ def _fit(args: argparse.Namespace, data: TrainingData, classes: tuple[str, ...],
 
     try:
         history = train(model, data, card, options, device=resolve_device(args.device),
-                        state=resumed.state if resumed else None, on_epoch=save, progress=not args.quiet)
+                        state=resumed.state if resumed else None, on_epoch=save,
+                        progress="none" if args.quiet else args.progress)
     except KeyboardInterrupt:
         if saved:
             print(f"segtile: {args.out} holds epoch {saved[-1]} of {options.epochs}: continue with "

@@ -9,6 +9,7 @@ command that reports figures on stdout, reads them in :meth:`SegtileAlgorithm.re
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -17,8 +18,13 @@ from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -73,6 +79,33 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(name) in (None, ""):
             return None
         return self.parameterAsInt(parameters, name, context)
+
+    def raster_file(self, parameters: dict, name: str, context) -> str:
+        """The file behind a raster layer parameter (segtile reads files, through GDAL)."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, name))
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(f"{layer.name()}: segtile reads raster files (GDAL layers), "
+                                         f"not {layer.providerType()} layers")
+        return layer.source()
+
+    def labels_file(self, parameters: dict, name: str, context) -> str:
+        """The file behind a labels parameter: a raster layer's, or a vector layer's (its
+        GeoPackage or GeoJSON, without QGIS's ``|layername=`` suffix)."""
+        layer = self.parameterAsLayer(parameters, name, context)
+        if layer is None:
+            raise QgsProcessingException(f"{name}: no such layer or file")
+        if layer.providerType() not in ("gdal", "ogr"):
+            raise QgsProcessingException(f"{layer.name()}: segtile reads label files (GDAL or OGR layers), "
+                                         f"not {layer.providerType()} layers")
+        return layer.source().split("|")[0]
+
+    def advanced(self, *parameters: QgsProcessingParameterDefinition) -> None:
+        """Add ``parameters`` under the dialog's Advanced parameters."""
+        for parameter in parameters:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
 
 
 def run_segtile(arguments: list[str], feedback) -> runner.Outcome:
@@ -155,7 +188,7 @@ class SegmentAlgorithm(SegtileAlgorithm):
             fileFilter="PyTorch models (*.pt *.pth *.ts);;All files (*.*)", optional=True))
         self.addParameter(QgsProcessingParameterString(
             "BANDS", "Bands to feed the model, e.g. 4,3,2", optional=True))
-        advanced = [
+        self.advanced(
             QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (empty: the card's)",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
             QgsProcessingParameterNumber("OVERLAP", "Overlap of tiles in pixels (empty: the card's)",
@@ -163,24 +196,16 @@ class SegmentAlgorithm(SegtileAlgorithm):
             QgsProcessingParameterNumber("BATCH_SIZE", "Tiles per model call",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=4),
             QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto"),
-        ]
-        for parameter in advanced:
-            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(parameter)
+        )
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mask"))
         self.addParameter(QgsProcessingParameterVectorDestination(
             "POLYGONS", "Polygons", type=QgsProcessing.TypeVectorPolygon, optional=True, createByDefault=False))
 
     def command(self, parameters: dict, context) -> tuple[list[str], dict]:
-        image = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        if image is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, "INPUT"))
-        if image.providerType() != "gdal":
-            raise QgsProcessingException(f"{image.name()}: segtile reads raster files (GDAL layers), "
-                                         f"not {image.providerType()} layers")
+        image = self.raster_file(parameters, "INPUT", context)
         mask = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         polygons = self.parameterAsOutputLayer(parameters, "POLYGONS", context) or None
-        arguments = ["segment", image.source(), "--out", mask, *(["--out", polygons] if polygons else []),
+        arguments = ["segment", image, "--out", mask, *(["--out", polygons] if polygons else []),
                      "--progress", "json", "--overwrite",
                      "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
                      "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
@@ -195,4 +220,127 @@ class SegmentAlgorithm(SegtileAlgorithm):
         return arguments, {"OUTPUT": mask, "POLYGONS": polygons}
 
 
-ALGORITHMS = (SegmentAlgorithm,)
+LAYERS = ("18", "34", "50", "101")  # ResNet depths segtile train builds
+
+
+class TrainAlgorithm(SegtileAlgorithm):
+    """``segtile:train``: ``segtile train --image IMAGE --labels LABELS --classes ... --out MODEL``."""
+
+    def name(self) -> str:
+        return "train"
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
+        return "Train a model"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
+        return (
+            "Trains a PSPNet on a raster and its labels by running `segtile train` of your segtile "
+            "installation; the model it writes is what Segment raster takes as Model.\n\n"
+            "Labels: a raster of class indices on (or reprojected onto) the image's grid, 255 = "
+            "unlabelled; or polygons (GeoPackage, GeoJSON, QuPath GeoJSON) whose class field names "
+            "their class.\n"
+            "Classes: the class names in index order, comma-separated (e.g. water,land,cloud).\n"
+            "A share of the labelled area is held out and its mIoU reported after each epoch. The "
+            "model is saved after every epoch: Cancel keeps the last one saved, which `segtile train "
+            "--resume` continues."
+        )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
+        self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", "Training image"))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            "LABELS", "Labels (raster or polygons)",
+            types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterString("CLASSES", "Class names in index order, e.g. water,land"))
+        self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs", type=QgsProcessingParameterNumber.Integer,
+                                                       minValue=1, defaultValue=20))
+        self.advanced(
+            QgsProcessingParameterString("CLASS_FIELD", "Polygon field holding class names (empty: found)",
+                                         optional=True),
+            QgsProcessingParameterNumber("STEPS_PER_EPOCH", "Steps per epoch (empty: about one per labelled block)",
+                                         type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
+            QgsProcessingParameterNumber("TILE_SIZE", "Training window size in pixels",
+                                         type=QgsProcessingParameterNumber.Integer, minValue=16, defaultValue=256),
+            QgsProcessingParameterNumber("BATCH_SIZE", "Windows per step", type=QgsProcessingParameterNumber.Integer,
+                                         minValue=2, defaultValue=8),
+            QgsProcessingParameterEnum("LAYERS", "ResNet depth", options=list(LAYERS), defaultValue=0),
+            QgsProcessingParameterNumber("WIDTH", "Channel width (1 = the reference network)",
+                                         type=QgsProcessingParameterNumber.Double, minValue=0.01, defaultValue=1.0),
+            QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto"),
+        )
+        self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model", "segtile models (*.pt)"))
+
+    def command(self, parameters: dict, context) -> tuple[list[str], dict]:
+        model = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        arguments = ["train", "--image", self.raster_file(parameters, "IMAGE", context),
+                     "--labels", self.labels_file(parameters, "LABELS", context),
+                     "--classes", self.parameterAsString(parameters, "CLASSES", context).strip(),
+                     "--out", model, "--overwrite", "--progress", "json",
+                     "--epochs", str(self.parameterAsInt(parameters, "EPOCHS", context)),
+                     "--tile-size", str(self.parameterAsInt(parameters, "TILE_SIZE", context)),
+                     "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
+                     "--layers", LAYERS[self.parameterAsEnum(parameters, "LAYERS", context)],
+                     "--width", repr(self.parameterAsDouble(parameters, "WIDTH", context)),
+                     "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
+        class_field = self.parameterAsString(parameters, "CLASS_FIELD", context).strip()
+        steps = self.optional_int(parameters, "STEPS_PER_EPOCH", context)
+        for option, value in (("--class-field", class_field), ("--steps-per-epoch", steps)):
+            if value not in (None, ""):
+                arguments += [option, str(value)]
+        return arguments, {"OUTPUT": model}
+
+
+class EvaluateAlgorithm(SegtileAlgorithm):
+    """``segtile:eval``: ``segtile eval PREDICTION GROUND_TRUTH --json``; the figures as outputs."""
+
+    def name(self) -> str:
+        return "eval"
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
+        return "Evaluate a mask"
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
+        return (
+            "Compares a predicted mask with ground truth by running `segtile eval` of your segtile "
+            "installation, as the reference PSPNet evaluation does: per-class IoU and accuracy summed "
+            "over all pixels, their means (mIoU, mean accuracy) and the overall accuracy.\n\n"
+            "Ground truth: a label raster (reprojected onto the mask's grid when on another) or "
+            "polygons with a class field. Pixels that are nodata or 255 in either are not compared. "
+            "The figures are the algorithm's outputs; the log shows them per class."
+        )
+
+    def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
+        self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Predicted mask (a segtile mask)"))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            "GROUND_TRUTH", "Ground truth (raster or polygons)",
+            types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon]))
+        self.advanced(QgsProcessingParameterString("CLASS_FIELD", "Polygon field holding class names (empty: found)",
+                                                   optional=True))
+        self.addOutput(QgsProcessingOutputNumber("MIOU", "mIoU"))
+        self.addOutput(QgsProcessingOutputNumber("MEAN_ACCURACY", "Mean accuracy"))
+        self.addOutput(QgsProcessingOutputNumber("OVERALL_ACCURACY", "Overall accuracy"))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Every figure, as segtile eval --json prints them"))
+
+    def command(self, parameters: dict, context) -> tuple[list[str], dict]:
+        arguments = ["eval", self.raster_file(parameters, "PREDICTION", context),
+                     self.labels_file(parameters, "GROUND_TRUTH", context), "--json", "--quiet"]
+        class_field = self.parameterAsString(parameters, "CLASS_FIELD", context).strip()
+        if class_field:
+            arguments += ["--class-field", class_field]
+        return arguments, {}
+
+    def results(self, outputs: dict, outcome: runner.Outcome) -> dict:
+        figures = json.loads(outcome.stdout)
+        return {"MIOU": figures["mIoU"], "MEAN_ACCURACY": figures["mAcc"], "OVERALL_ACCURACY": figures["allAcc"],
+                "REPORT": json.dumps(figures)}
+
+    def processAlgorithm(self, parameters: dict, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
+        results = super().processAlgorithm(parameters, context, feedback)
+        figures = json.loads(results["REPORT"])
+        for name in figures["classes"]:
+            feedback.pushInfo(f"{name}: IoU {figures['iou'][name]:.4f}, accuracy {figures['accuracy'][name]:.4f}")
+        feedback.pushInfo(f"mIoU {figures['mIoU']:.4f}, mean accuracy {figures['mAcc']:.4f}, "
+                          f"overall accuracy {figures['allAcc']:.4f} over {figures['pixels_compared']} pixels")
+        return results
+
+
+ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, EvaluateAlgorithm)

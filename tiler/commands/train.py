@@ -55,6 +55,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="ImageNet ResNet weights in torchvision layout to start the backbone from")
     parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:i]", help="where to train (default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--progress", choices=("bar", "json"), default="bar",
+                        help="progress on stderr: a bar, or one JSON object per line for programs; a line "
+                        "per epoch either way (default: bar)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no epoch lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library messages")
     parser.set_defaults(run=run)
