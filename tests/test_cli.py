@@ -208,3 +208,18 @@ def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again():
     assert received == {"signal": signal.SIGTERM}
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the test process goes on
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path, data_dir):
+    """``segtile eval ... --json | head -c 1``: no traceback and no error line, as cat or gdalinfo."""
+    import subprocess
+    import sys
+
+    truth = data_dir / "bahamas_labels_heldout.tif"
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before segtile writes anything
+    done = subprocess.run([sys.executable, "-m", "segtile.cli", "eval", truth, truth, "--classes", "water,land,cloud",
+                           "--json", "--quiet"],
+                          stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(writer)
+    assert done.returncode == 128 + 13 and done.stderr == ""  # SIGPIPE's status

@@ -101,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 build_parser().print_help(sys.stderr)
                 return EXIT_USAGE
             args.run(args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        except BrokenPipeError:  # stdout closed early (`segtile eval ... --json | head`): quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 128 + signal.SIGPIPE
         except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
             print(f"segtile: {name}; no output was written{_notes(interrupt)}", file=sys.stderr)
