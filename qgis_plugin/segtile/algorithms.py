@@ -40,13 +40,26 @@ PLUGIN_FOLDER = Path(__file__).resolve().parent
 class SegtileAlgorithm(QgsProcessingAlgorithm):
     """An algorithm that runs one segtile command (see the module docstring).
 
-    Subclasses implement ``name``, ``displayName``, ``shortHelpString``, ``initAlgorithm`` and
-    :meth:`command`.
+    Subclasses set :attr:`NAME`, :attr:`TITLE` and :attr:`HELP`, and implement ``initAlgorithm``
+    and :meth:`command`.
     """
+
+    NAME = ""  # the algorithm's id in the provider: segtile:NAME
+    TITLE = ""  # its name in the Processing toolbox
+    HELP = ""  # the help shown beside its dialog
 
     def __init__(self) -> None:
         super().__init__()
         self._outputs: dict = {}  # of the last run, styled by postProcessAlgorithm
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
+        return self.TITLE
+
+    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
+        return self.HELP
 
     def createInstance(self) -> SegtileAlgorithm:  # noqa: N802 (QGIS's name)
         return type(self)()
@@ -158,28 +171,22 @@ class DefaultStyle(QgsProcessingLayerPostProcessorInterface):
             feedback.pushWarning(f"{layer.name()}: segtile's style was not applied: {message}")
 
 
-
 class SegmentAlgorithm(SegtileAlgorithm):
     """``segtile:segment``: ``segtile segment INPUT --out OUTPUT [--out POLYGONS] ...``."""
 
-    def name(self) -> str:
-        return "segment"
-
-    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
-        return "Segment raster"
-
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
-        return (
-            "Segments a raster tile by tile with a PSPNet, in bounded memory, by running the segtile "
-            "command of your segtile installation.\n\n"
-            "Model: a segtile checkpoint or TorchScript file; empty uses $SEGTILE_MODEL, else the "
-            "default model installed with segtile.\n"
-            "Mask: a Cloud-Optimised GeoTIFF on the input's grid, styled with the model's classes "
-            "and colours (mask.qml beside it).\n"
-            "Polygons (optional): one polygon per region of a class, with class_id, class_name and "
-            "area, styled by class (GeoPackage, Shapefile, GeoJSON or FlatGeobuf).\n"
-            "Bands, tile size and overlap default to the model card's. Outputs that exist are replaced."
-        )
+    NAME = "segment"
+    TITLE = "Segment raster"
+    HELP = (
+        "Segments a raster tile by tile with a PSPNet, in bounded memory, by running the segtile "
+        "command of your segtile installation.\n\n"
+        "Model: a segtile checkpoint or TorchScript file; empty uses $SEGTILE_MODEL, else the "
+        "default model installed with segtile.\n"
+        "Mask: a Cloud-Optimised GeoTIFF on the input's grid, styled with the model's classes "
+        "and colours (mask.qml beside it).\n"
+        "Polygons (optional): one polygon per region of a class, with class_id, class_name and "
+        "area, styled by class (GeoPackage, Shapefile, GeoJSON or FlatGeobuf).\n"
+        "Bands, tile size and overlap default to the model card's. Outputs that exist are replaced."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -226,24 +233,19 @@ LAYERS = ("18", "34", "50", "101")  # ResNet depths segtile train builds
 class TrainAlgorithm(SegtileAlgorithm):
     """``segtile:train``: ``segtile train --image IMAGE --labels LABELS --classes ... --out MODEL``."""
 
-    def name(self) -> str:
-        return "train"
-
-    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
-        return "Train a model"
-
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
-        return (
-            "Trains a PSPNet on a raster and its labels by running `segtile train` of your segtile "
-            "installation; the model it writes is what Segment raster takes as Model.\n\n"
-            "Labels: a raster of class indices on (or reprojected onto) the image's grid, 255 = "
-            "unlabelled; or polygons (GeoPackage, GeoJSON, QuPath GeoJSON) whose class field names "
-            "their class.\n"
-            "Classes: the class names in index order, comma-separated (e.g. water,land,cloud).\n"
-            "A share of the labelled area is held out and its mIoU reported after each epoch. The "
-            "model is saved after every epoch: Cancel keeps the last one saved, which `segtile train "
-            "--resume` continues."
-        )
+    NAME = "train"
+    TITLE = "Train a model"
+    HELP = (
+        "Trains a PSPNet on a raster and its labels by running `segtile train` of your segtile "
+        "installation; the model it writes is what Segment raster takes as Model.\n\n"
+        "Labels: a raster of class indices on (or reprojected onto) the image's grid, 255 = "
+        "unlabelled; or polygons (GeoPackage, GeoJSON, QuPath GeoJSON) whose class field names "
+        "their class.\n"
+        "Classes: the class names in index order, comma-separated (e.g. water,land,cloud).\n"
+        "A share of the labelled area is held out and its mIoU reported after each epoch. The "
+        "model is saved after every epoch: Cancel keeps the last one saved, which `segtile train "
+        "--resume` continues."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", "Training image"))
@@ -292,21 +294,16 @@ class TrainAlgorithm(SegtileAlgorithm):
 class EvaluateAlgorithm(SegtileAlgorithm):
     """``segtile:eval``: ``segtile eval PREDICTION GROUND_TRUTH --json``; the figures as outputs."""
 
-    def name(self) -> str:
-        return "eval"
-
-    def displayName(self) -> str:  # noqa: N802 (QGIS's name)
-        return "Evaluate a mask"
-
-    def shortHelpString(self) -> str:  # noqa: N802 (QGIS's name)
-        return (
-            "Compares a predicted mask with ground truth by running `segtile eval` of your segtile "
-            "installation, as the reference PSPNet evaluation does: per-class IoU and accuracy summed "
-            "over all pixels, their means (mIoU, mean accuracy) and the overall accuracy.\n\n"
-            "Ground truth: a label raster (reprojected onto the mask's grid when on another) or "
-            "polygons with a class field. Pixels that are nodata or 255 in either are not compared. "
-            "The figures are the algorithm's outputs; the log shows them per class."
-        )
+    NAME = "eval"
+    TITLE = "Evaluate a mask"
+    HELP = (
+        "Compares a predicted mask with ground truth by running `segtile eval` of your segtile "
+        "installation, as the reference PSPNet evaluation does: per-class IoU and accuracy summed "
+        "over all pixels, their means (mIoU, mean accuracy) and the overall accuracy.\n\n"
+        "Ground truth: a label raster (reprojected onto the mask's grid when on another) or "
+        "polygons with a class field. Pixels that are nodata or 255 in either are not compared. "
+        "The figures are the algorithm's outputs; the log shows them per class."
+    )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Predicted mask (a segtile mask)"))
