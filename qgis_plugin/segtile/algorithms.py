@@ -69,15 +69,16 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
         json``), and the algorithm's outputs (output name -> file path, or ``None``)."""
         raise NotImplementedError
 
-    def results(self, outputs: dict, outcome: runner.Outcome) -> dict:
-        """The algorithm's results once the command succeeded: its outputs by default."""
+    def results(self, outputs: dict, outcome: runner.Outcome, feedback) -> dict:
+        """The algorithm's results once the command succeeded (what it reports of them goes to
+        ``feedback``): its outputs by default."""
         return outputs
 
     def processAlgorithm(self, parameters: dict, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
         arguments, outputs = self.command(parameters, context)
         outcome = run_segtile(arguments, feedback)
         self._outputs = outputs
-        return self.results(outputs, outcome)
+        return self.results(outputs, outcome, feedback)
 
     def postProcessAlgorithm(self, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
         """Once the run is over, in QGIS's main thread (where the context is the one that loads the
@@ -92,6 +93,24 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
         if parameters.get(name) in (None, ""):
             return None
         return self.parameterAsInt(parameters, name, context)
+
+    def options(self, parameters: dict, context, **flags: str) -> list[str]:
+        """``--flag value`` for each optional string or integer parameter that is set, from
+        ``flags`` (``flag=PARAMETER``, the flag's dashes as underscores)."""
+        arguments = []
+        for flag, name in flags.items():
+            definition = self.parameterDefinition(name)
+            if isinstance(definition, QgsProcessingParameterNumber):
+                value = self.optional_int(parameters, name, context)
+            else:
+                value = self.parameterAsString(parameters, name, context).strip() or None
+            if value is not None:
+                arguments += [f"--{flag.replace('_', '-')}", str(value)]
+        return arguments
+
+    def device(self, parameters: dict, context) -> list[str]:
+        """``--device`` from the :func:`device_parameter`."""
+        return ["--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
 
     def raster_file(self, parameters: dict, name: str, context) -> str:
         """The file behind a raster layer parameter (segtile reads files, through GDAL)."""
@@ -171,6 +190,21 @@ class DefaultStyle(QgsProcessingLayerPostProcessorInterface):
             feedback.pushWarning(f"{layer.name()}: segtile's style was not applied: {message}")
 
 
+def device_parameter() -> QgsProcessingParameterString:
+    return QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto")
+
+
+def labels_parameter(name: str, description: str) -> QgsProcessingParameterMapLayer:
+    """Labels as segtile reads them: a raster layer, or a polygon layer with a class field."""
+    return QgsProcessingParameterMapLayer(name, description,
+                                          types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon])
+
+
+def class_field_parameter() -> QgsProcessingParameterString:
+    return QgsProcessingParameterString("CLASS_FIELD", "Polygon field holding class names (empty: found)",
+                                        optional=True)
+
+
 class SegmentAlgorithm(SegtileAlgorithm):
     """``segtile:segment``: ``segtile segment INPUT --out OUTPUT [--out POLYGONS] ...``."""
 
@@ -202,7 +236,7 @@ class SegmentAlgorithm(SegtileAlgorithm):
                                          type=QgsProcessingParameterNumber.Integer, minValue=0, optional=True),
             QgsProcessingParameterNumber("BATCH_SIZE", "Tiles per model call",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=4),
-            QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto"),
+            device_parameter(),
         )
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mask"))
         self.addParameter(QgsProcessingParameterVectorDestination(
@@ -215,15 +249,9 @@ class SegmentAlgorithm(SegtileAlgorithm):
         arguments = ["segment", image, "--out", mask, *(["--out", polygons] if polygons else []),
                      "--progress", "json", "--overwrite",
                      "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
-                     "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
-        model = self.parameterAsFile(parameters, "MODEL", context)
-        bands = self.parameterAsString(parameters, "BANDS", context).strip()
-        tile_size = self.optional_int(parameters, "TILE_SIZE", context)
-        overlap = self.optional_int(parameters, "OVERLAP", context)
-        for option, value in (("--model", model), ("--bands", bands), ("--tile-size", tile_size),
-                              ("--overlap", overlap)):
-            if value not in (None, ""):
-                arguments += [option, str(value)]
+                     *self.device(parameters, context),
+                     *self.options(parameters, context, model="MODEL", bands="BANDS", tile_size="TILE_SIZE",
+                                   overlap="OVERLAP")]
         return arguments, {"OUTPUT": mask, "POLYGONS": polygons}
 
 
@@ -249,15 +277,12 @@ class TrainAlgorithm(SegtileAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", "Training image"))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            "LABELS", "Labels (raster or polygons)",
-            types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(labels_parameter("LABELS", "Labels (raster or polygons)"))
         self.addParameter(QgsProcessingParameterString("CLASSES", "Class names in index order, e.g. water,land"))
         self.addParameter(QgsProcessingParameterNumber("EPOCHS", "Epochs", type=QgsProcessingParameterNumber.Integer,
                                                        minValue=1, defaultValue=20))
         self.advanced(
-            QgsProcessingParameterString("CLASS_FIELD", "Polygon field holding class names (empty: found)",
-                                         optional=True),
+            class_field_parameter(),
             QgsProcessingParameterNumber("STEPS_PER_EPOCH", "Steps per epoch (empty: about one per labelled block)",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
             QgsProcessingParameterNumber("TILE_SIZE", "Training window size in pixels",
@@ -267,7 +292,7 @@ class TrainAlgorithm(SegtileAlgorithm):
             QgsProcessingParameterEnum("LAYERS", "ResNet depth", options=list(LAYERS), defaultValue=0),
             QgsProcessingParameterNumber("WIDTH", "Channel width (1 = the reference network)",
                                          type=QgsProcessingParameterNumber.Double, minValue=0.01, defaultValue=1.0),
-            QgsProcessingParameterString("DEVICE", "Device: auto, cpu, cuda or cuda:N", defaultValue="auto"),
+            device_parameter(),
         )
         self.addParameter(QgsProcessingParameterFileDestination("OUTPUT", "Model", "segtile models (*.pt)"))
 
@@ -282,12 +307,9 @@ class TrainAlgorithm(SegtileAlgorithm):
                      "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
                      "--layers", LAYERS[self.parameterAsEnum(parameters, "LAYERS", context)],
                      "--width", repr(self.parameterAsDouble(parameters, "WIDTH", context)),
-                     "--device", self.parameterAsString(parameters, "DEVICE", context).strip() or "auto"]
-        class_field = self.parameterAsString(parameters, "CLASS_FIELD", context).strip()
-        steps = self.optional_int(parameters, "STEPS_PER_EPOCH", context)
-        for option, value in (("--class-field", class_field), ("--steps-per-epoch", steps)):
-            if value not in (None, ""):
-                arguments += [option, str(value)]
+                     *self.device(parameters, context),
+                     *self.options(parameters, context, class_field="CLASS_FIELD",
+                                   steps_per_epoch="STEPS_PER_EPOCH")]
         return arguments, {"OUTPUT": model}
 
 
@@ -307,11 +329,8 @@ class EvaluateAlgorithm(SegtileAlgorithm):
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Predicted mask (a segtile mask)"))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            "GROUND_TRUTH", "Ground truth (raster or polygons)",
-            types=[QgsProcessing.TypeRaster, QgsProcessing.TypeVectorPolygon]))
-        self.advanced(QgsProcessingParameterString("CLASS_FIELD", "Polygon field holding class names (empty: found)",
-                                                   optional=True))
+        self.addParameter(labels_parameter("GROUND_TRUTH", "Ground truth (raster or polygons)"))
+        self.advanced(class_field_parameter())
         self.addOutput(QgsProcessingOutputNumber("MIOU", "mIoU"))
         self.addOutput(QgsProcessingOutputNumber("MEAN_ACCURACY", "Mean accuracy"))
         self.addOutput(QgsProcessingOutputNumber("OVERALL_ACCURACY", "Overall accuracy"))
@@ -319,25 +338,19 @@ class EvaluateAlgorithm(SegtileAlgorithm):
 
     def command(self, parameters: dict, context) -> tuple[list[str], dict]:
         arguments = ["eval", self.raster_file(parameters, "PREDICTION", context),
-                     self.labels_file(parameters, "GROUND_TRUTH", context), "--json", "--quiet"]
-        class_field = self.parameterAsString(parameters, "CLASS_FIELD", context).strip()
-        if class_field:
-            arguments += ["--class-field", class_field]
+                     self.labels_file(parameters, "GROUND_TRUTH", context), "--json", "--quiet",
+                     *self.options(parameters, context, class_field="CLASS_FIELD")]
         return arguments, {}
 
-    def results(self, outputs: dict, outcome: runner.Outcome) -> dict:
+    def results(self, outputs: dict, outcome: runner.Outcome, feedback) -> dict:
+        """The figures ``segtile eval --json`` printed, as outputs; per class in the log."""
         figures = json.loads(outcome.stdout)
-        return {"MIOU": figures["mIoU"], "MEAN_ACCURACY": figures["mAcc"], "OVERALL_ACCURACY": figures["allAcc"],
-                "REPORT": json.dumps(figures)}
-
-    def processAlgorithm(self, parameters: dict, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
-        results = super().processAlgorithm(parameters, context, feedback)
-        figures = json.loads(results["REPORT"])
         for name in figures["classes"]:
             feedback.pushInfo(f"{name}: IoU {figures['iou'][name]:.4f}, accuracy {figures['accuracy'][name]:.4f}")
         feedback.pushInfo(f"mIoU {figures['mIoU']:.4f}, mean accuracy {figures['mAcc']:.4f}, "
                           f"overall accuracy {figures['allAcc']:.4f} over {figures['pixels_compared']} pixels")
-        return results
+        return {"MIOU": figures["mIoU"], "MEAN_ACCURACY": figures["mAcc"], "OVERALL_ACCURACY": figures["allAcc"],
+                "REPORT": json.dumps(figures)}  # one line
 
 
 ALGORITHMS = (SegmentAlgorithm, TrainAlgorithm, EvaluateAlgorithm)
