@@ -26,7 +26,7 @@ current therefore makes each batch task wait for the marker of the last chunk of
 holds less). Dask frees a batch as soon as the chunks that need it are done, so memory is
 bounded by the batches in flight, the band of batches one tile row high and one stripe wide
 that straddles the current chunk row, and the chunks being stitched, whatever the image size;
-:func:`segtile.plan.fit_memory` sizes stripes, chunks and batches to the class count so that
+:func:`segtile.budget.plan_memory` sizes stripes, chunks and batches to the class count so that
 bound holds for 2 classes and for 150.
 
 Chunks already computed by an interrupted run (``skip``) get no task at all: the chain of markers

@@ -204,8 +204,7 @@ class Segmentation:
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
                                skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
-                               creation_options=tuple((key.upper(), str(value))
-                                                      for key, value in (creation_options or {}).items()))
+                               creation_options=tuple((creation_options or {}).items()))
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
                              protected=self.inputs, progress=progress, computing=computing,
                              stage=False if self.stored is not None else stage)

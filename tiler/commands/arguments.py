@@ -78,11 +78,12 @@ def scale_list(text: str) -> tuple[float, ...]:
 
 
 def creation_option(text: str) -> tuple[str, str]:
-    """``"compress=zstd"`` -> ``("COMPRESS", "zstd")``: a GDAL creation option (the key upper-cased)."""
+    """``"compress=zstd"`` -> ``("compress", "zstd")``: a GDAL creation option (the writer
+    upper-cases the key, :func:`segtile.writers.geotiff.cog_options`)."""
     key, equals, value = text.partition("=")
     if not equals or not key.strip() or not value.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. COMPRESS=ZSTD), got {text!r}")
-    return key.strip().upper(), value.strip()
+    return key.strip(), value.strip()
 
 
 def memory_size(text: str) -> int:

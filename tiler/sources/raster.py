@@ -141,10 +141,9 @@ def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int], dtype: n
     if any(dataset.mask_flag_enums[i - 1] != [MaskFlags.nodata] for i in band_indexes):
         return None
     values = np.array([dataset.nodatavals[i - 1] for i in band_indexes], dtype=np.float64)
-    if np.isnan(values).any() and not np.isnan(values).all():
-        return None  # NaN for some bands only: GDAL's masks say it exactly
-    if np.isnan(values).any():
-        return values
+    nan = np.isnan(values)
+    if nan.any():  # NaN for some bands only: GDAL's masks say it exactly
+        return values if nan.all() else None
     with np.errstate(invalid="ignore", over="ignore"):  # out of range: the check below keeps float64
         typed = values.astype(dtype)
     return typed if np.array_equal(typed.astype(np.float64), values) else values

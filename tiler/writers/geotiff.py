@@ -59,6 +59,7 @@ def check_creation_options(options: Mapping[str, str]) -> None:
     """Raise :class:`CreationOptionError` unless GDAL's COG driver takes every one of ``options``
     (``{"COMPRESS": "ZSTD"}``...): integers are checked here, the rest by GDAL's own validation,
     on a copy of a tiny image in memory, before any real work."""
+    options = _upper_keys(options)
     for key, value in options.items():
         if key in INTEGER_OPTIONS and not (value.isdigit() and int(value) > 0):
             raise CreationOptionError(f"creation option {key}={value}: expected a positive integer")
@@ -85,8 +86,13 @@ def check_creation_options(options: Mapping[str, str]) -> None:
 
 
 def cog_options(options: Mapping[str, str] | None, overview_resampling: str) -> dict[str, str]:
-    """The COG driver's creation options: segtile's, then ``options`` over them."""
-    return {**COG_OPTIONS, "OVERVIEW_RESAMPLING": overview_resampling, **(options or {})}
+    """The COG driver's creation options: segtile's, then ``options`` over them (keys in any case)."""
+    return {**COG_OPTIONS, "OVERVIEW_RESAMPLING": overview_resampling, **_upper_keys(options or {})}
+
+
+def _upper_keys(options: Mapping[str, object]) -> dict[str, str]:
+    """``options`` as GDAL names them: keys upper-cased, values as text."""
+    return {key.upper(): str(value) for key, value in options.items()}
 
 
 @contextmanager
