@@ -34,7 +34,7 @@ from segtile.models.card import ModelCard
 from segtile.plan import fit_to_image
 from segtile.sources import MemorySource, Source
 from segtile.sources.resample import ResampledSource
-from segtile.writers.legend import rgb
+from segtile.writers.legend import rgb_palette
 
 if TYPE_CHECKING:
     from segtile.result import Segmentation
@@ -119,7 +119,7 @@ def preview(result: Segmentation, max_size: int = 1024, over_image: bool = True,
     small = replace(result, source=MemorySource(pixels, georef=coarse.georef), georef=coarse.georef,
                     options=fit_to_image(result.options, coarse.height, coarse.width), stored=None)
     labels = small.labels.compute()
-    colours = paint(labels, result.card, result.nodata)
+    colours = rgb_palette(result.card, result.nodata + 1)[labels]  # black where nothing was segmented
     if over_image:
         colours = blend(stretch(pixels, None), colours, labels != result.nodata, alpha)
     return Preview(colours, labels, result.card, result.source.width / coarse.width)
@@ -169,14 +169,6 @@ def _read_float(source: Source, window: Window) -> np.ndarray:
     if valid is not None:
         pixels[:, ~valid] = np.nan
     return pixels
-
-
-def paint(labels: np.ndarray, card: ModelCard, nodata: int) -> np.ndarray:
-    """The labels ``(h, w)`` as RGB ``(h, w, 3)`` uint8 in the card's colours, black for ``nodata``."""
-    palette = np.zeros((nodata + 1, 3), dtype=np.uint8)
-    for index, colour in enumerate(card.colors):
-        palette[index] = rgb(colour)
-    return palette[labels]
 
 
 def stretch(pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
