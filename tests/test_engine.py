@@ -317,3 +317,43 @@ def test_on_a_cluster_no_batch_starts_before_the_chunk_row_above_it_is_stitched(
         (marker,) = markers
         assert marker[1:] == (row, min(2 * stripe + 1, 4))  # the last chunk of that row in the stripe (2 columns)
     assert waiting > len(batches) / 2
+
+
+def test_results_stitched_on_the_device_are_those_stitched_on_the_host(pointwise_model):
+    """On a GPU the tile results stay there and only the products come back: the same sums,
+    divisions and argmax as on the host, run here by torch on the CPU. Invalid pixels, tiles
+    without any, several stripes and chunks that cut tiles included."""
+    model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+    image = random_image(3, 90, 110)
+    image[:, 10:30, 5:40] = np.nan
+    image[:, 60:, 70:] = np.nan  # whole tiles with nothing valid: never run
+    stitched = {}
+    for on_device in (False, True):
+        result = segment(image, model, tile_size=32, overlap=8, batch_size=3, chunk_size=40, stripe_width=40,
+                         device="cpu", stitch_on_device=on_device)
+        stitched[on_device] = dask.compute(result.labels, result.probabilities, result.logits)
+    (host_labels, host_probabilities, host_logits), (labels, probabilities, logits) = stitched[False], stitched[True]
+    np.testing.assert_array_equal(labels, host_labels)
+    assert (labels == 255).sum() == np.isnan(image[0]).sum()
+    np.testing.assert_allclose(probabilities, host_probabilities, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(logits, host_logits, rtol=1e-6, atol=1e-6)
+
+
+def test_results_stay_on_the_device_only_when_the_model_runs_on_a_gpu_of_this_process(pointwise_model):
+    from distributed import Client
+
+    from segtile.engine import stitches_on_device
+
+    def kept_on_device(**kwargs) -> bool:
+        result = segment(random_image(3, 40, 40), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
+                         **kwargs)
+        graph = dict(result.labels.__dask_graph__())
+        (flag,) = {task[6] for key, task in graph.items() if isinstance(key, tuple) and "batch" in key[0]}
+        return flag
+
+    assert stitches_on_device(segment(random_image(3, 8, 8), pointwise_model(bands=3, classes=2)).options) \
+        == torch.cuda.is_available()
+    assert not kept_on_device(device="cpu")
+    assert kept_on_device(device="cpu", stitch_on_device=True)
+    with Client(processes=False, dashboard_address=None):
+        assert not kept_on_device(device="cpu", stitch_on_device=True)  # results cross processes there

@@ -46,10 +46,11 @@ class NaNWhere(torch.nn.Module):
         return torch.where(x[:, :1] > self.threshold, torch.full_like(logits, float("nan")), logits)
 
 
-def test_nonfinite_logits_never_reach_the_stitched_sums():
+@pytest.mark.parametrize("on_device", [False, True])
+def test_nonfinite_logits_never_reach_the_stitched_sums(on_device):
     image = np.zeros((1, 96, 96), dtype=np.float32)
     image[0, :, 60:] = 1.0  # the model answers NaN there
-    result = segment(image, NaNWhere(0.5), tile_size=48, overlap=16, device="cpu")
+    result = segment(image, NaNWhere(0.5), tile_size=48, overlap=16, device="cpu", stitch_on_device=on_device)
     logits = result.logits.compute()
     labels = result.labels.compute()
     assert np.isfinite(logits[:, :, :60]).all()  # overlapping tiles did not smear NaN across

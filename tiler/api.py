@@ -53,6 +53,7 @@ def segment(
     chunk_size: int | None = None,
     stripe_width: int | None = None,
     memory_limit: int | str | None = None,
+    stitch_on_device: bool | None = None,
 ) -> Segmentation:
     """Segment ``source`` with ``model``, lazily: nothing runs until a result is written.
 
@@ -94,6 +95,12 @@ def segment(
             the tiles on each stripe boundary twice. ``0``: the whole width at once.
         memory_limit: bytes (or ``"1.5G"``) the engine may hold; the sizes left ``None`` above
             are chosen from it and the class count (see :mod:`segtile.budget`).
+        stitch_on_device: keep the tiles' weighted logits on the model's device and stitch the
+            chunks there, so that only the products come back to the host (one byte per pixel
+            for labels). ``None``: when the model runs on a CUDA device of this process (never
+            for a graph built for a ``dask.distributed`` cluster, whose results cross
+            processes); ``False`` stitches in host memory, as on the CPU, when the device's
+            memory is short.
 
     Returns:
         a :class:`~segtile.result.Segmentation` with ``.logits``, ``.probabilities``, ``.labels``
@@ -115,6 +122,7 @@ def segment(
         blend=blend, batch_size=_given(batch_size, 1), chunk_size=_given(chunk_size, 1),
         stripe_width=_given(stripe_width, 0),
         alignment=card.alignment, device=device, precision=precision, augmentation=augmentation,
+        stitch_on_device=stitch_on_device,
     )
     options.validate()
     options = fit_to_image(options, grid.height, grid.width)

@@ -40,12 +40,14 @@ from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
+import torch
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from segtile.blend import tile_weight
 from segtile.cluster import current_client
+from segtile.devices import resolve_device
 from segtile.events import TileCounts, report
 from segtile.grid import Tile
 from segtile.interrupt import stop_if_asked
@@ -56,6 +58,7 @@ from segtile.sources import Source
 
 PRODUCTS = ("labels", "probabilities", "logits")
 BATCH_PREFIX = "segtile-batch-"
+Array = np.ndarray | torch.Tensor
 BATCH_LEAD_ROWS = 1
 """On a ``dask.distributed`` cluster, how many chunk rows a stripe's batches may run ahead of its
 stitching (see the module docstring). One: at 30000 px, 1.8x the threaded run's memory per
@@ -73,11 +76,12 @@ def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
 @dataclass(frozen=True)
 class TileResult:
     """One tile's contribution over ``window`` (the tile's window clipped to the image):
-    ``weighted`` logits ``(h, w, classes)`` and ``weight`` ``(h, w)``."""
+    ``weighted`` logits ``(h, w, classes)`` and ``weight`` ``(h, w)``, numpy arrays or, to be
+    stitched on the model's device, tensors there."""
 
     window: Window
-    weighted: np.ndarray
-    weight: np.ndarray
+    weighted: Array
+    weight: Array
 
 
 def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None]:
@@ -114,10 +118,12 @@ def _valid_count(valid: np.ndarray | None, size: int) -> int:
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
-              progress_topic: str, _after: None = None) -> list[TileResult]:
+              progress_topic: str, on_device: bool = False, _after: None = None) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`).
-    ``_after`` is the marker of the stitched chunk the batch waits for (its data is nothing)."""
+    ``on_device`` keeps the results on the model's device (tensors) for :func:`stitch_chunk` to
+    sum there. ``_after`` is the marker of the stitched chunk the batch waits for (its data is
+    nothing)."""
     stop_if_asked()
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
     reads = [read_tile(source, tile) for tile in tiles]
@@ -136,7 +142,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
         all_valid = all(reads[i][1] is None for i in keep)
         size = options.tile_size
         stacked_weights = np.stack([weights[i] for i in keep], out=_scratch("weights", (len(keep), size, size)))
-        predicted = predictor(pixels, stacked_weights, all_valid)
+        predicted = predictor(pixels, stacked_weights, all_valid, on_device)
         valid, nonfinite = sum(counts), predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
@@ -177,19 +183,15 @@ def _zeroed(name: str, shape: tuple[int, ...]) -> np.ndarray:
 def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _previous: None,
                  *batches: list[TileResult]) -> dict[str, np.ndarray]:
     """The ``products`` of ``chunk`` from the tiles of ``batches`` (see the module docstring):
-    ``labels`` ``(h, w)``, ``probabilities`` and ``logits`` ``(classes, h, w)`` float32."""
+    ``labels`` ``(h, w)``, ``probabilities`` and ``logits`` ``(classes, h, w)`` float32. Tile
+    results kept on the model's device are summed there (:func:`_stitch_on_device`)."""
     stop_if_asked()
+    results = [result for results in batches for result in results if intersect(result.window, chunk)]
+    if results and isinstance(results[0].weighted, torch.Tensor):
+        return _stitch_on_device(chunk, num_classes, products, results)
     total = _zeroed("total", (chunk.height, chunk.width, num_classes))
     weight = _zeroed("weight", (chunk.height, chunk.width))
-    for results in batches:
-        for result in results:
-            if not intersect(result.window, chunk):
-                continue
-            common = intersection(result.window, chunk)
-            src = _relative_slices(common, result.window)
-            dst = _relative_slices(common, chunk)
-            total[dst] += result.weighted[src]
-            weight[dst] += result.weight[src]
+    _accumulate(total, weight, chunk, results)
     empty = weight == 0
     out = {}
     if "labels" in products:
@@ -207,6 +209,45 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
         if "probabilities" in products:
             out["probabilities"] = np.moveaxis(softmax_last(total), -1, 0).copy()
     release_free_memory()
+    return out
+
+
+def _accumulate(total: Array, weight: Array, chunk: Window, results: list[TileResult]) -> None:
+    """Sum the weighted logits and the weights of ``results`` over ``chunk`` into ``total``
+    ``(h, w, classes)`` and ``weight`` ``(h, w)``: numpy arrays, or tensors on the results' device."""
+    for result in results:
+        common = intersection(result.window, chunk)
+        src = _relative_slices(common, result.window)
+        dst = _relative_slices(common, chunk)
+        total[dst] += result.weighted[src]
+        weight[dst] += result.weight[src]
+
+
+def _stitch_on_device(chunk: Window, num_classes: int, products: tuple[str, ...],
+                      results: list[TileResult]) -> dict[str, np.ndarray]:
+    """:func:`stitch_chunk` for results kept on the model's device: summed, divided and reduced
+    there, so only the products cross to the host (one byte per pixel for labels-only, against
+    4 bytes per class per tile pixel for the tile results). Ties go to the first class, as on
+    the host."""
+    device = results[0].weighted.device
+    with torch.inference_mode():
+        total = torch.zeros((chunk.height, chunk.width, num_classes), dtype=torch.float32, device=device)
+        weight = torch.zeros((chunk.height, chunk.width), dtype=torch.float32, device=device)
+        _accumulate(total, weight, chunk, results)
+        empty = weight == 0
+        out = {}
+        if "labels" in products:
+            dtype, nodata = label_dtype(num_classes)
+            labels = torch.argmax(total, dim=-1).masked_fill_(empty, nodata)
+            labels = labels.to(torch.uint8 if dtype == np.uint8 else torch.int32)
+            out["labels"] = labels.cpu().numpy().astype(dtype, copy=False)
+        if "probabilities" in products or "logits" in products:
+            total /= weight.unsqueeze(-1)
+            total[empty] = torch.nan
+            if "logits" in products:
+                out["logits"] = total.permute(2, 0, 1).contiguous().cpu().numpy()
+            if "probabilities" in products:
+                out["probabilities"] = torch.softmax(total, dim=-1).permute(2, 0, 1).contiguous().cpu().numpy()
     return out
 
 
@@ -254,6 +295,16 @@ def _already_done(product: str, i: int, j: int) -> None:
     raise RuntimeError(f"chunk ({i}, {j}) of the {product} was computed by an earlier run and is not recomputed")
 
 
+def stitches_on_device(options: TilingOptions) -> bool:
+    """Whether the tile results stay on the model's device and are stitched there: as
+    ``options.stitch_on_device`` says, or (``None``) when the model runs on a CUDA device of
+    this process. A graph built for a ``dask.distributed`` cluster never does (its results cross
+    processes): :func:`build_products` asks only without one."""
+    if options.stitch_on_device is not None:
+        return options.stitch_on_device
+    return resolve_device(options.device).type == "cuda"
+
+
 def run_token(source: Source, spec: ModelSpec, options: TilingOptions) -> str:
     """The token naming a job's tasks: the topic its batch tasks report their tiles under."""
     return tokenize(source, spec.token, options)
@@ -274,7 +325,8 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     size = options.chunk_size
     token = run_token(source, spec, options)
     lead = BATCH_LEAD_ROWS if current_client() is not None else None
-    products_token = tokenize(token, products, sorted(skip), lead)
+    on_device = lead is None and stitches_on_device(options)
+    products_token = tokenize(token, products, sorted(skip), lead, on_device)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_tasks, chunk_tasks = f"{BATCH_PREFIX}{token}", f"segtile-chunk-{products_token}"
     done_name = f"segtile-done-{products_token}"
@@ -304,7 +356,8 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
         for b, batch in enumerate(stripe.batches):
             row = -1 if lead is None else batch[0].window.row_off // size - lead
             after = stitched_through[row] if row >= 0 else None
-            graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, after)
+            graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, on_device,
+                                          after)
     arrays = {}
     for product, name in names.items():
         hlg = HighLevelGraph.from_collections(name, graph, dependencies=())

@@ -36,6 +36,7 @@ class TilingOptions:
     device: str = "auto"
     precision: str = "fp32"
     augmentation: Augmentation = Augmentation()
+    stitch_on_device: bool | None = None
 
     def validate(self) -> None:
         """Raise :class:`~segtile.grid.GridError` for sizes that are not whole and positive."""

@@ -59,18 +59,19 @@ class ModelError(SegtileError):
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a predictor returns for a batch.
+    """What a predictor returns for a batch: numpy arrays, or tensors on its device when asked
+    to keep them there.
 
     Attributes:
-        weighted: weighted logits ``(B, classes, h, w)`` float32, 0 where the weight is 0.
+        weighted: weighted logits ``(B, h, w, classes)``, 0 where the weight is 0.
         weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
             (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
-            logit was finite and the weights given still hold.
+            logit was finite and the weights given still hold (always given on the device).
         nonfinite: how many pixels with a weight got logits that were not finite.
     """
 
-    weighted: np.ndarray
-    weights: np.ndarray | None
+    weighted: np.ndarray | torch.Tensor
+    weights: np.ndarray | torch.Tensor | None
     nonfinite: int
 
 
@@ -112,10 +113,13 @@ class Predictor:
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def __call__(self, pixels: np.ndarray, weights: np.ndarray, all_valid: bool = False) -> BatchResult:
+    def __call__(self, pixels: np.ndarray, weights: np.ndarray, all_valid: bool = False,
+                 on_device: bool = False) -> BatchResult:
         """Weighted logits for ``pixels`` ``(B, bands, h, w)`` (any numeric dtype) and blend
         ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
         normalised, whatever they hold: NaN included); ``all_valid`` says there are none.
+        ``on_device`` keeps the weighted logits and the weights on the device, as tensors of
+        their own, for a stitcher that sums them there (:mod:`segtile.engine`).
 
         The weighted logits come back pixel-major, ``(B, h, w, classes)``: the layout a
         channels-last network gives, so no copy reorders them, and the one the stitcher sums.
@@ -149,6 +153,8 @@ class Predictor:
             logits.mul_(weight)
             if self.precision == "fp16":
                 logits = logits.half()
+            if on_device:  # the weights' own copy: on the CPU they share this thread's buffer
+                return BatchResult(logits, weight[..., 0].clone(), nonfinite)
             return BatchResult(logits.cpu().numpy(), weights, nonfinite)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
