@@ -12,8 +12,9 @@ the live data as the image streams through. Two remedies, both used:
   to large arrays). The cost is fresh zeroed pages for each such array: measurable when the
   model is trivial, lost in the model's time otherwise (docs/performance.md).
 * :func:`release_free_memory` (``malloc_trim``) hands back the free pages of the heaps, once the
-  resident memory has grown by 64 MiB since it last did: trimming after every chunk returned
-  pages that the next chunk faulted back in, twice the page faults for no lower peak.
+  resident memory has grown by 64 MiB above the least it was since it last did: trimming after
+  every chunk returned pages that the next chunk faulted back in, twice the page faults for no
+  lower peak.
 """
 
 from __future__ import annotations
