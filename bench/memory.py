@@ -12,6 +12,8 @@ first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
     python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded otherwise
     python -m bench.memory --stripe-width 0      # without stripes: the whole width at once
     python -m bench.memory --classes 150 --sizes 10000   # a 150-class model (ADE20K's count)
+    python -m bench.memory --device cuda --precision fp16 --model pspnet50 --classes 150
+                                                 # on a GPU; --stitch-on-host to compare
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def measure_size(size: int, args: argparse.Namespace) -> Measured:
         sizes = [f"--{name.replace('_', '-')}={getattr(args, name)}"
                  for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
                  if getattr(args, name) is not None]
+        sizes += ["--model", args.model, "--device", args.device, "--precision", args.precision]
+        sizes += ["--stitch-on-host"] if args.stitch_on_host else []
         return run_workload(
             "segtile", "--input", str(mosaic), "--out", str(labels), "--classes", str(args.classes),
             "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), *sizes,
@@ -61,24 +65,34 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: from the memory budget (4 with 2 classes)")
     parser.add_argument("--chunk-size", type=int, help="default: from the memory budget (1024 with 2 classes)")
     parser.add_argument("--stripe-width", type=int, help="0: the whole width at once; default: from the budget")
+    parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
+                        help="the 1x1 convolution, or a PSPNet-50 with random weights (for a GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:i")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16 (CUDA) or bf16")
+    parser.add_argument("--stitch-on-host", action="store_true",
+                        help="stitch in host memory even when the model runs on a GPU")
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()
 
-    print("| size (px) | Mpx | seconds | Mpx/s | peak RSS (MiB) | RSS after imports (MiB) | graph tasks |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| size (px) | Mpx | seconds | Mpx/s | peak RSS (MiB) | RSS after imports (MiB) | graph tasks "
+          "| device peak (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     peaks = {}
     for size in args.sizes:
         measured = measure_size(size, args)
         suffix = (f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else "") + (
             f"_stripe{args.stripe_width}" if args.stripe_width is not None else "") + (
-            f"_classes{args.classes}" if args.classes != 2 else "")
+            f"_classes{args.classes}" if args.classes != 2 else "") + (
+            f"_{args.model}" if args.model != "pointwise" else "") + (
+            f"_{args.device.replace(':', '')}" if args.device != "cpu" else "")
         write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
         report = measured.report
         megapixels = size * size / 1e6
         peaks[size] = measured.peak_rss_mib
         print(f"| {size} | {megapixels:.0f} | {report['seconds']:.1f} | {megapixels / report['seconds']:.1f} "
-              f"| {measured.peak_rss_mib:.0f} | {report['rss_before_mib']:.0f} | {report['tasks']} |", flush=True)
+              f"| {measured.peak_rss_mib:.0f} | {report['rss_before_mib']:.0f} | {report['tasks']} "
+              f"| {report.get('device_peak_mib', float('nan')):.0f} |", flush=True)
     smallest, largest = min(peaks), max(peaks)
     print(f"\npeak {largest} / peak {smallest}: {peaks[largest] / peaks[smallest]:.2f}")
 

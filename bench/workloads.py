@@ -30,6 +30,17 @@ def pointwise_model(bands: int = 3, classes: int = 2) -> torch.nn.Module:
     return torch.nn.Conv2d(bands, classes, kernel_size=1).eval()
 
 
+def segtile_model(name: str, classes: int) -> torch.nn.Module:
+    """The model a ``segtile`` workload runs: the pointwise one, or a PSPNet-50 (seeded random
+    weights: its speed and memory are what is measured, not its labels)."""
+    if name == "pointwise":
+        return pointwise_model(classes=classes)
+    from segtile.models.pspnet import PSPNet
+
+    torch.manual_seed(0)
+    return PSPNet(layers=50, classes=classes).eval()
+
+
 def open_slide(path: str) -> object:
     """``path`` opened with segtile's slide reader (tifffile, pyramid and µm/px), which a generic
     pyramidal TIFF does not get from ``segment(path)``: that reads it with GDAL as a raster."""
@@ -44,21 +55,25 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
 
     from segtile import segment
 
-    model = pointwise_model(classes=args.classes)
+    model = segtile_model(args.model, args.classes)
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
     source = open_slide(args.input) if args.slide else args.input
     sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
              if getattr(args, name) is not None}
     result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-                     device="cpu", **sizes)
+                     device=args.device, precision=args.precision,
+                     stitch_on_device=False if args.stitch_on_host else None, **sizes)
     tasks = len(result.labels.__dask_graph__())
     if args.writer:
         result.write(args.out)  # segtile's own writer: Zarr with georeference and card
     else:
         da.to_zarr(result.labels, args.out)
-    return {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
-            "rss_before_mib": rss_before}
+    report = {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
+              "rss_before_mib": rss_before}
+    if torch.cuda.is_available() and args.device != "cpu":
+        report["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return report
 
 
 def monai_in_memory(args: argparse.Namespace) -> dict:
@@ -154,7 +169,13 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=64, help="segtile: overlap in pixels")
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
     parser.add_argument("--batch-size", type=int, help="tiles per batch (segtile default: from its memory budget)")
-    parser.add_argument("--classes", type=int, default=2, help="classes of the pointwise model")
+    parser.add_argument("--classes", type=int, default=2, help="classes of the model")
+    parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
+                        help="segtile: the 1x1 convolution, or a PSPNet-50 with random weights")
+    parser.add_argument("--device", default="cpu", help="segtile: cpu, cuda or cuda:i")
+    parser.add_argument("--precision", default="fp32", help="segtile: fp32, fp16 (CUDA) or bf16")
+    parser.add_argument("--stitch-on-host", action="store_true",
+                        help="segtile: stitch in host memory even when the model runs on a GPU")
     parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
     parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
