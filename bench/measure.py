@@ -8,6 +8,7 @@ shows *when* memory grows, not only how high it went.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,6 +21,23 @@ from pathlib import Path
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options choosing the ``segtile`` workload's model and device, for the workload itself
+    and for the scripts that run it (passed on by :func:`model_arguments`)."""
+    parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
+                        help="segtile: the 1x1 convolution, or a PSPNet-50 with random weights (for a GPU)")
+    parser.add_argument("--device", default="cpu", help="segtile: cpu, cuda or cuda:i")
+    parser.add_argument("--precision", default="fp32", help="segtile: fp32, fp16 (CUDA) or bf16")
+    parser.add_argument("--stitch-on-host", action="store_true",
+                        help="segtile: stitch in host memory even when the model runs on a GPU")
+
+
+def model_arguments(args: argparse.Namespace) -> list[str]:
+    """The options of :func:`add_model_arguments` in ``args``, as a workload's command line."""
+    return ["--model", args.model, "--device", args.device, "--precision", args.precision] + (
+        ["--stitch-on-host"] if args.stitch_on_host else [])
 
 
 @dataclass

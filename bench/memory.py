@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import Measured, run_workload
+from bench.measure import Measured, add_model_arguments, model_arguments, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -39,8 +39,7 @@ def measure_size(size: int, args: argparse.Namespace) -> Measured:
         sizes = [f"--{name.replace('_', '-')}={getattr(args, name)}"
                  for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
                  if getattr(args, name) is not None]
-        sizes += ["--model", args.model, "--device", args.device, "--precision", args.precision]
-        sizes += ["--stitch-on-host"] if args.stitch_on_host else []
+        sizes += model_arguments(args)
         return run_workload(
             "segtile", "--input", str(mosaic), "--out", str(labels), "--classes", str(args.classes),
             "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), *sizes,
@@ -65,12 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: from the memory budget (4 with 2 classes)")
     parser.add_argument("--chunk-size", type=int, help="default: from the memory budget (1024 with 2 classes)")
     parser.add_argument("--stripe-width", type=int, help="0: the whole width at once; default: from the budget")
-    parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
-                        help="the 1x1 convolution, or a PSPNet-50 with random weights (for a GPU)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:i")
-    parser.add_argument("--precision", default="fp32", help="fp32, fp16 (CUDA) or bf16")
-    parser.add_argument("--stitch-on-host", action="store_true",
-                        help="stitch in host memory even when the model runs on a GPU")
+    add_model_arguments(parser)
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()

@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from bench.measure import add_model_arguments
+
 
 def pointwise_model(bands: int = 3, classes: int = 2) -> torch.nn.Module:
     """A 1x1 convolution with fixed (seeded) weights: per-pixel, so tiling cannot change it."""
@@ -170,12 +172,7 @@ def main() -> None:
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
     parser.add_argument("--batch-size", type=int, help="tiles per batch (segtile default: from its memory budget)")
     parser.add_argument("--classes", type=int, default=2, help="classes of the model")
-    parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
-                        help="segtile: the 1x1 convolution, or a PSPNet-50 with random weights")
-    parser.add_argument("--device", default="cpu", help="segtile: cpu, cuda or cuda:i")
-    parser.add_argument("--precision", default="fp32", help="segtile: fp32, fp16 (CUDA) or bf16")
-    parser.add_argument("--stitch-on-host", action="store_true",
-                        help="segtile: stitch in host memory even when the model runs on a GPU")
+    add_model_arguments(parser)
     parser.add_argument("--memory-limit", help="segtile: the engine's memory budget (e.g. 1.5G)")
     parser.add_argument("--chunk-size", type=int, help="segtile: output chunk side (default: from its budget)")
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
