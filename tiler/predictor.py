@@ -206,15 +206,18 @@ class Predictor:
         """``pixels`` as the network takes them: float32, normalised by the card (0 where the
         weight is 0), in its layout. Normalising happens in the plain layout, where broadcasting
         a value per band runs over whole planes (several times faster than channels-last with
-        its 3-value inner rows); one copy then reorders the planes. The buffers are this
-        thread's, reused from batch to batch."""
-        plain = self._buffer("plain", pixels.shape, torch.contiguous_format)
-        plain.copy_(pixels)
-        normalise_(plain, self.normalisation, weight)
+        its 3-value inner rows); for a channels-last network one tile at a time, each then
+        copied into its place in the batch, so the plain buffer is one tile, not a batch. The
+        buffers are this thread's, reused from batch to batch."""
         if self.memory_format == torch.contiguous_format:
-            return plain
+            plain = self._buffer("plain", pixels.shape, torch.contiguous_format)
+            return normalise_(plain.copy_(pixels), self.normalisation, weight)
         x = self._buffer("input", pixels.shape, self.memory_format)
-        return x.copy_(plain)
+        plain = self._buffer("plain", (1, *pixels.shape[1:]), torch.contiguous_format)
+        for b in range(len(pixels)):
+            tile_weight = None if weight is None else weight[b:b + 1]
+            x[b:b + 1].copy_(normalise_(plain.copy_(pixels[b:b + 1]), self.normalisation, tile_weight))
+        return x
 
     def _buffer(self, name: str, shape: torch.Size, memory_format: torch.memory_format) -> torch.Tensor:
         """This thread's float32 buffer ``name`` of at least ``shape`` (a batch may be shorter)."""
