@@ -148,6 +148,7 @@ def test_distributed_cluster_gives_the_threaded_labels(data_dir, tmp_path):
         ({"blend": "median"}, "unknown blend"),
         ({"device": "tpu"}, "device"),
         ({"bands": [1, 2]}, "band"),
+        ({"stitch_on_device": "yes"}, "stitch_on_device must be True, False or None"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(pointwise_model, kwargs, message):

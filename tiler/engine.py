@@ -13,7 +13,9 @@ Three kinds of task, all small and picklable:
   positive, cannot change it), the probabilities or the logits (the sums divided by the exact sum
   of the weights). The accumulator never leaves the task, so a 150-class model holds
   150 floats per pixel only for the chunk being stitched, and a labels-only job brings one byte
-  per pixel out of it. Pixels with no weight (nodata, skipped tiles) are nodata in every product;
+  per pixel out of it. Pixels with no weight (nodata, skipped tiles) are nodata in every product.
+  When the model runs on a GPU of this process the tile results stay there, as tensors, and the
+  chunk task sums and reduces them there (:func:`stitches_on_device`): only the products cross;
 * two shared keys, the source and the model spec, so neither is copied into every task.
 
 Each chunk task also takes a data-free marker of the completion of the chunk before it in its
@@ -58,12 +60,14 @@ from segtile.sources import Source
 
 PRODUCTS = ("labels", "probabilities", "logits")
 BATCH_PREFIX = "segtile-batch-"
-Array = np.ndarray | torch.Tensor
 BATCH_LEAD_ROWS = 1
 """On a ``dask.distributed`` cluster, how many chunk rows a stripe's batches may run ahead of its
 stitching (see the module docstring). One: at 30000 px, 1.8x the threaded run's memory per
 worker with two, 1.5x with one, 0.85x with one and the stripes computed one after another
 (``segtile.workstore.WorkStore.fill``) against 1.9x without either (docs/performance.md)."""
+
+
+Array = np.ndarray | torch.Tensor  # a tile result: in host memory, or on the model's device
 
 
 def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
@@ -227,7 +231,7 @@ def _stitch_on_device(chunk: Window, num_classes: int, products: tuple[str, ...]
                       results: list[TileResult]) -> dict[str, np.ndarray]:
     """:func:`stitch_chunk` for results kept on the model's device: summed, divided and reduced
     there, so only the products cross to the host (one byte per pixel for labels-only, against
-    4 bytes per class per tile pixel for the tile results). Ties go to the first class, as on
+    2 or 4 bytes per class per tile pixel for the tile results). Ties go to the first class, as on
     the host."""
     device = results[0].weighted.device
     with torch.inference_mode():

@@ -48,6 +48,8 @@ class TilingOptions:
                 raise GridError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
         if not is_integer(self.stripe_width) or self.stripe_width < 0:
             raise GridError(f"stripe width must be 0 (whole width) or a positive integer, got {self.stripe_width}")
+        if self.stitch_on_device not in (None, True, False):
+            raise GridError(f"stitch_on_device must be True, False or None (automatic), got {self.stitch_on_device!r}")
 
 
 def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptions:
