@@ -343,13 +343,13 @@ def test_results_stitched_on_the_device_are_those_stitched_on_the_host(pointwise
 def test_results_stay_on_the_device_only_when_the_model_runs_on_a_gpu_of_this_process(pointwise_model):
     from distributed import Client
 
-    from segtile.engine import stitches_on_device
+    from segtile.engine import BATCH_PREFIX, stitches_on_device
 
     def kept_on_device(**kwargs) -> bool:
         result = segment(random_image(3, 40, 40), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
                          **kwargs)
         graph = dict(result.labels.__dask_graph__())
-        (flag,) = {task[6] for key, task in graph.items() if isinstance(key, tuple) and "batch" in key[0]}
+        (flag,) = {task[6] for key, task in graph.items() if isinstance(key, tuple) and key[0].startswith(BATCH_PREFIX)}
         return flag
 
     assert stitches_on_device(segment(random_image(3, 8, 8), pointwise_model(bands=3, classes=2)).options) \
