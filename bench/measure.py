@@ -29,9 +29,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=("pointwise", "pspnet50"), default="pointwise",
                         help="segtile: the 1x1 convolution, or a PSPNet-50 with random weights (for a GPU)")
     parser.add_argument("--device", default="cpu", help="segtile: cpu, cuda or cuda:i")
-    parser.add_argument("--precision", default="fp32", help="segtile: fp32, fp16 (CUDA) or bf16")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="segtile: fp32, fp16 (CUDA) or bf16")
     parser.add_argument("--stitch-on-host", action="store_true",
                         help="segtile: stitch in host memory even when the model runs on a GPU")
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse in one line, before any run, a device or precision this machine cannot use."""
+    from segtile.devices import DeviceError, check_device
+
+    try:
+        check_device(args.device, args.precision)
+    except DeviceError as error:
+        parser.error(str(error))
 
 
 def model_arguments(args: argparse.Namespace) -> list[str]:

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import Measured, add_model_arguments, model_arguments, run_workload
+from bench.measure import Measured, add_model_arguments, check_model_arguments, model_arguments, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()
+    check_model_arguments(parser, args)
 
     print("| size (px) | Mpx | seconds | Mpx/s | peak RSS (MiB) | RSS after imports (MiB) | graph tasks "
           "| device peak (MiB) |")
