@@ -3,12 +3,18 @@ threads, in one process (the workload of ``bench/host_speed.py``: a 1x1 convolut
 Zarr labels).
 
 The stages are the engine's own functions, wrapped with a timer for the run; nested stages are
-shown indented under the stage that calls them and counted in it. "rest" is the threads' time not
-in any stage: writing the Zarr chunks, scheduling and waiting. The first run warms the process
-(oneDNN kernels, GDAL handles); the second is reported.
+shown indented under the stage that calls them and counted in it; "other tasks" are the rest of
+the time Dask's threads spent in tasks (writing the Zarr chunks), "no task" the time they had none
+(building the graph, the scheduler's turns). The first run warms the process (oneDNN kernels,
+GDAL handles); the second is reported.
 
     python -m bench.host_profile                  # the 8000 x 8000 mosaic
     python -m bench.host_profile --size 4000
+    python -m bench.host_profile --threads 1      # each stage's cost with no other thread about
+
+With ``--threads 1`` Dask runs one thread and torch one: the stages' times are then their CPU
+costs, free of the contention of two threads for two cores (but a 1x1 convolution then takes
+oneDNN's slow single-thread channels-last kernel: see ``bench/layouts.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import torch
+from dask.diagnostics import Profiler
 
 from bench.make_mosaic import make_mosaic
 from bench.workloads import pointwise_model
@@ -65,7 +73,11 @@ def instrument(totals: collections.Counter) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="Dask threads, and torch threads when 1 (default: one per core)")
     args = parser.parse_args()
+    if args.threads == 1:
+        torch.set_num_threads(1)
     mosaic = OUT / f"mosaic_{args.size}.tif"
     if not mosaic.exists():
         make_mosaic(args.size, mosaic)
@@ -74,23 +86,27 @@ def main() -> None:
     totals: collections.Counter = collections.Counter()
     instrument(totals)
     model, labels = pointwise_model(), OUT / f"host_profile_{args.size}.zarr"
-    threads = dask.config.get("num_workers", None) or os.cpu_count()
+    threads = args.threads
     for _ in range(2):
         totals.clear()
         shutil.rmtree(labels, ignore_errors=True)
         start, cpu = time.perf_counter(), time.process_time()
         result = segment(str(mosaic), model, tile_size=512, overlap=64, blend="gaussian", device="cpu")
-        da.to_zarr(result.labels, str(labels))
+        with dask.config.set(num_workers=threads), Profiler() as tasks:
+            da.to_zarr(result.labels, str(labels))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     shutil.rmtree(labels, ignore_errors=True)
     thread_seconds = wall * threads
+    in_tasks = sum(task.end_time - task.start_time for task in tasks.results)
     print(f"{args.size} x {args.size}: {wall:.2f} s on {threads} threads ({thread_seconds:.2f} thread-s), "
-          f"process CPU {cpu:.2f} s")
+          f"process CPU {cpu:.2f} s; Dask's threads in tasks {in_tasks / thread_seconds:.0%} of the time")
     print("| stage | thread-s | share |\n|---|---:|---:|")
     for _, name, label, depth in STAGES:
         print(f"| {'&nbsp;&nbsp;' * depth}{label} | {totals[name]:.2f} | {totals[name] / thread_seconds:.0%} |")
-    rest = thread_seconds - totals["run_batch"] - totals["stitch_chunk"]
-    print(f"| rest: Zarr writes, scheduling, waiting | {rest:.2f} | {rest / thread_seconds:.0%} |")
+    other_tasks = in_tasks - totals["run_batch"] - totals["stitch_chunk"]
+    idle = thread_seconds - in_tasks
+    print(f"| other tasks: Zarr writes, markers | {other_tasks:.2f} | {other_tasks / thread_seconds:.0%} |")
+    print(f"| no task: building the graph, scheduling | {idle:.2f} | {idle / thread_seconds:.0%} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-import rasterio
 import shapely
 import tifffile
 
@@ -73,10 +72,9 @@ def main() -> None:
     result.preview(max_size=1024).save(out / "slide_preview.png")  # seconds: a look before the run
     mask, polygons = result.write(out / "nuclei_mask.tif", out / "nuclei.geojson", overwrite=True)
 
-    with rasterio.open(mask) as written:
-        labels = written.read(1)
+    labels = tifffile.imread(mask)  # a slide's mask: a TIFF with µm resolution tags, no map coordinates
     share = (labels == 1).mean()
-    print(f"{mask}: {written.width}×{written.height} px at {mpp} µm/px, {share:.1%} nucleus")
+    print(f"{mask}: {labels.shape[1]}×{labels.shape[0]} px at {mpp} µm/px, {share:.1%} nucleus")
     # A slide's .geojson holds QuPath objects (File ▸ Import objects): plain GeoJSON features whose
     # "classification" names the class, in level-0 pixel coordinates.
     features = json.loads(polygons.read_text())["features"]

@@ -64,6 +64,12 @@ def test_tissue_on_rasters_or_grey_images_is_refused_clearly(data_dir):
     assert segment(data_dir / "rmnp-rgb.tif", model(), device="cpu").notes == ()  # not a slide: no tissue
 
 
+@pytest.mark.parametrize("threshold", [0, 1, 2.0, -0.1, float("nan"), "0.1"])
+def test_a_tissue_threshold_outside_0_1_is_refused(data_dir, threshold):
+    with pytest.raises(TissueError, match="saturation between 0 and 1"):
+        segment(data_dir / "cmu_small_region.svs", model(), device="cpu", tissue_threshold=threshold)
+
+
 @pytest.fixture
 def field(tmp_path, data_dir):
     """A polygon over part of landsat7.tif, in the image's CRS, and the same in WGS 84."""

@@ -75,6 +75,15 @@ def test_a_temporary_store_is_removed_on_close_or_when_nothing_uses_it(counted):
         stored.to_geotiff(folder.parent / "never.tif")
 
     stored = result.persist()
+    labels = stored.labels  # taken before the store is closed: read after, it must not pass for nodata
+    stored.close()
+    with pytest.raises(PersistError, match="closed or removed"):
+        labels.compute()
+    with pytest.raises(PersistError, match="closed or removed"):
+        stored.to_geotiff(folder.parent / "never.tif")
+    assert not (folder.parent / "never.tif").exists()
+
+    stored = result.persist()
     folder = stored.stored.folder
     labels = stored.labels[10:20]  # an array taken from it keeps the store
     del stored

@@ -362,6 +362,12 @@ def test_wrong_arrays_are_refused():
         open_source(np.zeros(5))
     with pytest.raises(SourceError, match="cannot read a list"):
         open_source([[1, 2], [3, 4]])
+    with pytest.raises(SourceError, match=r"shape \(40, 50, 3\) looks like \(height, width, bands\).*moveaxis"):
+        open_source(np.zeros((40, 50, 3), dtype=np.uint8))  # as PIL or imageio give an RGB image
+    with pytest.raises(SourceError, match="integers, floats or booleans, not complex128"):
+        open_source(np.zeros((3, 10, 10), dtype=complex))
+    assert open_source(np.zeros((3, 40, 4), dtype=np.uint8)).shape == (3, 40, 4)  # bands first: kept
+    assert open_source(np.zeros((40, 50), dtype=bool)).shape == (1, 40, 50)
 
 
 def test_xarray_dims_are_reordered():
@@ -385,6 +391,21 @@ def test_xarray_keeps_rioxarray_georeference():
     assert source.georef.crs == rasterio.crs.CRS.from_epsg(32633)
     assert source.georef.transform.almost_equals(Affine(30, 0, 200, 0, -30, 1000))
     assert source.has_mask and not source.read_valid(Window(0, 0, 8, 6)).any()
+
+
+def test_an_unmasked_rioxarray_data_array_has_the_files_nodata(data_dir):
+    """As docs/api.md says: opened with ``mask_and_scale=False``, a pixel is nodata where every
+    band is, as read by path; xarray's default masking makes it so where any band is."""
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("rioxarray")
+    path, whole = data_dir / "bahamas_rgb.tif", Window(0, 0, 791, 718)
+    by_path = open_source(path).read_with_valid(whole)
+    unmasked = open_source(xr.open_dataarray(path, engine="rasterio", mask_and_scale=False))
+    np.testing.assert_array_equal(unmasked.read(whole), by_path[0])
+    np.testing.assert_array_equal(unmasked.read_valid(whole), by_path[1])
+    masked = open_source(xr.open_dataarray(path, engine="rasterio")).read(whole)
+    some_bands_nodata = (by_path[0] == 0).any(axis=0) & by_path[1]
+    assert some_bands_nodata.any() and np.isnan(masked[:, some_bands_nodata]).any(axis=0).all()
 
 
 # --- open_source on Sources, threads, pickling ---------------------------------------------------

@@ -99,9 +99,9 @@ def test_a_slide_is_read_from_the_coarsest_level_still_fine_enough(pyramid, mpp,
 
 def test_pixel_sizes_the_image_cannot_give_are_refused(data_dir):
     raster = open_source(data_dir / "landsat7.tif")
-    with pytest.raises(SourceError, match="rasters take --resolution"):
+    with pytest.raises(SourceError, match=r"rasters take --resolution \(Python: resolution=\), in metres per pixel"):
         at_pixel_size(raster, 2.0, "um")
-    with pytest.raises(SourceError, match="slides take --mpp"):
+    with pytest.raises(SourceError, match=r"slides take --mpp \(Python: mpp=\), in µm per pixel"):
         at_pixel_size(open_source(data_dir / "cmu_small_region.svs"), 30.0, "m")
     with pytest.raises(SourceError, match="needs an image whose pixel size is known"):
         at_pixel_size(open_source(np.zeros((3, 10, 10))), 30.0, "m")
@@ -118,10 +118,16 @@ def test_the_model_card_chooses_the_grid_and_says_so(data_dir):
     chosen, notes = choose_grid(source, card(300.0, "m"))
     assert chosen.shape[1:] == (round(1917 / 10), round(2181 / 10))
     assert notes == ["the image has 30 m pixels and the model was trained at 300 m: processing at 300 m "
-                     "(choose with --resolution)"]
+                     "(choose with --resolution (Python: resolution=))"]
     assert choose_grid(source, card(33.0, "m")) == (source, [])  # within 25 %: the image's own grid
     assert choose_grid(source, card()) == (source, [])
     assert choose_grid(source, card(300.0, "m"), resolution=30.0) == (source, [])
+    slide = open_source(data_dir / "cmu_small_region.svs")
+    assert choose_grid(slide, card(300.0, "m")) == (slide, [
+        "the model was trained on georeferenced rasters (300 m pixels) and this image is a slide (0.499 µm pixels): "
+        "it runs on the image's own pixels; choose a model trained on images like this one"])
+    assert choose_grid(source, card(0.5, "um"))[1][0].startswith(
+        "the model was trained on slides (0.5 µm pixels) and this image is a georeferenced raster (30 m pixels)")
     with pytest.raises(GridChoiceError, match="choose one of resolution and level"):
         choose_grid(source, card(), resolution=30.0, level=1)
 

@@ -152,7 +152,7 @@ def _augmentation(card: ModelCard, tta: str | None, scales: Sequence[float]) -> 
         tta = card.tta
         if tta is not None:
             notes.append(f"the model card suggests test-time augmentation {tta!r}: each tile runs "
-                         f"{Augmentation(tta).copies} times (--tta none to skip it)")
+                         f"{Augmentation(tta).copies} times (--tta none to skip it; Python: tta='none')")
     tta = None if tta == "none" else tta
     scales = tuple(float(s) for s in scales)
     check_augmentation(tta, scales)

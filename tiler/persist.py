@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dask.array as da
+import numpy as np
 
 from segtile.errors import SegtileError
 from segtile.workstore import WorkStore, computed_store
@@ -57,8 +58,8 @@ class Stored:
         if temporary:
             weakref.finalize(group.store, work.remove)
         layers = work.layers(template, group)
-        self.labels = layers.labels
-        self.probabilities = layers.probabilities
+        self.labels = _while_kept(layers.labels, self.folder)
+        self.probabilities = None if layers.probabilities is None else _while_kept(layers.probabilities, self.folder)
 
     def products(self, names: tuple[str, ...]) -> dict[str, da.Array]:
         """The arrays ``names`` (among ``labels`` and ``probabilities``) as stored.
@@ -66,8 +67,7 @@ class Stored:
         Raises:
             PersistError: the logits, or probabilities that were not kept, or a closed store.
         """
-        if not (self.folder / "run.json").exists():
-            raise PersistError(f"the persisted result's store {self.folder} was closed or removed: persist() again")
+        _check_kept(self.folder)
         if "logits" in names:
             raise PersistError("a persisted result keeps labels and probabilities, not logits: take .logits "
                                "from the result persist() was called on")
@@ -81,6 +81,23 @@ class Stored:
         """Remove a temporary store now; a store at a path of the user's is kept."""
         if self.temporary:
             WorkStore(self.folder).remove()
+
+
+def _while_kept(array: da.Array, folder: Path) -> da.Array:
+    """``array``, read from the store in ``folder``, whose chunks raise :class:`PersistError`
+    once the store is closed: Zarr reads a removed store's chunks as its fill value, which
+    would pass for an all-nodata result."""
+    return da.map_blocks(_kept_block, array, folder=folder, dtype=array.dtype)
+
+
+def _kept_block(block: np.ndarray, folder: Path) -> np.ndarray:
+    _check_kept(folder)
+    return block
+
+
+def _check_kept(folder: Path) -> None:
+    if not (folder / "run.json").exists():
+        raise PersistError(f"the persisted result's store {folder} was closed or removed: persist() again")
 
 
 def persist(result: Segmentation, path: str | PathLike | None = None, probabilities: bool = False) -> Stored:

@@ -167,7 +167,8 @@ class Predictor:
                 logits = self.module(x)
         except torch.cuda.OutOfMemoryError:  # a RuntimeError too, but not one the layout explains
             raise ModelError(
-                f"out of memory on {self.device} running {_batch_text(x)}: lower --batch-size or --tile-size"
+                f"out of memory on {self.device} running {_batch_text(x)}: lower --batch-size or --tile-size "
+                "(Python: batch_size=, tile_size=)"
             ) from None
         except RuntimeError as exc:
             if self._layout_settled or self.memory_format != torch.channels_last:

@@ -22,7 +22,8 @@ from segtile.predictor import ModelSpec
 from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
-from segtile.writers.outputs import Layers, WriteOptions, write_outputs
+from segtile.writers.atomic import OutputError
+from segtile.writers.outputs import Layers, WriteOptions, output_kind, write_outputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,6 +164,7 @@ class Segmentation:
     def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
         """Write labels (and probabilities) with their georeference and card to a Zarr v3 store
         (OME-Zarr for slides and ``.ome.zarr`` paths)."""
+        self._check_writer(path, "to_zarr")
         self.write(path, probabilities=probabilities, overwrite=overwrite)
 
     def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False,
@@ -170,13 +172,23 @@ class Segmentation:
         """Write the mask as a Cloud-Optimised GeoTIFF on the source's grid (and, on request, the
         probabilities as a second GeoTIFF beside it, see ``probabilities_path_for``), with GDAL
         ``creation_options`` of the COG driver over segtile's (e.g. ``{"COMPRESS": "ZSTD"}``)."""
+        self._check_writer(path, "to_geotiff")
         self.write(path, probabilities=probabilities, overwrite=overwrite, creation_options=creation_options)
 
     def to_vector(self, path: str | PathLike, *, simplify: float | None = None, min_area: float | None = None,
                   skip_classes: Sequence[str] = (), overwrite: bool = False) -> None:
         """Write one polygon per connected region per class (GeoPackage, GeoJSON, FlatGeobuf,
         Shapefile, by extension; a slide's GeoJSON is QuPath's), but for the ``skip_classes``."""
+        self._check_writer(path, "to_vector")
         self.write(path, simplify=simplify, min_area=min_area, skip_classes=skip_classes, overwrite=overwrite)
+
+    def _check_writer(self, path: str | PathLike, method: str) -> None:
+        """Raise :class:`~segtile.writers.atomic.OutputError` unless ``path``'s extension names an
+        output that the writer ``method`` makes (``to_vector("mask.tif")`` would write a mask)."""
+        kind = output_kind(path, self.georef.is_slide)
+        if kind.family != method:
+            raise OutputError(f"{method}() cannot write {Path(path).name}: its extension names the {kind.name} "
+                              f"format; use {kind.family}(), or write() to choose by extension")
 
     def layers(self, probabilities: bool = False) -> Layers:
         """The arrays and metadata writers take (the probabilities only when asked for: then both

@@ -86,9 +86,12 @@ def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, thres
     with µm per pixel and no CRS), and not on other images.
 
     Raises:
-        TissueError: tissue detection asked of an image it cannot work on.
+        TissueError: tissue detection asked of an image it cannot work on, or a ``threshold``
+            outside (0, 1).
         LabelError: an area of interest that cannot be read or placed on the image.
     """
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise TissueError(f"the tissue threshold is a colour saturation between 0 and 1 (exclusive), got {threshold!r}")
     notes = []
     is_slide = slide.georef.mpp is not None and slide.georef.crs is None
     if tissue is None:
@@ -97,7 +100,7 @@ def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, thres
         found = detect_tissue(slide, grid, threshold)
         grid = MaskedSource(grid, found)
         notes.append(f"tissue covers {found.fraction:.0%} of the slide (saturation > {found.threshold:.3f}); "
-                     "the tiles on glass are skipped (--no-tissue-mask to run them all)")
+                     "the tiles on glass are skipped (--no-tissue-mask to run them all; Python: tissue=False)")
     if area is not None:
         grid = MaskedSource(grid, AreaMask(open_area(area, grid)))
     return grid, notes
@@ -111,9 +114,10 @@ def detect_tissue(slide: Source, grid: Source, threshold: float | None = None) -
         TissueError: the slide has no colour bands or no known pixel size.
     """
     if slide.count < 3:
-        raise TissueError("tissue detection needs a colour (RGB) slide: use --no-tissue-mask")
+        raise TissueError("tissue detection needs a colour (RGB) slide: use --no-tissue-mask (Python: tissue=False)")
     if slide.georef.mpp is None or grid.georef.transform is None:
-        raise TissueError("tissue detection needs a slide with a known µm per pixel: use --no-tissue-mask")
+        raise TissueError("tissue detection needs a slide with a known µm per pixel: use --no-tissue-mask "
+                          "(Python: tissue=False)")
     level = _overview_level(slide.level_shapes)
     height, width = slide.level_shapes[level]
     pixels = slide.read(Window(0, 0, width, height), level)[:3].astype(np.float32)

@@ -28,16 +28,18 @@ def _integer(text: str, minimum: int, what: str) -> int:
     return value
 
 
-def finite_float(minimum: float = 0.0, *, strict: bool = False) -> Callable[[str], float]:
-    """A type accepting finite numbers ``>= minimum`` (``> minimum`` when ``strict``)."""
-    what = f"a finite number {'>' if strict else '>='} {minimum:g}"
+def finite_float(minimum: float = 0.0, *, strict: bool = False, below: float | None = None) -> Callable[[str], float]:
+    """A type accepting finite numbers ``>= minimum`` (``> minimum`` when ``strict``), and
+    ``< below`` when given."""
+    what = f"a finite number {'>' if strict else '>='} {minimum:g}" + ("" if below is None else f" and < {below:g}")
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        if (not math.isfinite(value) or value < minimum or (strict and value == minimum)
+                or (below is not None and value >= below)):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 

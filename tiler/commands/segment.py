@@ -64,7 +64,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="process only the tissue of a slide (the default for colour slides)")
     tissue.add_argument("--no-tissue-mask", dest="tissue", action="store_const", const=False,
                         help="process the whole slide, glass included")
-    parser.add_argument("--tissue-threshold", type=finite_float(0.0, strict=True), metavar="S",
+    parser.add_argument("--tissue-threshold", type=finite_float(0.0, strict=True, below=1.0), metavar="S",
                         help="colour saturation (0-1) above which a pixel is tissue (default: Otsu's, "
                         "held within 0.04-0.15)")
     parser.add_argument("--mask", metavar="PATH",

@@ -15,6 +15,10 @@ from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
+MOST_BANDS_LAST = 4
+"""An array whose last axis is this short (RGB, RGBA), under two long ones, is taken for
+``(height, width, bands)``, the layout PIL, imageio and scikit-image give, and refused."""
+
 
 class MemorySource(Source):
     """An array ``(bands, H, W)`` or ``(H, W)`` (one band) read window by window.
@@ -106,6 +110,13 @@ def _as_array(data: Any) -> np.ndarray | da.Array:
         raise SourceError(f"an image array must be (bands, height, width) or (height, width), not {data.ndim}-D")
     if 0 in data.shape:
         raise SourceError(f"the image array is empty: shape {tuple(data.shape)}")
+    if data.ndim == 3 and data.shape[2] <= MOST_BANDS_LAST < min(data.shape[:2]):
+        raise SourceError(
+            f"an image array of shape {tuple(data.shape)} looks like (height, width, bands), as imaging "
+            "libraries give it: segtile takes (bands, height, width): pass numpy.moveaxis(array, -1, 0)"
+        )
+    if data.dtype.kind not in "buif":
+        raise SourceError(f"an image array holds numbers: integers, floats or booleans, not {data.dtype}")
     return data
 
 

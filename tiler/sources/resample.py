@@ -135,6 +135,12 @@ def at_level(source: Source, level: int) -> Source:
     return source if level == 0 else ResampledSource(source, source.level_shapes[level])
 
 
+def pixel_size_option(unit: str) -> str:
+    """How a user asks for a pixel size in ``unit`` (``"m"`` or ``"um"``), on the command line
+    and in Python, for messages."""
+    return "--mpp (Python: mpp=)" if unit == "um" else "--resolution (Python: resolution=)"
+
+
 def at_pixel_size(source: Source, size: float, unit: str) -> Source:
     """``source`` on a grid of pixels ``size`` wide and high, in ``unit`` (``"m"``: metres for
     rasters, ``"um"``: µm for slides); itself when that is its own grid.
@@ -145,14 +151,14 @@ def at_pixel_size(source: Source, size: float, unit: str) -> Source:
     if not size > 0:
         raise SourceError(f"the pixel size asked for must be positive, got {size}")
     known = source.georef.pixel_size()
-    option = "--mpp" if unit == "um" else "--resolution"
+    option = pixel_size_option(unit)
     if known is None:
         raise SourceError(f"{option} needs an image whose pixel size is known (a slide's µm per pixel, or a "
                           "projected CRS): this one has none")
     _, own_unit = known
     if own_unit != unit:
-        hint = ("slides take --mpp (µm per pixel)" if own_unit == "um"
-                else "rasters take --resolution (metres per pixel)")
+        hint = (f"slides take {pixel_size_option('um')}, in µm per pixel" if own_unit == "um"
+                else f"rasters take {pixel_size_option('m')}, in metres per pixel")
         raise SourceError(f"{option} does not fit this image: {hint}")
     width, height = _pixel_extent(source)
     shape = (max(1, round(height / size)), max(1, round(width / size)))

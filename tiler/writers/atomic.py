@@ -181,7 +181,7 @@ def check_output(path: str | PathLike, overwrite: bool = False, *, files: Iterab
             continue
         if not overwrite:
             what = "output exists" if written == final else f"{written.name} exists (written with {final.name})"
-            raise OutputExistsError(f"{what}: {written} (use --overwrite)")
+            raise OutputExistsError(f"{what}: {written} (use --overwrite; Python: overwrite=True)")
         if written.is_dir() and not written.is_symlink() and not (directory and written == final):
             raise OutputError(f"{written} is a folder: segtile replaces files, never folders it did not write")
 
@@ -195,7 +195,8 @@ def _rename(source: Path, target: Path, undo: list[tuple[Path, Path]], replace: 
             rename_no_replace(source, target)
         except FileExistsError:
             raise OutputExistsError(
-                f"output exists: {target} (created by someone else meanwhile; use --overwrite)") from None
+                f"output exists: {target} (created by someone else meanwhile; use --overwrite; "
+                "Python: overwrite=True)") from None
     undo.append((source, target))
 
 

@@ -32,7 +32,7 @@ from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
 from segtile.writers.atomic import OutputError, OutputSet, check_output
-from segtile.writers.blocks import Advance
+from segtile.writers.blocks import Advance, WriterInputError
 from segtile.writers.geotiff import (
     CreationOptionError,
     check_creation_options,
@@ -92,7 +92,11 @@ class WriteOptions:
 
     def check(self, card: ModelCard) -> None:
         """Raise a :class:`~segtile.errors.SegtileError` for an option that cannot apply to ``card``'s
-        output: an unknown class to skip, an unknown QuPath object type."""
+        output: a negative or non-numeric tolerance or area, an unknown class to skip, an unknown
+        QuPath object type."""
+        for name, value in (("simplify", self.simplify), ("min_area", self.min_area)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise WriterInputError(f"{name} must be a finite number >= 0 (in the output's units), got {value!r}")
         class_indices(card, self.skip_classes)
         check_object_type(self.qupath_objects)
 
@@ -114,9 +118,11 @@ class OutputKind:
         directory: the output is a folder.
         separate_probabilities: the probabilities go to a file of their own, a second pass
             over the data.
+        family: the ``Segmentation`` writer that makes it: ``to_geotiff``, ``to_zarr`` or ``to_vector``.
     """
 
     name: str
+    family: str
     suffixes: tuple[str, ...]
     files: Callable[[Path, WriteOptions], list[Path]]
     write: Callable[[Path, Layers, WriteOptions, Advance], None]
@@ -175,14 +181,15 @@ def _path_alone(path: Path, options: WriteOptions) -> list[Path]:
 
 # The first row that matches wins: .ome.zarr before .zarr, a slide's .geojson before polygons.
 OUTPUT_KINDS: tuple[OutputKind, ...] = (
-    OutputKind("mask (Cloud-Optimised GeoTIFF)", (".tif", ".tiff"), _mask_files, _write_mask, probabilities="uint8",
-               separate_probabilities=True),
-    OutputKind("OME-Zarr", (".ome.zarr",), _path_alone, _write_ome_zarr, slide_suffixes=(".zarr",),
+    OutputKind("mask (Cloud-Optimised GeoTIFF)", "to_geotiff", (".tif", ".tiff"), _mask_files, _write_mask,
+               probabilities="uint8", separate_probabilities=True),
+    OutputKind("OME-Zarr", "to_zarr", (".ome.zarr",), _path_alone, _write_ome_zarr, slide_suffixes=(".zarr",),
                probabilities="float32", directory=True),
-    OutputKind("Zarr store", (".zarr",), _path_alone, _write_zarr, probabilities="float32", directory=True),
-    OutputKind("QuPath GeoJSON", (), _path_alone, _write_qupath, slide_suffixes=(".geojson",)),
-    OutputKind("polygons", (".gpkg", ".geojson", ".fgb", ".shp"), lambda path, _: [path, *polygon_sidecars(path)],
-               _write_polygons),
+    OutputKind("Zarr store", "to_zarr", (".zarr",), _path_alone, _write_zarr, probabilities="float32",
+               directory=True),
+    OutputKind("QuPath GeoJSON", "to_vector", (), _path_alone, _write_qupath, slide_suffixes=(".geojson",)),
+    OutputKind("polygons", "to_vector", (".gpkg", ".geojson", ".fgb", ".shp"),
+               lambda path, _: [path, *polygon_sidecars(path)], _write_polygons),
 )
 
 
@@ -266,6 +273,8 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
     """
     from segtile.workstore import staged
 
+    if not paths:
+        raise OutputError("name at least one output to write (e.g. mask.tif, regions.gpkg, labels.zarr)")
     options.check(layers.card)
     planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected, slide=layers.georef.is_slide)
     precision = probability_precision([p.kind for p in planned], options)
