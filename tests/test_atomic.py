@@ -39,7 +39,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, error):
 def test_existing_output_kept_without_overwrite(tmp_path):
     final = tmp_path / "mask.tif"
     final.write_bytes(b"old")
-    with pytest.raises(OutputExistsError, match="output exists: .*mask.tif \\(use --overwrite; Python: overwrite=True\\)"):
+    with pytest.raises(OutputExistsError, match=r"exists: .*mask.tif \(use --overwrite; Python: overwrite=True\)"):
         with atomic_output(final):
             pytest.fail("the block must not run")
     assert final.read_bytes() == b"old"

@@ -64,6 +64,23 @@ def test_the_input_is_never_an_output_even_with_overwrite(tmp_path, image, capsy
     assert "would replace the input" in capsys.readouterr().err
 
 
+def test_a_folder_as_input_is_named_so_even_with_the_output_inside(tmp_path, capsys):
+    assert run(tmp_path, "-o", tmp_path / "m.tif", "--quiet") == 2
+    assert "input is a directory GDAL cannot read as a raster" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("outputs, message", [
+    (["r.gpkg", "--probabilities"], "probabilities are asked for, but none of the outputs holds them"),
+    (["m.tif", "--qupath-objects", "detection"], "QuPath objects of type 'detection' are asked for, but none"),
+])
+def test_options_no_output_uses_are_refused(tmp_path, image, capsys, outputs, message):
+    args = [a if a.startswith("--") or a == "detection" else tmp_path / a for a in outputs]
+    assert run(image, "-o", *args, "--quiet") == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_is_never_replaced_by_a_file_output(tmp_path, image, capsys):
     folder = tmp_path / "mask.tif"
     folder.mkdir()
@@ -87,9 +104,11 @@ def test_a_folder_that_is_no_zarr_store_is_never_replaced_by_a_store(tmp_path, i
 @pytest.mark.parametrize("option, value", [
     ("--simplify", "-1"), ("--simplify", "nan"), ("--min-area", "nan"), ("--min-area", "inf"),
     ("--tile-size", "0"), ("--overlap", "-3"), ("--batch-size", "1.5"), ("--stripe-width", "wide"),
+    ("--tissue-threshold", "1"), ("--tissue-threshold", "2"), ("--quiet", ""),  # the last: after --progress json
 ])
 def test_bad_option_values_fail_before_any_work(tmp_path, image, capsys, option, value):
-    assert run(image, "-o", tmp_path / "m.gpkg", option, value, "--quiet") == 2
+    talk = ["--progress", "json"] if option == "--quiet" else ["--quiet"]
+    assert run(image, "-o", tmp_path / "m.gpkg", *talk, *filter(None, [option, value])) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"segtile: error: argument {option}") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []

@@ -70,6 +70,13 @@ def test_a_tissue_threshold_outside_0_1_is_refused(data_dir, threshold):
         segment(data_dir / "cmu_small_region.svs", model(), device="cpu", tissue_threshold=threshold)
 
 
+def test_a_tissue_threshold_where_no_tissue_is_detected_is_refused(data_dir):
+    with pytest.raises(TissueError, match="applies where tissue is detected, on colour slides: this image is not"):
+        segment(data_dir / "rmnp-rgb.tif", model(), device="cpu", tissue_threshold=0.1)
+    with pytest.raises(TissueError, match=r"detection is off \(--no-tissue-mask; Python: tissue=False\)"):
+        segment(data_dir / "cmu_small_region.svs", model(), device="cpu", tissue=False, tissue_threshold=0.1)
+
+
 @pytest.fixture
 def field(tmp_path, data_dir):
     """A polygon over part of landsat7.tif, in the image's CRS, and the same in WGS 84."""

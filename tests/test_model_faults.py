@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from segtile import segment
+from segtile.api import ResolutionWarning
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, save_torchscript
 from segtile.predictor import ModelError
@@ -100,9 +101,15 @@ def test_a_card_without_bands_takes_the_first_bands_of_a_wider_image(data_dir):
     card = ModelCard(classes=("x", "y"), in_channels=3, tile_size=64, overlap=8)  # bands=None
     model = torch.nn.Conv2d(3, 2, 1)
     path = data_dir / "landsat_crop.tif"  # 7 bands
-    result = segment(path, LoadedModel(model, card), device="cpu")
+    with pytest.warns(ResolutionWarning, match="the image has 7 bands and the model takes 3: reading bands 1,2,3 "
+                      r"\(B1, B2, B3; the first 3\); choose others with --bands \(Python: bands=\[...\]\)"):
+        result = segment(path, LoadedModel(model, card), device="cpu")
     window = result.labels[:64, :64].compute()
     assert window.shape == (64, 64)
+    chosen = ModelCard(classes=("x", "y"), bands=(4, 3, 2), tile_size=64, overlap=8)
+    assert "reading bands 4,3,2 (B4, B3, B2; the model card's choice)" in segment(
+        path, LoadedModel(model, chosen), device="cpu").notes[0]
+    assert segment(path, LoadedModel(model, card), bands=[4, 3, 2], device="cpu").notes == ()  # the user's choice
 
 
 def test_a_dask_array_is_computed_once_per_tile():

@@ -112,7 +112,7 @@ def segment(
     opened = open_source(source, bands=bands)
     if card is None:
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
-    opened = _fit_bands(opened, card, chosen=bands is not None)
+    opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
     grid, mask_notes = with_masks(opened, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
@@ -134,7 +134,7 @@ def segment(
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
                       stripe_width=sizes.stripe_width)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    notes = notes + mask_notes + augmentation_notes
+    notes = band_notes + notes + mask_notes + augmentation_notes
     for note in notes:
         warnings.warn(note, ResolutionWarning, stacklevel=2)
     return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))
@@ -160,19 +160,26 @@ def _augmentation(card: ModelCard, tta: str | None, scales: Sequence[float]) -> 
 
 
 class ResolutionWarning(UserWarning):
-    """The job runs otherwise than asked, as its model card suggests: at another pixel size than
-    the image's own, or with test-time augmentation."""
+    """The job runs otherwise than its arguments alone say, as the model card or the image
+    suggests: at another pixel size than the image's own, on some of its bands, on a slide's
+    tissue only, or with test-time augmentation (each in a note, also in ``result.notes``)."""
 
 
-def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> Source:
+def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, list[str]]:
     """``source`` with the bands the model takes: those ``chosen`` by the user, else those the
-    card names, else the first ``in_channels`` of the image. Raises :class:`SegmentError` naming
-    the fix when they cannot be had."""
+    card names, else the first ``in_channels`` of the image; and a note when the image had more
+    bands than the model takes and segtile chose. Raises :class:`SegmentError` naming the fix
+    when they cannot be had."""
     wanted, given = card.in_channels, source.count
+    if not chosen and given > wanted and (card.bands is None or max(card.bands) <= given):
+        bands = list(card.bands or range(1, wanted + 1))
+        whose = "the model card's choice" if card.bands else f"the first {wanted}"
+        names = ", ".join(source.band_names[b - 1] for b in bands)
+        return source.select_bands(bands), [
+            f"the image has {given} bands and the model takes {wanted}: reading bands {','.join(map(str, bands))} "
+            f"({names}; {whose}); choose others with --bands (Python: bands=[...])"]
     if not chosen and card.bands is not None and max(card.bands) <= given:
-        return source.select_bands(card.bands)
-    if not chosen and card.bands is None and given > wanted:
-        return source.select_bands(list(range(1, wanted + 1)))
+        return source.select_bands(card.bands), []
     if given != wanted or (not chosen and card.bands is not None):
         names = f" (bands {','.join(map(str, card.bands))} of its card)" if card.bands and not chosen else ""
         example = ",".join(["1"] * wanted) if given == 1 else ",".join(str(b) for b in range(1, wanted + 1))
@@ -180,7 +187,7 @@ def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> Source:
             f"the model takes {_bands(wanted)}{names} but the image has {_bands(given)}: choose {wanted} with "
             f"--bands (e.g. --bands {example}; Python: bands=[...]) or use a model made for {_bands(given)}"
         )
-    return source
+    return source, []
 
 
 def _bands(count: int) -> str:

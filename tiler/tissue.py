@@ -86,16 +86,22 @@ def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, thres
     with µm per pixel and no CRS), and not on other images.
 
     Raises:
-        TissueError: tissue detection asked of an image it cannot work on, or a ``threshold``
-            outside (0, 1).
+        TissueError: tissue detection asked of an image it cannot work on; a ``threshold``
+            outside (0, 1), or given where no tissue is detected.
         LabelError: an area of interest that cannot be read or placed on the image.
     """
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise TissueError(f"the tissue threshold is a colour saturation between 0 and 1 (exclusive), got {threshold!r}")
     notes = []
     is_slide = slide.georef.mpp is not None and slide.georef.crs is None
+    if threshold is not None and tissue is False:
+        raise TissueError("a tissue threshold applies where tissue is detected, and detection is off "
+                          "(--no-tissue-mask; Python: tissue=False)")
     if tissue is None:
         tissue = is_slide and slide.count >= 3
+        if threshold is not None and not tissue:
+            raise TissueError("a tissue threshold applies where tissue is detected, on colour slides: this image "
+                              "is not one")
     if tissue:
         found = detect_tissue(slide, grid, threshold)
         grid = MaskedSource(grid, found)

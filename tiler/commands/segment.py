@@ -106,9 +106,10 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="continue an interrupted run of the same command from the work it kept "
                         "(.FIRST_OUTPUT.segtile-work beside the first output)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("--progress", choices=("bar", "json"), default="bar",
-                        help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress, no summary")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--progress", choices=("bar", "json"), default="bar",
+                      help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")
+    talk.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress, no summary")
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="run on a dask.distributed scheduler (e.g. tcp://host:8786)")

@@ -42,7 +42,7 @@ from segtile.writers.geotiff import (
 )
 from segtile.writers.legend import legend_sidecars
 from segtile.writers.ome_zarr import write_ome_zarr
-from segtile.writers.qupath import check_object_type, write_qupath_geojson
+from segtile.writers.qupath import DEFAULT_OBJECTS, check_object_type, write_qupath_geojson
 from segtile.writers.vector import class_indices, polygon_sidecars, write_polygons
 from segtile.writers.zarr_store import write_zarr
 
@@ -87,7 +87,7 @@ class WriteOptions:
     simplify: float | None = None
     min_area: float | None = None
     skip_classes: tuple[str, ...] = ()
-    qupath_objects: str = "annotation"
+    qupath_objects: str = DEFAULT_OBJECTS
     creation_options: tuple[tuple[str, str], ...] = ()
 
     def check(self, card: ModelCard) -> None:
@@ -225,6 +225,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
         OutputError: an unknown extension; two outputs writing the same file; a folder that is
             missing or read-only; an output that would replace a ``protected`` path (the input)
             or a folder that is not the output's own kind.
+        OutputError: probabilities, or QuPath detections, asked for without an output that holds them.
         OutputExistsError: a file exists and ``overwrite`` is false.
         CreationOptionError: a GeoTIFF creation option GDAL refuses (or one given without a GeoTIFF).
     """
@@ -245,6 +246,12 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
             raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it "
                               "could have written")
         planned.append(PlannedOutput(path, kind, files))
+    if options.probabilities and not any(p.kind.probabilities for p in planned):
+        raise OutputError("probabilities are asked for, but none of the outputs holds them: add a GeoTIFF (.tif) "
+                          "or Zarr (.zarr) output")
+    if options.qupath_objects != DEFAULT_OBJECTS and not any(p.kind.write is _write_qupath for p in planned):
+        raise OutputError(f"QuPath objects of type {options.qupath_objects!r} are asked for, but none of the outputs "
+                          "is a slide's GeoJSON (QuPath's)")
     if options.creation_options:
         if not any(p.kind.write is _write_mask for p in planned):
             raise CreationOptionError("creation options apply to GeoTIFF outputs (.tif, .tiff), and none is asked for")

@@ -37,6 +37,7 @@ from segtile.writers.legend import rgb
 from segtile.writers.vector import Batch, RegionBatches, class_indices, stream_regions, without_classes
 
 OBJECT_TYPES = ("annotation", "detection")
+DEFAULT_OBJECTS = "annotation"
 
 
 def write_qupath_geojson(path: str | PathLike, labels: Any, georef: Georef, card: ModelCard, *,

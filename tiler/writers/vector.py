@@ -36,6 +36,9 @@ from segtile.writers.legend import polygon_style_sidecars, write_polygon_style
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
+GPKG_OPTIONS = {"VERSION": "1.2"}
+"""GeoPackage 1.2, which GDAL before 3.7 (and the QGIS built on it, e.g. Debian 12's) writes and
+reads without a warning on every open; the 1.4 pyogrio's GDAL writes adds nothing polygons use."""
 FIELDS = ["class_id", "class_name", "area"]
 BATCH_SIZE = 20_000  # regions per write call
 WGS84 = CRS.from_epsg(4326)
@@ -211,6 +214,7 @@ class _PolygonLayer:
                 FIELDS, layer=self._path.stem, driver=self._driver, geometry_type="Polygon",
                 crs=crs.to_wkt() if crs is not None else None, append=self._created,
                 layer_options={"RFC7946": "YES"} if creating_geojson else None,
+                dataset_options=GPKG_OPTIONS if self._driver == "GPKG" and not self._created else None,
             )
         self._created = True
 
