@@ -34,6 +34,7 @@ FORMAT = "segtile-checkpoint"
 VERSION = 1
 CARD_FILE = "card.json"
 ONNX_SUFFIX = ".onnx"
+CHECKPOINT_SUFFIXES = (".pt", ".pth")  # what segtile names the checkpoints it writes
 
 # Architecture names a checkpoint may name, and the class that builds each.
 ARCHITECTURES: dict[str, type[PSPNet]] = {"pspnet": PSPNet}
@@ -319,12 +320,12 @@ def _read_payload(path: Path) -> dict[str, Any]:
     except Exception:  # text, random bytes, pickles of arbitrary objects (never unpickled)...
         raise CheckpointError(f"{path}: not a segtile checkpoint or TorchScript file") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        weights = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         hint = ""
-        if isinstance(payload, dict) and payload and all(
-            isinstance(v, torch.Tensor) for v in payload.values()
-        ):
-            hint = ": it holds bare weights; build the network, load them "
-            hint += "(load_reference_state_dict) and save_checkpoint it with a card"
+        if isinstance(weights, dict) and weights and all(isinstance(v, torch.Tensor) for v in weights.values()):
+            hint = (f": it holds bare weights; a PSPNet trained by the reference code (hszhao/semseg) converts with "
+                    f"`segtile convert {path} --from semseg --dataset NAME --out model.pt`; other networks: build "
+                    "it, load them and save_checkpoint it with a card")
         raise CheckpointError(f"{path}: a torch file, but not a segtile checkpoint{hint}")
     version = payload.get("version")
     if version != VERSION:

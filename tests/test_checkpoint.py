@@ -244,6 +244,9 @@ BROKEN = {
     "random bytes": (lambda d: written(d / "noise.pt", NOISE), "not a segtile checkpoint"),
     "bare state_dict": (lambda d: torch_file(d / "bare.pt", small_pspnet().state_dict()),
                         "bare weights"),
+    "reference training checkpoint": (lambda d: torch_file(d / "train_epoch_100.pth", {
+        "epoch": 100, "state_dict": {f"module.{k}": v for k, v in small_pspnet().state_dict().items()}}),
+        "bare weights; a PSPNet trained by the reference code (hszhao/semseg) converts with `segtile convert"),
     "pickled module": (lambda d: torch_file(d / "module.pt", torch.nn.Conv2d(1, 1, 1)),
                        "not a segtile checkpoint"),
     "another torch file": (lambda d: torch_file(d / "list.pt", [1, 2, 3]), "not a segtile checkpoint"),

@@ -250,6 +250,36 @@ def test_a_cluster_of_worker_processes_gives_the_threaded_labels(tmp_path, data_
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+def test_relative_paths_reach_workers_that_run_in_another_folder(tmp_path, data_dir, monkeypatch, capsys):
+    """A scheduler's workers read the input and write the work store from their own working
+    folder: the paths they get must not be relative to the caller's."""
+    from distributed import LocalCluster
+
+    from segtile.cli import main
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    (here / "image.tif").write_bytes((data_dir / "landsat7.tif").read_bytes())
+    monkeypatch.chdir(elsewhere)  # where the workers start
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.chdir(here)
+        status = main(["image.tif", "-o", "mask.tif", "--resolution", "60", "--tile-size", "128", "--quiet",
+                       "--device", "cpu", "--scheduler", cluster.scheduler_address])
+    assert (status, capsys.readouterr().err) == (0, "")
+    assert (here / "mask.tif").exists() and list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("address", ["notanaddress"])  # (a closed port: the same line, after the 10 s timeout)
+def test_a_scheduler_that_cannot_be_reached_is_one_line(tmp_path, data_dir, capsys, address):
+    from segtile.cli import main
+
+    assert main([str(data_dir / "rmnp-rgb.tif"), "-o", str(tmp_path / "m.tif"), "--scheduler", address,
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segtile: error: cannot reach the Dask scheduler at {address}: ") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_device_asked_of_a_cluster_is_checked_on_its_workers(tmp_path, data_dir, capsys):
     from segtile.cli import main
 

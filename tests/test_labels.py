@@ -8,6 +8,7 @@ import pyogrio.raw
 import pytest
 import rasterio
 import shapely
+import shapely.geometry
 from affine import Affine
 from rasterio.windows import Window
 
@@ -143,6 +144,17 @@ def test_polygons_in_another_crs_are_reprojected_onto_the_image(tmp_path, image)
     expected = np.full((60, 80), IGNORE, np.uint8)
     expected[22:31, 40:57] = 0
     np.testing.assert_array_equal(read, expected)
+
+
+def test_a_geojson_without_crs_in_projected_coordinates_is_one_clear_error(tmp_path, image):
+    """GeoJSON without a "crs" member is WGS 84 (RFC 7946): UTM metres there are no longitudes."""
+    box = pixel_box(IMAGE_TRANSFORM, 22, 31, 40, 57)
+    feature = {"type": "Feature", "geometry": shapely.geometry.mapping(box), "properties": {"class_name": "water"}}
+    path = tmp_path / "drawn.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(LabelError, match=r"drawn.geojson: coordinates x .* are no longitudes and latitudes of its "
+                                         r"CRS \(EPSG:4326; a GeoJSON without a \"crs\" member is WGS 84\)"):
+        open_labels(path, like=image, classes=CLASSES)
 
 
 def test_qupath_geojson_in_pixel_coordinates_labels_a_plain_image(tmp_path, plain_image):

@@ -161,6 +161,29 @@ def test_a_run_interrupted_and_resumed_ends_as_the_uninterrupted_run(tmp_path, s
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_ctrl_c_after_an_epoch_says_which_epoch_the_output_holds(tmp_path, scene, capsys, monkeypatch):
+    """The interruption lands after the first epoch is saved (a real run, stopped there)."""
+    import segtile.training
+
+    real_train = segtile.training.train
+
+    def stopped_after_the_first_epoch(*args, on_epoch, **kwargs):
+        def save_then_stop(result, state):
+            on_epoch(result, state)
+            raise KeyboardInterrupt
+
+        return real_train(*args, on_epoch=save_then_stop, **kwargs)
+
+    monkeypatch.setattr(segtile.training, "train", stopped_after_the_first_epoch)
+    image, labels = scene
+    out = tmp_path / "part.pt"
+    assert run("train", "--image", image, "--labels", labels, "--classes", "dark,bright", "--out", out,
+               "--epochs", "3", "--steps-per-epoch", "1", "--val-fraction", "0", *TINY) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"segtile: interrupted; {out} holds epoch 1 of 3: continue with --resume {out} --out {out} --overwrite")
+    assert read_training_state(out)["epoch"] == 1
+
+
 def test_resuming_with_more_epochs_continues_from_the_saved_step(tmp_path, scene):
     image, labels = scene
     first, more = tmp_path / "first.pt", tmp_path / "more.pt"
@@ -310,6 +333,8 @@ def bad_cases(tmp_path, image, labels):
         "zero width": ([*base, "--width", "0"], "expected a finite number > 0"),
         "bad layers": ([*base, "--layers", "19"], "invalid choice"),
         "output exists": ([*base[:-1], tmp_path / "exists.pt"], "output exists"),
+        "output not a checkpoint": ([*base[:-1], tmp_path / "m.onnx"], "training writes a segtile checkpoint (.pt or "
+                                                                       ".pth); for ONNX, convert it once trained"),
         "colours": ([*base, "--colors", "#000000"], "1 colours for 2 classes"),
         "device": ([*base, "--device", "tpu"], "unknown device"),
         "bands differ": ([*base[:2], "--image", other, "--labels", labels, "--labels", labels, *base[4:]],
@@ -321,6 +346,9 @@ def bad_cases(tmp_path, image, labels):
                         "value 7"),
         "not weights": ([*base, "--init", not_weights], "not a file of PyTorch weights"),
         "init at small width": ([*base, "--init", tmp_path / "tiny.pth", "--width", "0.125"], "no tensor fits"),
+        "init of another depth": ([*base, "--init", tmp_path / "tiny.pth", "--width", "1", "--layers", "34"],
+                                  "a ResNet of another depth than PSPNet-34's backbone: its blocks layer1.2, layer2.2, "
+                                  "layer2.3, layer3.2 and 4 more would get no weight (give --layers the depth"),
         "resume without state": ([*base, "--resume", plain], "plain.pt"),
         "resume and init": ([*base, "--resume", plain, "--init", not_weights], "choose one"),
         "missing resume": ([*base, "--resume", tmp_path / "gone.pt"], "no such file"),
@@ -328,8 +356,10 @@ def bad_cases(tmp_path, image, labels):
 
 
 CASES = ["labels count", "no classes", "class twice", "batch of one", "val fraction 1", "zero width", "bad layers",
-         "output exists", "colours", "device", "bands differ", "band out of range", "missing image",
-         "unknown class name", "label value", "not weights", "init at small width", "resume without state",
+         "output exists", "output not a checkpoint", "colours", "device", "bands differ", "band out of range",
+         "missing image",
+         "unknown class name", "label value", "not weights", "init at small width", "init of another depth",
+         "resume without state",
          "resume and init", "missing resume"]
 
 

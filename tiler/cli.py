@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
-from segtile.interrupt import STOP
+from segtile.interrupt import STOP, Interrupted
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + signal.SIGPIPE
         except KeyboardInterrupt as interrupt:
             name = "SIGTERM" if received.get("signal") == signal.SIGTERM else "interrupted"
-            print(f"segtile: {name}; no output was written{_notes(interrupt)}", file=sys.stderr)
+            outcome = interrupt.kept if isinstance(interrupt, Interrupted) else "no output was written"
+            print(f"segtile: {name}; {outcome}{_notes(interrupt)}", file=sys.stderr)
             return 128 + received.get("signal", signal.SIGINT)
         except Exception as exc:
             if debug:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 from segtile.errors import SegtileError
 from segtile.models import LoadedModel, load_checkpoint, save_checkpoint
+from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from segtile.models.onnx_export import check_export_dependencies, export_onnx
 from segtile.models.onnx_runtime import OnnxNetwork
 from segtile.models.semseg import convert_semseg, semseg_dataset
 from segtile.writers.atomic import atomic_output, check_output
 
 SOURCE_FORMATS = ("segtile", "semseg")
-CHECKPOINT_SUFFIXES = (".pt", ".pth")
-ONNX_SUFFIX = ".onnx"
 
 
 class ConvertError(SegtileError, ValueError):

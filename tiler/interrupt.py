@@ -16,6 +16,15 @@ STOP = threading.Event()
 """Set while the run in this process is being stopped."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped after it had written some of its output: ``kept`` says what, and how to go
+    on, for the command to print instead of "no output was written"."""
+
+    def __init__(self, kept: str) -> None:
+        super().__init__(kept)
+        self.kept = kept
+
+
 def stop_if_asked() -> None:
     """Raise ``KeyboardInterrupt`` when this process's run was told to stop."""
     if STOP.is_set():

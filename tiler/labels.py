@@ -36,6 +36,7 @@ import rasterio.features
 import rasterio.warp
 import shapely
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
@@ -43,7 +44,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from segtile.errors import SegtileError, root_cause_line
+from segtile.errors import SegtileError, one_line, root_cause_line
 from segtile.sources.base import Source
 from segtile.sources.handles import PerThreadHandles
 
@@ -315,7 +316,7 @@ class PolygonLabels(LabelSource):
         """Keep ``geometries`` (in the image's CRS) and their label ``values``, indexed."""
         _check_polygonal(self.path, geometries)
         self._values = values
-        self._geometries = _to_image_crs(geometries, info.get("crs"), like)
+        self._geometries = _to_image_crs(geometries, info.get("crs"), like, self.path)
         self._tree = shapely.STRtree(self._geometries)
 
     def read(self, window: Window) -> np.ndarray:
@@ -359,6 +360,7 @@ def open_area(path: str | os.PathLike, like: Source) -> LabelSource:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"area of interest not found: {path}")
+    path = os.path.abspath(path)  # the same file for Dask workers in another working folder
     if _is_vector(path):
         return AreaPolygons(path, like)
     if os.path.isdir(path):
@@ -436,15 +438,31 @@ def _check_polygonal(path: str, geometries: np.ndarray) -> None:
         raise LabelError(f"{path}: labels must be polygons, found {', '.join(names)} geometries")
 
 
-def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source) -> np.ndarray:
+def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source, path: str) -> np.ndarray:
     """``geometries`` in the image's CRS: reprojected by GDAL when the file names another one;
-    as they are when the image has no CRS (pixel or unknown map coordinates) or the file none."""
+    as they are when the image has no CRS (pixel or unknown map coordinates) or the file none.
+
+    Raises:
+        LabelError: coordinates that cannot be in the file's CRS (longitudes and latitudes out
+            of range: typically a GeoJSON without a ``crs`` member, which is read as WGS 84, whose
+            coordinates are in another CRS), or that GDAL cannot reproject.
+    """
     image_crs = like.georef.crs
     if image_crs is None or crs is None or CRS.from_user_input(crs) == image_crs:
         return geometries
+    file_crs = CRS.from_user_input(crs)
+    left, bottom, right, top = shapely.total_bounds(geometries)
+    if file_crs.is_geographic and len(geometries) and not (-180 <= left <= right <= 360 and -90 <= bottom <= top <= 90):
+        raise LabelError(f"{path}: coordinates x {left:g} to {right:g}, y {bottom:g} to {top:g} are no longitudes and "
+                         f"latitudes of its CRS ({file_crs.to_string()}; a GeoJSON without a \"crs\" member is "
+                         "WGS 84): save it with the CRS its coordinates are in")
 
     def reproject(coords: np.ndarray) -> np.ndarray:
         xs, ys = rasterio.warp.transform(crs, image_crs, coords[:, 0], coords[:, 1])
         return np.column_stack([xs, ys])
 
-    return shapely.transform(geometries, reproject)
+    try:
+        return shapely.transform(geometries, reproject)
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise LabelError(f"{path}: cannot reproject its polygons from {file_crs.to_string()} to the image's CRS: "
+                         f"{one_line(exc)}") from None

@@ -132,5 +132,5 @@ def _connect(address: str) -> ContextManager:
 
     try:
         return Client(address, timeout="10s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: no address at all ("host", no port)
         raise RunError(f"cannot reach the Dask scheduler at {address}: {exc}") from None

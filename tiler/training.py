@@ -18,10 +18,12 @@ from typing import Any
 import torch
 
 from segtile.devices import check_device, resolve_device
+from segtile.interrupt import Interrupted
 from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
-from segtile.models.checkpoint import read_training_state
+from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state
 from segtile.models.datacard import card_from_data
+from segtile.models.resnet import torchvision_key
 from segtile.models.sampling import TrainingData
 from segtile.models.train import EpochResult, TrainError, TrainingState, TrainOptions, epoch_line, train
 from segtile.sources import Source, open_source
@@ -50,6 +52,9 @@ def run_train(args: argparse.Namespace) -> list[EpochResult]:
         raise TrainError(f"give one --labels per --image: got {len(args.image)} image(s) and "
                          f"{len(args.labels)} label file(s)")
     check_device(args.device)
+    if not str(args.out).lower().endswith(CHECKPOINT_SUFFIXES):
+        raise TrainError(f"--out {args.out}: training writes a segtile checkpoint (.pt or .pth); for ONNX, "
+                         f"convert it once trained (segtile convert MODEL.pt --out MODEL.onnx)")
     resumed = _resumed(args) if args.resume else None
     classes = _classes(args, resumed)
     if args.colors is not None:
@@ -104,8 +109,8 @@ def _fit(args: argparse.Namespace, data: TrainingData, classes: tuple[str, ...],
                         progress="none" if args.quiet else args.progress)
     except KeyboardInterrupt:
         if saved:
-            print(f"segtile: {args.out} holds epoch {saved[-1]} of {options.epochs}: continue with "
-                  f"--resume {args.out} --out {args.out} --overwrite", file=sys.stderr)
+            raise Interrupted(f"{args.out} holds epoch {saved[-1]} of {options.epochs}: continue with "
+                              f"--resume {args.out} --out {args.out} --overwrite") from None
         raise
     if not args.quiet:
         print(f"segtile: wrote {args.out} ({epoch_line(history[-1], options.epochs)})", file=sys.stderr)
@@ -176,14 +181,33 @@ def _read_init(path: str) -> dict[str, torch.Tensor]:
 
 
 def _load_backbone(model: PSPNet, weights: dict[str, torch.Tensor], path: str) -> None:
-    """Copy what fits of ``weights`` into the backbone; say on stderr what did not."""
+    """Copy what fits of ``weights`` into the backbone; say on stderr what did not. A ResNet of
+    another depth is refused: some of the backbone's residual blocks would get no weight at all."""
+    layers = model.config()["layers"]
     unmapped = load_torchvision_backbone(model, weights)
     if len(unmapped) == len(weights):
-        raise TrainError(f"--init {path}: no tensor fits the backbone of PSPNet-{model.config()['layers']} "
+        raise TrainError(f"--init {path}: no tensor fits the backbone of PSPNet-{layers} "
                          f"at width {model.config()['width']:g} (ImageNet ResNets need --width 1 and their depth)")
+    loaded = {_residual_block(torchvision_key(key)) for key in set(weights) - set(unmapped)}
+    blocks = dict.fromkeys(map(_residual_block, model.state_dict()))  # in the network's order
+    empty = [block for block in blocks if block and block not in loaded]
+    if empty:
+        shown = ", ".join(empty[:4]) + (f" and {len(empty) - 4} more" if len(empty) > 4 else "")
+        raise TrainError(f"--init {path}: a ResNet of another depth than PSPNet-{layers}'s backbone: its blocks "
+                         f"{shown} would get no weight (give --layers the depth of the file)")
     shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
     print(f"segtile: --init {path}: {len(weights) - len(unmapped)} of {len(weights)} tensors loaded; "
           f"not mapped: {shown or 'none'}", file=sys.stderr)
+
+
+def _residual_block(key: str) -> str | None:
+    """The residual block a backbone tensor belongs to (``layer3.1.conv2.weight`` -> ``layer3.1``);
+    ``None`` outside the four stages."""
+    stage, block, *_ = key.split(".") + ["", ""]
+    return f"{stage}.{block}" if stage in RESIDUAL_STAGES else None
+
+
+RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _check_bands(paths: Sequence[str], images: Sequence[Source], resumed: Resumed | None) -> None:

@@ -46,7 +46,7 @@ class WorkStore:
     (one marker per finished chunk) and ``run.json`` (what run it belongs to)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(os.path.abspath(folder))  # the same folder for workers in another working folder
 
     @property
     def store(self) -> Path:

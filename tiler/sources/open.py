@@ -36,6 +36,8 @@ def open_source(obj: Any, bands: Sequence[int] | None = None) -> Source:
         return obj.select_bands(bands)
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
+        if os.path.exists(path):  # a local file: the same for Dask workers in another working folder
+            path = os.path.abspath(path)
         if is_slide(path):
             return SlideSource(path, bands=bands)
         if opens_with_openslide(path):
