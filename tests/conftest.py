@@ -26,6 +26,20 @@ def pointwise_model():
     return make
 
 
+@pytest.fixture
+def counted(tmp_path, pointwise_model):
+    """A lazy result on a small GeoTIFF, and the counting model it runs (at zero tiles seen)."""
+    from segtile import segment
+    from tests.test_engine import CountingModel, write_geotiff
+
+    path = tmp_path / "image.tif"
+    write_geotiff(path, np.random.default_rng(4).integers(1, 255, size=(3, 80, 96), dtype=np.uint8))
+    model = CountingModel(pointwise_model(bands=3, classes=3))
+    result = segment(path, model, tile_size=32, overlap=8, device="cpu")
+    model.tiles_seen = 0  # forget the class probe
+    return result, model
+
+
 def whole_image_logits(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """The model run on the whole image at once: the reference the stitched result must equal."""
     with torch.inference_mode():

@@ -10,18 +10,7 @@ import zarr
 
 from segtile import segment
 from segtile.persist import PersistError
-from tests.test_engine import CountingModel, random_image, write_geotiff
-
-
-@pytest.fixture
-def counted(tmp_path, pointwise_model):
-    """A lazy result on a small GeoTIFF, and the counting model it runs."""
-    path = tmp_path / "image.tif"
-    write_geotiff(path, np.random.default_rng(4).integers(1, 255, size=(3, 80, 96), dtype=np.uint8))
-    model = CountingModel(pointwise_model(bands=3, classes=3))
-    result = segment(path, model, tile_size=32, overlap=8, device="cpu")
-    model.tiles_seen = 0  # forget the class probe
-    return result, model
+from tests.test_engine import random_image
 
 
 def test_persist_and_two_writers_run_inference_once(tmp_path, counted):
