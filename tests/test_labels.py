@@ -155,6 +155,9 @@ def test_a_geojson_without_crs_in_projected_coordinates_is_one_clear_error(tmp_p
     with pytest.raises(LabelError, match=r"drawn.geojson: coordinates x .* are no longitudes and latitudes of its "
                                          r"CRS \(EPSG:4326; a GeoJSON without a \"crs\" member is WGS 84\)"):
         open_labels(path, like=image, classes=CLASSES)
+    feature["geometry"] = {"type": "Polygon", "coordinates": []}  # no coordinate at all: nothing to check
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    assert (open_labels(path, like=image, classes=CLASSES).read(whole(image)) == IGNORE).all()
 
 
 def test_qupath_geojson_in_pixel_coordinates_labels_a_plain_image(tmp_path, plain_image):

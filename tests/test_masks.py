@@ -64,10 +64,23 @@ def test_tissue_on_rasters_or_grey_images_is_refused_clearly(data_dir):
     assert segment(data_dir / "rmnp-rgb.tif", model(), device="cpu").notes == ()  # not a slide: no tissue
 
 
-@pytest.mark.parametrize("threshold", [0, 1, 2.0, -0.1, float("nan"), "0.1"])
-def test_a_tissue_threshold_outside_0_1_is_refused(data_dir, threshold):
+@pytest.mark.parametrize("threshold", [0, 1, 2.0, -0.1, float("nan"), "0.1", True])
+def test_a_tissue_threshold_that_is_no_saturation_in_0_1_is_refused(data_dir, threshold):
     with pytest.raises(TissueError, match="saturation between 0 and 1"):
         segment(data_dir / "cmu_small_region.svs", model(), device="cpu", tissue_threshold=threshold)
+
+
+def test_tissue_is_found_in_the_colours_of_a_slide_whose_model_reads_one_band(data_dir):
+    one_band = LoadedModel(torch.nn.Conv2d(1, 2, 1), ModelCard(classes=("a", "b"), in_channels=1, tile_size=128,
+                                                               overlap=16))
+    for bands in (None, [2]):  # the card's first band, or one chosen
+        result = segment(data_dir / "cmu_small_region.svs", one_band, device="cpu", bands=bands)
+        assert any(note.startswith("tissue covers") for note in result.notes)
+
+
+def test_a_numpy_tissue_threshold_is_taken(data_dir):
+    result = segment(data_dir / "cmu_small_region.svs", model(), device="cpu", tissue_threshold=np.float32(0.1))
+    assert "saturation > 0.100" in result.notes[-1]
 
 
 def test_a_tissue_threshold_where_no_tissue_is_detected_is_refused(data_dir):

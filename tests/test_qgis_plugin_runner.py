@@ -2,6 +2,7 @@
 installation in a subprocess, follows its progress, reports its errors and cancels it cleanly."""
 
 import json
+import sys
 
 import pytest
 
@@ -57,6 +58,17 @@ def test_cancel_stops_segtile_and_leaves_nothing_behind(segtile, data_dir, tmp_p
                     "--progress", "json"], listener)
     assert "segtile: SIGTERM; no output was written" in listener.messages  # stopped mid-run, not finished
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+def test_an_interruption_from_outside_reports_what_segtile_kept(tmp_path):
+    """segtile's last line, e.g. a training's finished epochs, is the message, not a guess."""
+    stand_in = tmp_path / "interrupted-training"
+    stand_in.write_text(f"#!{sys.executable}\nimport sys\n"
+                        "print('segtile: interrupted; m.pt holds epoch 1 of 3: continue with --resume m.pt', "
+                        "file=sys.stderr)\nsys.exit(130)\n")
+    stand_in.chmod(0o755)
+    with pytest.raises(runner.SegtileFailed, match=r"^segtile: interrupted; m.pt holds epoch 1 of 3"):
+        runner.run([str(stand_in)])
 
 
 def test_a_command_that_cannot_start(tmp_path):

@@ -1,5 +1,6 @@
 """The writers of a ``Segmentation`` check what they are asked before running the model."""
 
+import numpy as np
 import pytest
 
 from segtile.writers import OutputError, WriterInputError
@@ -27,11 +28,18 @@ def test_write_without_an_output_is_a_clear_error(counted):
     assert model.tiles_seen == 0
 
 
+def test_numpy_numbers_are_taken_as_polygon_options(tmp_path, counted):
+    segmentation, _ = counted
+    segmentation.to_vector(tmp_path / "regions.gpkg", simplify=np.float32(0.5), min_area=np.int64(4))
+    assert (tmp_path / "regions.gpkg").exists()
+
+
 @pytest.mark.parametrize("options, message", [
     ({"simplify": -1}, r"simplify must be a finite number >= 0 \(in the output's units\), got -1"),
     ({"min_area": "big"}, r"min_area must be a finite number >= 0 .* got 'big'"),
     ({"min_area": float("nan")}, "min_area must be a finite number >= 0"),
     ({"simplify": float("inf")}, "simplify must be a finite number >= 0"),
+    ({"simplify": True}, "simplify must be a finite number >= 0"),
 ])
 def test_polygon_options_are_checked_before_any_work(tmp_path, counted, options, message):
     segmentation, model = counted

@@ -367,6 +367,7 @@ def test_wrong_arrays_are_refused():
     with pytest.raises(SourceError, match="integers, floats or booleans, not complex128"):
         open_source(np.zeros((3, 10, 10), dtype=complex))
     assert open_source(np.zeros((3, 40, 4), dtype=np.uint8)).shape == (3, 40, 4)  # bands first: kept
+    assert open_source(np.zeros((8, 1000, 2), dtype=np.uint8)).shape == (8, 1000, 2)  # a narrow multiband strip
     assert open_source(np.zeros((40, 50), dtype=bool)).shape == (1, 40, 50)
 
 
@@ -377,6 +378,8 @@ def test_xarray_dims_are_reordered():
     source = open_source(array, bands=[2])
     assert source.shape == (1, 12, 10) and source.band_names == ("g",)
     np.testing.assert_array_equal(source.read(Window(1, 2, 5, 6))[0], image[2:8, 1:6, 1])
+    strip = xr.DataArray(np.zeros((6, 100, 4), np.uint8), dims=("band", "y", "x"))  # its dims say so: not RGBA
+    assert open_source(strip).shape == (6, 100, 4)
     lazy = open_source(xr.DataArray(da.from_array(image[..., 0], chunks=4), dims=("y", "x")))
     np.testing.assert_array_equal(lazy.read(Window(3, 0, 4, 5))[0], image[0:5, 3:7, 0])
 

@@ -8,6 +8,7 @@ lossless (deflate) they must be equal exactly. Here, with libjpeg-turbo on both 
 pixels come out exactly equal too.
 """
 
+import json
 import sys
 
 import numpy as np
@@ -88,9 +89,12 @@ def test_segment_a_vms_slide(tmp_path, vms, capsys):
     model = tmp_path / "pointwise.pt"
     save_torchscript(model, torch.nn.Conv2d(3, 2, 1).eval(), ModelCard(classes=("a", "b"), scale=255, tile_size=128,
                                                                        overlap=16))
-    mask = tmp_path / "mask.tif"
-    assert main([str(vms[0]), "--model", str(model), "-o", str(mask), "--mpp", "2", "--quiet"]) == 0
+    mask, cells = tmp_path / "mask.tif", tmp_path / "cells.geojson"
+    assert main([str(vms[0]), "--model", str(model), "-o", str(mask), "-o", str(cells), "--mpp", "2",
+                 "--qupath-objects", "detection", "--quiet"]) == 0
     assert tifffile.imread(mask).shape == (round(2960 * 0.499 / 2), round(2208 * 0.499 / 2))
+    features = json.loads(cells.read_text())["features"]  # QuPath's GeoJSON: the .vms is a slide
+    assert features and {f["properties"]["objectType"] for f in features} == {"detection"}
 
 
 def test_an_openslide_format_without_openslide_is_one_clear_error(tmp_path, monkeypatch):

@@ -30,8 +30,9 @@ from segtile.models.train import (
 )
 from segtile.normalise import Normalisation
 from segtile.sources import open_source
+from segtile.training import resnet_depth
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
-from tests.test_pspnet import BASIC_BLOCKS, random_state_dict, torchvision_layout
+from tests.test_pspnet import BASIC_BLOCKS, BOTTLENECK_BLOCKS, random_state_dict, torchvision_layout
 
 TINY = ["--layers", "18", "--width", "0.125", "--tile-size", "32", "--batch-size", "2", "--quiet"]
 
@@ -198,6 +199,14 @@ def test_resuming_with_more_epochs_continues_from_the_saved_step(tmp_path, scene
     assert load_checkpoint(more).card.extra["training"]["steps_done"] == 6
 
 
+@pytest.mark.parametrize("kind, depth", [("basic", 18), ("basic", 34), ("bottleneck", 50), ("bottleneck", 101)])
+def test_the_depth_of_a_resnet_file_and_of_a_backbone(kind, depth):
+    blocks = (BASIC_BLOCKS if kind == "basic" else BOTTLENECK_BLOCKS)[depth]
+    assert resnet_depth(torchvision_layout(kind, blocks)) == depth
+    assert resnet_depth(PSPNet(layers=depth, classes=2, width=0.125).state_dict()) == depth
+    assert resnet_depth({"conv1.weight": None, "fc.weight": None}) is None
+
+
 def test_init_loads_torchvision_resnet_weights_and_reports_what_did_not_map(tmp_path, scene, capsys):
     image, labels = scene
     weights = random_state_dict(torchvision_layout("basic", BASIC_BLOCKS[18]))
@@ -347,8 +356,7 @@ def bad_cases(tmp_path, image, labels):
         "not weights": ([*base, "--init", not_weights], "not a file of PyTorch weights"),
         "init at small width": ([*base, "--init", tmp_path / "tiny.pth", "--width", "0.125"], "no tensor fits"),
         "init of another depth": ([*base, "--init", tmp_path / "tiny.pth", "--width", "1", "--layers", "34"],
-                                  "a ResNet of another depth than PSPNet-34's backbone: its blocks layer1.2, layer2.2, "
-                                  "layer2.3, layer3.2 and 4 more would get no weight (give --layers the depth"),
+                                  "tiny.pth: a ResNet-18, where PSPNet-34's backbone is a ResNet-34: give --layers 18"),
         "resume without state": ([*base, "--resume", plain], "plain.pt"),
         "resume and init": ([*base, "--resume", plain, "--init", not_weights], "choose one"),
         "missing resume": ([*base, "--resume", tmp_path / "gone.pt"], "no such file"),

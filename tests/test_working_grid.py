@@ -126,6 +126,7 @@ def test_the_model_card_chooses_the_grid_and_says_so(data_dir):
     assert choose_grid(slide, card(300.0, "m")) == (slide, [
         "the model was trained on georeferenced rasters (300 m pixels) and this image is a slide (0.499 µm pixels): "
         "it runs on the image's own pixels; choose a model trained on images like this one"])
+    assert choose_grid(slide, card(300.0)) == (slide, [])  # a card without a unit says nothing to compare
     assert choose_grid(source, card(0.5, "um"))[1][0].startswith(
         "the model was trained on slides (0.5 µm pixels) and this image is a georeferenced raster (30 m pixels)")
     with pytest.raises(GridChoiceError, match="choose one of resolution and level"):

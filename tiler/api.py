@@ -109,12 +109,13 @@ def segment(
     check_device(device, precision, here=current_client() is None)
     spec_kwargs = _model_spec_kwargs(model)
     card: ModelCard | None = spec_kwargs.get("card")
-    opened = open_source(source, bands=bands)
+    image = open_source(source)  # every band: tissue is found in a slide's colours, whatever the model reads
+    opened = open_source(image, bands=bands)
     if card is None:
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
-    grid, mask_notes = with_masks(opened, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
+    grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,

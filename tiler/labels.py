@@ -451,8 +451,9 @@ def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source, path: s
     if image_crs is None or crs is None or CRS.from_user_input(crs) == image_crs:
         return geometries
     file_crs = CRS.from_user_input(crs)
-    left, bottom, right, top = shapely.total_bounds(geometries)
-    if file_crs.is_geographic and len(geometries) and not (-180 <= left <= right <= 360 and -90 <= bottom <= top <= 90):
+    left, bottom, right, top = shapely.total_bounds(geometries)  # NaN when there is no coordinate at all
+    in_range = -180 <= left <= right <= 360 and -90 <= bottom <= top <= 90
+    if file_crs.is_geographic and not np.isnan(left) and not in_range:
         raise LabelError(f"{path}: coordinates x {left:g} to {right:g}, y {bottom:g} to {top:g} are no longitudes and "
                          f"latitudes of its CRS ({file_crs.to_string()}; a GeoJSON without a \"crs\" member is "
                          "WGS 84): save it with the CRS its coordinates are in")

@@ -5,7 +5,7 @@ A run goes through stages (inference over the tiles, then writing each output). 
 reports as it advances. ``mode="bar"`` shows one tqdm bar per stage; ``mode="json"`` prints one
 JSON object per line, for a program driving segtile (the QGIS plugin)::
 
-    {"stage": "inference", "done": 12, "total": 40, "progress": 0.27}
+    {"stage": "inference", "done": 12, "total": 40, "progress": 0.24}
     {"summary": "...", "tiles_run": 40, ...}
 
 ``progress`` is the fraction of the whole run done, stages weighted by their share; lines are

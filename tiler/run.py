@@ -19,7 +19,6 @@ from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
 from segtile.resume import Work, prepare_work, run_identity, work_folder
 from segtile.sources import open_source
-from segtile.sources.files import is_slide
 from segtile.writers.atomic import OutputError
 from segtile.writers.outputs import WriteOptions, plan_outputs, probability_precision, write_outputs
 
@@ -48,9 +47,10 @@ def run_segment(args: argparse.Namespace) -> None:
     gpus = parse_gpus(args.gpus) if args.gpus else "none"
     check_device(args.device, args.precision, here=not on_cluster)
     model = choose_model(args.model)
-    open_source(args.input).close()  # an input it cannot read is the error to give, before the outputs'
+    with open_source(args.input) as opened:  # an input it cannot read is the error to give, before the outputs'
+        slide = opened.georef.is_slide  # which decides the kinds of the outputs (a slide's .geojson is QuPath's)
     protected = [args.input, model.path, *([args.mask] if args.mask else [])]
-    plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected, slide=is_slide(args.input))
+    plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected, slide=slide)
     say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
     with ExitStack() as stack:
         if args.scheduler:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 import rasterio.features
@@ -90,7 +91,8 @@ def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, thres
             outside (0, 1), or given where no tissue is detected.
         LabelError: an area of interest that cannot be read or placed on the image.
     """
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+    if threshold is not None and not (isinstance(threshold, Real) and not isinstance(threshold, bool)
+                                      and 0 < threshold < 1):
         raise TissueError(f"the tissue threshold is a colour saturation between 0 and 1 (exclusive), got {threshold!r}")
     notes = []
     is_slide = slide.georef.mpp is not None and slide.georef.crs is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,7 +23,6 @@ from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
 from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state
 from segtile.models.datacard import card_from_data
-from segtile.models.resnet import torchvision_key
 from segtile.models.sampling import TrainingData
 from segtile.models.train import EpochResult, TrainError, TrainingState, TrainOptions, epoch_line, train
 from segtile.sources import Source, open_source
@@ -182,29 +181,33 @@ def _read_init(path: str) -> dict[str, torch.Tensor]:
 
 def _load_backbone(model: PSPNet, weights: dict[str, torch.Tensor], path: str) -> None:
     """Copy what fits of ``weights`` into the backbone; say on stderr what did not. A ResNet of
-    another depth is refused: some of the backbone's residual blocks would get no weight at all."""
+    another depth is refused: the blocks of one would be loaded into the other's, the rest left
+    random, or dropped."""
     layers = model.config()["layers"]
+    depth = resnet_depth(weights)
+    if depth is not None and depth != resnet_depth(model.state_dict()):
+        raise TrainError(f"--init {path}: a ResNet-{depth}, where PSPNet-{layers}'s backbone is a ResNet-{layers}: "
+                         f"give --layers {depth}")
     unmapped = load_torchvision_backbone(model, weights)
     if len(unmapped) == len(weights):
         raise TrainError(f"--init {path}: no tensor fits the backbone of PSPNet-{layers} "
                          f"at width {model.config()['width']:g} (ImageNet ResNets need --width 1 and their depth)")
-    loaded = {_residual_block(torchvision_key(key)) for key in set(weights) - set(unmapped)}
-    blocks = dict.fromkeys(map(_residual_block, model.state_dict()))  # in the network's order
-    empty = [block for block in blocks if block and block not in loaded]
-    if empty:
-        shown = ", ".join(empty[:4]) + (f" and {len(empty) - 4} more" if len(empty) > 4 else "")
-        raise TrainError(f"--init {path}: a ResNet of another depth than PSPNet-{layers}'s backbone: its blocks "
-                         f"{shown} would get no weight (give --layers the depth of the file)")
     shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
     print(f"segtile: --init {path}: {len(weights) - len(unmapped)} of {len(weights)} tensors loaded; "
           f"not mapped: {shown or 'none'}", file=sys.stderr)
 
 
-def _residual_block(key: str) -> str | None:
-    """The residual block a backbone tensor belongs to (``layer3.1.conv2.weight`` -> ``layer3.1``);
-    ``None`` outside the four stages."""
-    stage, block, *_ = key.split(".") + ["", ""]
-    return f"{stage}.{block}" if stage in RESIDUAL_STAGES else None
+def resnet_depth(keys: Iterable[str]) -> int | None:
+    """The depth of the ResNet whose tensors are named ``keys`` (a state_dict's), from its residual
+    stages ``layer1`` … ``layer4``: two layers a basic block, three a bottleneck (one with a
+    ``conv3``), and the stem and the classifier (18, 34, 50, 101...); ``None`` when no key lies
+    in those stages."""
+    staged = [key for key in keys if key.split(".")[0] in RESIDUAL_STAGES]
+    blocks = {".".join(key.split(".")[:2]) for key in staged}
+    if not blocks:
+        return None
+    bottleneck = any(".conv3." in key for key in staged)
+    return len(blocks) * (3 if bottleneck else 2) + 2
 
 
 RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")

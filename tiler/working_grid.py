@@ -43,7 +43,7 @@ def choose_grid(source: Source, card: ModelCard, *, resolution: float | None = N
     if mpp is not None:
         return at_pixel_size(source, mpp, "um"), []
     own = source.georef.pixel_size()
-    if own is None or card.resolution is None:
+    if own is None or card.resolution is None or card.resolution_unit is None:  # no unit: nothing to compare
         return source, []
     if card.resolution_unit != own[1]:
         trained_on, this_image = KINDS_OF_IMAGE[card.resolution_unit][0], KINDS_OF_IMAGE[own[1]][1]

@@ -138,8 +138,8 @@ def run(command: Sequence[str], listener: Listener | None = None) -> Outcome:
     if deadline is not None:
         _discard_work(command)
         raise Canceled("canceled: segtile stopped and removed its unfinished outputs")
-    if process.returncode in EXIT_INTERRUPTED:
-        raise SegtileFailed("segtile was interrupted from outside; no output was written")
+    if process.returncode in EXIT_INTERRUPTED:  # its last line says what it kept (a training's finished epochs)
+        raise SegtileFailed(report.last_line or "segtile was interrupted from outside; no output was written")
     if process.returncode != 0:
         raise SegtileFailed(report.error or report.last_line or f"segtile exited with status {process.returncode}")
     return Outcome(report.summary, "".join(stdout))

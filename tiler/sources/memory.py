@@ -15,9 +15,10 @@ from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
-MOST_BANDS_LAST = 4
-"""An array whose last axis is this short (RGB, RGBA), under two long ones, is taken for
-``(height, width, bands)``, the layout PIL, imageio and scikit-image give, and refused."""
+BANDS_LAST = (1, 3, 4)
+"""An unlabelled array whose last axis is this long (grey, RGB, RGBA), under two axes longer than
+RGBA, is taken for ``(height, width, bands)``, the layout PIL, imageio and scikit-image give, and
+refused (a DataArray's dims say which axis is which)."""
 
 
 class MemorySource(Source):
@@ -54,7 +55,7 @@ class MemorySource(Source):
             data, names = _data_array_bands(array)
             self.nodata = _rio_nodata(array) if nodata is None else nodata
             georef = _rio_georef(array) if georef is None else georef
-        data = _as_array(data)
+        data = _as_array(data, named_dims=_is_data_array(array))
         self._array = data[np.newaxis] if data.ndim == 2 else data
         count, height, width = self._array.shape
         self._all_band_names = names or tuple(f"band {i + 1}" for i in range(count))
@@ -97,8 +98,9 @@ class MemorySource(Source):
         return selected
 
 
-def _as_array(data: Any) -> np.ndarray | da.Array:
-    """A numpy or dask array of ``data``, 2-D or 3-D; other array-likes are wrapped lazily."""
+def _as_array(data: Any, named_dims: bool = False) -> np.ndarray | da.Array:
+    """A numpy or dask array of ``data``, 2-D or 3-D; other array-likes are wrapped lazily.
+    ``named_dims``: its axes are known to be ``(bands, H, W)`` (a DataArray's, put in order)."""
     if not isinstance(data, (np.ndarray, da.Array)):
         if not all(hasattr(data, attribute) for attribute in ("shape", "dtype", "ndim", "__getitem__")):
             raise SourceError(
@@ -110,7 +112,7 @@ def _as_array(data: Any) -> np.ndarray | da.Array:
         raise SourceError(f"an image array must be (bands, height, width) or (height, width), not {data.ndim}-D")
     if 0 in data.shape:
         raise SourceError(f"the image array is empty: shape {tuple(data.shape)}")
-    if data.ndim == 3 and data.shape[2] <= MOST_BANDS_LAST < min(data.shape[:2]):
+    if not named_dims and data.ndim == 3 and data.shape[2] in BANDS_LAST and min(data.shape[:2]) > max(BANDS_LAST):
         raise SourceError(
             f"an image array of shape {tuple(data.shape)} looks like (height, width, bands), as imaging "
             "libraries give it: segtile takes (bands, height, width): pass numpy.moveaxis(array, -1, 0)"
