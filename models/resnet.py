@@ -12,7 +12,7 @@ checkpoints therefore load with ``strict=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 _STRIDES = (1, 2, 1, 1)
 _DILATIONS = (1, 1, 2, 4)
 _STAGE_PLANES = (64, 128, 256, 512)
+RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 # torchvision / semseg ImageNet ResNet stem names -> positions inside ``layer0``.
 _STEM_KEYS = {"conv1": "layer0.0", "bn1": "layer0.1", "conv2": "layer0.3",
@@ -223,3 +224,16 @@ def load_torchvision_backbone(model: nn.Module, state_dict: Mapping[str, torch.T
             unmapped.append(key)
     model.load_state_dict(mapped, strict=False)
     return unmapped
+
+
+def resnet_depth(keys: Iterable[str]) -> int | None:
+    """The depth of the ResNet whose tensors are named ``keys`` (a state_dict's), from its residual
+    stages ``layer1`` … ``layer4``: two layers a basic block, three a bottleneck (one with a
+    ``conv3``), and the stem and the classifier (18, 34, 50, 101...); ``None`` when no key lies
+    in those stages."""
+    staged = [key for key in keys if key.split(".")[0] in RESIDUAL_STAGES]
+    blocks = {".".join(key.split(".")[:2]) for key in staged}
+    if not blocks:
+        return None
+    bottleneck = any(".conv3." in key for key in staged)
+    return len(blocks) * (3 if bottleneck else 2) + 2

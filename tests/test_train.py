@@ -18,6 +18,7 @@ from segtile.labels import IGNORE, open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, save_checkpoint
 from segtile.models.checkpoint import read_training_state
 from segtile.models.datacard import card_from_data, native_resolution, suggested_tiling, value_scale
+from segtile.models.resnet import resnet_depth
 from segtile.models.sampling import SamplingError, TrainingData
 from segtile.models.train import (
     TrainError,
@@ -30,7 +31,6 @@ from segtile.models.train import (
 )
 from segtile.normalise import Normalisation
 from segtile.sources import open_source
-from segtile.training import resnet_depth
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 from tests.test_pspnet import BASIC_BLOCKS, BOTTLENECK_BLOCKS, random_state_dict, torchvision_layout
 

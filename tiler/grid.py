@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
-from numbers import Integral
+from numbers import Integral, Real
 
 from rasterio.windows import Window
 
@@ -32,6 +32,11 @@ class GridError(SegtileError, ValueError):
 def is_integer(value: object) -> bool:
     """An integer of any integer type (numpy's too), but not a bool or a float like ``512.0``."""
     return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real number of any type (numpy's too; NaN and infinities included), but not a bool."""
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def check_tiling(tile_size: int, overlap: int) -> None:

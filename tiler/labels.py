@@ -448,9 +448,11 @@ def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source, path: s
             coordinates are in another CRS), or that GDAL cannot reproject.
     """
     image_crs = like.georef.crs
-    if image_crs is None or crs is None or CRS.from_user_input(crs) == image_crs:
+    if image_crs is None or crs is None:
         return geometries
     file_crs = CRS.from_user_input(crs)
+    if file_crs == image_crs:
+        return geometries
     left, bottom, right, top = shapely.total_bounds(geometries)  # NaN when there is no coordinate at all
     in_range = -180 <= left <= right <= 360 and -90 <= bottom <= top <= 90
     if file_crs.is_geographic and not np.isnan(left) and not in_range:

@@ -47,29 +47,27 @@ def run_segment(args: argparse.Namespace) -> None:
     gpus = parse_gpus(args.gpus) if args.gpus else "none"
     check_device(args.device, args.precision, here=not on_cluster)
     model = choose_model(args.model)
-    with open_source(args.input) as opened:  # an input it cannot read is the error to give, before the outputs'
-        slide = opened.georef.is_slide  # which decides the kinds of the outputs (a slide's .geojson is QuPath's)
-    protected = [args.input, model.path, *([args.mask] if args.mask else [])]
-    plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected, slide=slide)
-    say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
+    image = open_source(args.input)  # an input it cannot read is the error to give, before the outputs'
     with ExitStack() as stack:
+        stack.callback(image.close)
+        protected = [args.input, model.path, *([args.mask] if args.mask else [])]
+        # a slide's outputs are of a slide's kinds (its .geojson is QuPath's)
+        planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected,
+                               slide=image.georef.is_slide)
+        say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
         elif args.gpus or args.workers:
             stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
         result = segment(
-            args.input, model.path,
+            image, model.path,
             tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
             batch_size=args.batch_size, device=args.device, bands=args.bands, resolution=args.resolution,
             mpp=args.mpp, level=args.level, tissue=args.tissue, tissue_threshold=args.tissue_threshold,
             mask=args.mask, precision=args.precision, tta=args.tta, scales=args.scales,
             chunk_size=args.chunk_size, stripe_width=args.stripe_width, memory_limit=args.memory_limit,
         )
-        # Planned again once the result is known, still before any tile is run: whether the
-        # image is a slide (and its outputs of a slide's kinds) is certain only now.
-        options.check(result.card)
-        planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected,
-                               slide=result.georef.is_slide)
+        options.check(result.card)  # the classes to skip: known once the model's card is
         precision = probability_precision([p.kind for p in planned], options)
         writing = (1 - INFERENCE_SHARE) / len(planned)
         progress = Progress("none" if args.quiet else args.progress,

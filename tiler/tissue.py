@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from numbers import Real
 
 import numpy as np
 import rasterio.features
@@ -24,6 +23,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from segtile.errors import SegtileError
+from segtile.grid import is_real
 from segtile.labels import IGNORE, LabelSource, open_area
 from segtile.sources.base import Source
 from segtile.sources.masked import MaskedSource
@@ -91,8 +91,7 @@ def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, thres
             outside (0, 1), or given where no tissue is detected.
         LabelError: an area of interest that cannot be read or placed on the image.
     """
-    if threshold is not None and not (isinstance(threshold, Real) and not isinstance(threshold, bool)
-                                      and 0 < threshold < 1):
+    if threshold is not None and not (is_real(threshold) and 0 < threshold < 1):
         raise TissueError(f"the tissue threshold is a colour saturation between 0 and 1 (exclusive), got {threshold!r}")
     notes = []
     is_slide = slide.georef.mpp is not None and slide.georef.crs is None

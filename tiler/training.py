@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +23,7 @@ from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
 from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state
 from segtile.models.datacard import card_from_data
+from segtile.models.resnet import resnet_depth
 from segtile.models.sampling import TrainingData
 from segtile.models.train import EpochResult, TrainError, TrainingState, TrainOptions, epoch_line, train
 from segtile.sources import Source, open_source
@@ -195,22 +196,6 @@ def _load_backbone(model: PSPNet, weights: dict[str, torch.Tensor], path: str) -
     shown = ", ".join(unmapped[:8]) + (f" and {len(unmapped) - 8} more" if len(unmapped) > 8 else "")
     print(f"segtile: --init {path}: {len(weights) - len(unmapped)} of {len(weights)} tensors loaded; "
           f"not mapped: {shown or 'none'}", file=sys.stderr)
-
-
-def resnet_depth(keys: Iterable[str]) -> int | None:
-    """The depth of the ResNet whose tensors are named ``keys`` (a state_dict's), from its residual
-    stages ``layer1`` … ``layer4``: two layers a basic block, three a bottleneck (one with a
-    ``conv3``), and the stem and the classifier (18, 34, 50, 101...); ``None`` when no key lies
-    in those stages."""
-    staged = [key for key in keys if key.split(".")[0] in RESIDUAL_STAGES]
-    blocks = {".".join(key.split(".")[:2]) for key in staged}
-    if not blocks:
-        return None
-    bottleneck = any(".conv3." in key for key in staged)
-    return len(blocks) * (3 if bottleneck else 2) + 2
-
-
-RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 def _check_bands(paths: Sequence[str], images: Sequence[Source], resumed: Resumed | None) -> None:

@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import ContextManager, Iterator
 
@@ -30,6 +29,7 @@ from pyogrio.errors import DataLayerError, DataSourceError
 from segtile.cluster import current_client
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
+from segtile.grid import is_real
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
 from segtile.writers.atomic import OutputError, OutputSet, check_output
@@ -96,8 +96,7 @@ class WriteOptions:
         output: a negative or non-numeric tolerance or area, an unknown class to skip, an unknown
         QuPath object type."""
         for name, value in (("simplify", self.simplify), ("min_area", self.min_area)):
-            if value is not None and not (isinstance(value, Real) and not isinstance(value, bool)
-                                          and 0 <= value < math.inf):
+            if value is not None and not (is_real(value) and 0 <= value < math.inf):
                 raise WriterInputError(f"{name} must be a finite number >= 0 (in the output's units), got {value!r}")
         class_indices(card, self.skip_classes)
         check_object_type(self.qupath_objects)
