@@ -120,7 +120,10 @@ def bad_inputs(tmp_path, data_dir):
     truncated.write_bytes(whole[: len(whole) // 2])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00\x01not a model" * 10)
-    return {"text": text, "empty": empty, "truncated": truncated, "garbage_model": garbage}
+    nan_card = tmp_path / "nan_card.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 2, 1)), str(nan_card),
+                   _extra_files={"card.json": '{"classes": ["a", "b"], "std": [NaN, 1, 1]}'})
+    return {"text": text, "empty": empty, "truncated": truncated, "garbage_model": garbage, "nan_card": nan_card}
 
 
 @pytest.mark.parametrize(
@@ -132,6 +135,7 @@ def bad_inputs(tmp_path, data_dir):
         ("truncated", "is truncated: its image data run to byte"),
         ("missing model", "no such file"),
         ("garbage model", "not a segtile checkpoint"),
+        ("card with NaN", "'std' holds nan"),
         ("band count", "the model takes 3 bands but the image has 1 band"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
@@ -153,6 +157,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
         "truncated": [files["truncated"], "--model", model, "--out", out],
         "missing model": [image, "--model", tmp_path / "nope.pt", "--out", out],
         "garbage model": [image, "--model", files["garbage_model"], "--out", out],
+        "card with NaN": [image, "--model", files["nan_card"], "--out", out],
         "band count": [data_dir / "nuclei_img2d.tif", "--model", model, "--out", out],
         "band index": [image, "--model", model, "--bands", "1,2,9", "--out", out],
         "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
