@@ -22,6 +22,7 @@ the class index of each pixel, 255 where there is none. Two kinds of file give t
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -160,6 +161,7 @@ class RasterLabels(LabelSource):
     def __init__(self, path: str, like: Source, classes: tuple[str, ...]) -> None:
         self.path, self.classes = path, classes
         self.shape = (like.height, like.width)
+        self._step = (1.0, 1.0)  # pixels of the grid opened on per pixel of the grid read on (x, y)
         with _open_raster(path) as dataset:
             warp = _warp_options(dataset, like)
         self._readers: PerThreadHandles[_WarpedReader] = PerThreadHandles(
@@ -169,12 +171,25 @@ class RasterLabels(LabelSource):
         values, valid = self._read_band(window)
         return _as_class_indices(values, valid, len(self.classes), self.path, window)
 
+    def on_grid(self, grid: Source) -> RasterLabels:
+        """These labels on ``grid``, another grid over the same image (a preview's, coarser):
+        each pixel the nearest of the raster on the grid it was opened on, read decimated by GDAL
+        (from the raster's overviews when it has them)."""
+        placed = copy.copy(self)
+        placed.shape = (grid.height, grid.width)
+        placed._step = (self._step[0] * self.shape[1] / grid.width, self._step[1] * self.shape[0] / grid.height)
+        return placed
+
     def _read_band(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Band 1's values over ``window`` and where they are valid (not nodata)."""
         reader = self._readers.get()
+        step_x, step_y = self._step
+        read = {"window": Window(window.col_off * step_x, window.row_off * step_y, window.width * step_x,
+                                 window.height * step_y),
+                "out_shape": (int(window.height), int(window.width)), "resampling": Resampling.nearest}
         try:
-            values = reader.handle.read(1, window=window)
-            valid = reader.handle.read_masks(1, window=window) > 0
+            values = reader.handle.read(1, **read)
+            valid = reader.handle.read_masks(1, **read) > 0
         except RasterioError as exc:
             raise LabelError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
         return values, valid
@@ -312,6 +327,14 @@ class PolygonLabels(LabelSource):
         self.unclassified = int((~keep).sum())
         self._place(geometries[keep], _class_indices(path, self.class_field, names[keep], classes), info, like)
 
+    def on_grid(self, grid: Source) -> PolygonLabels:
+        """These polygons on ``grid``, another grid over the same image (a preview's, coarser);
+        nothing is read again."""
+        placed = copy.copy(self)
+        placed.shape = (grid.height, grid.width)
+        placed._transform = _grid_transform(grid)
+        return placed
+
     def _place(self, geometries: np.ndarray, values: np.ndarray, info: dict, like: Source) -> None:
         """Keep ``geometries`` (in the image's CRS) and their label ``values``, indexed."""
         _check_polygonal(self.path, geometries)
@@ -349,7 +372,7 @@ AREA = ("area",)
 """The one class of an area of interest: a pixel inside it is labelled 0, one outside 255."""
 
 
-def open_area(path: str | os.PathLike, like: Source) -> LabelSource:
+def open_area(path: str | os.PathLike, like: Source) -> AreaSource:
     """An area of interest on the grid of the image ``like``: polygons (every feature, whatever
     its fields) or a raster (its valid non-zero pixels). :meth:`LabelSource.read` gives 0 inside
     and 255 outside.
@@ -391,6 +414,10 @@ class AreaPolygons(PolygonLabels):
         geometries = shapely.from_wkb(wkb)
         geometries = geometries[~shapely.is_missing(geometries)]
         self._place(geometries, np.zeros(len(geometries), dtype=np.int64), info, like)
+
+
+AreaSource = AreaRaster | AreaPolygons
+"""An area of interest, as :func:`open_area` opens it."""
 
 
 def _class_field(path: str, fields: list[str], wanted: str | None) -> str:
