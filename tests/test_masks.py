@@ -4,11 +4,11 @@ run, and their pixels are nodata in every output."""
 import json
 
 import numpy as np
-import tifffile
 import pyogrio
 import pytest
 import rasterio
 import shapely
+import tifffile
 import torch
 from rasterio.windows import Window
 

@@ -135,7 +135,7 @@ def segment(
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
                       stripe_width=sizes.stripe_width)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    notes = band_notes + notes + mask_notes + augmentation_notes
+    notes = list(image.notes) + band_notes + notes + mask_notes + augmentation_notes
     for note in notes:
         warnings.warn(note, ResolutionWarning, stacklevel=2)
     return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))
