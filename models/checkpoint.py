@@ -30,6 +30,7 @@ from segtile.errors import SegtileError, one_line
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import CardError, ModelCard, default_card
 from segtile.models.pspnet import PSPNet
+from segtile.paths import refuse_sequential
 
 FORMAT = "segtile-checkpoint"
 VERSION = 1
@@ -289,6 +290,7 @@ def _candidate_bands(module: nn.Module) -> list[int]:
 def _check_is_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    refuse_sequential(path, "model", CheckpointError)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if path.stat().st_size == 0:

@@ -1,5 +1,6 @@
 """The segtile command on real GeoTIFFs: outputs on the input's grid, and every bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -228,3 +229,27 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path, data_dir):
                           stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(writer)
     assert done.returncode == 128 + 13 and done.stderr == ""  # SIGPIPE's status
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_fifos_are_refused_in_one_line_before_a_reader_waits_on_them(tmp_path, data_dir, pointwise_checkpoint):
+    fifo = tmp_path / "fifo.tif"
+    os.mkfifo(fifo)
+    image, model, out = data_dir / "rmnp-rgb.tif", pointwise_checkpoint[0], tmp_path / "mask.tif"
+    cases = [
+        ([fifo, "--model", model, "-o", out], f"input {fifo} is a FIFO (named pipe), not a regular file"),
+        ([image, "--model", fifo, "-o", out], f"model {fifo} is a FIFO"),
+        ([image, "--model", model, "--mask", fifo, "-o", out], f"area of interest {fifo} is a FIFO"),
+        (["eval", data_dir / "nuclei_mask2d.tif", fifo, "--classes", "a,b"], f"labels {fifo} is a FIFO"),
+    ]
+    # in a child process with a deadline: a reader waiting on the FIFO would never return
+    code = ("import json, sys; from segtile.cli import main\n"
+            "for args in json.loads(sys.argv[1]): print(main(args + ['--quiet']), flush=True)")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([[str(a) for a in args] for args, _ in cases])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2"] * len(cases)
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == len(cases) and "Traceback" not in done.stderr
+    for error, (_, message) in zip(errors, cases):
+        assert error.startswith("segtile: error: ") and message in error
+    assert not out.exists()

@@ -46,6 +46,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from segtile.errors import SegtileError, one_line, root_cause_line
+from segtile.paths import refuse_sequential
 from segtile.sources.base import Source
 from segtile.sources.handles import PerThreadHandles
 
@@ -123,6 +124,7 @@ def open_labels(path: str | os.PathLike | np.ndarray, like: Source, classes: Seq
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"labels not found: {path}")
+    refuse_sequential(path, "labels", LabelError)
     if _is_vector(path):  # a file, or a folder OGR reads (a FileGDB, a folder of shapefiles)
         return PolygonLabels(path, like, classes, class_field)
     if os.path.isdir(path):
@@ -383,6 +385,7 @@ def open_area(path: str | os.PathLike, like: Source) -> AreaSource:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"area of interest not found: {path}")
+    refuse_sequential(path, "area of interest", LabelError)
     path = os.path.abspath(path)  # the same file for Dask workers in another working folder
     if _is_vector(path):
         return AreaPolygons(path, like)

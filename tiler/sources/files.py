@@ -8,6 +8,7 @@ import numpy as np
 import tifffile
 
 from segtile.errors import root_cause_line
+from segtile.paths import refuse_sequential
 from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -29,10 +30,12 @@ def is_remote(path: str) -> bool:
 
 
 def check_local_file(path: str) -> None:
-    """Raise :class:`SourceError` when ``path`` is missing or empty (directories are let through:
-    GDAL reads some, such as Zarr stores)."""
+    """Raise :class:`SourceError` when ``path`` is missing, empty, or a FIFO, socket or character
+    device (:func:`~segtile.paths.refuse_sequential`); directories are let through: GDAL reads
+    some, such as Zarr stores."""
     if not os.path.exists(path):
         raise SourceError(f"input not found: {path}")
+    refuse_sequential(path, "input", SourceError)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise SourceError(f"input is empty: {path}")
 
