@@ -406,6 +406,16 @@ def test_wrong_arrays_are_refused():
     assert open_source(np.zeros((40, 50), dtype=bool)).shape == (1, 40, 50)
 
 
+def test_a_dask_array_of_unknown_chunk_sizes_is_refused_with_the_fix():
+    image = da.from_array(np.ones((3, 40, 40), np.float32), chunks=(3, 20, 40))
+    rows = da.from_array(np.arange(40) % 2 == 0, chunks=20)
+    sliced = image[:, rows, :]  # rows kept by a mask dask has not computed: (3, nan, 40)
+    with pytest.raises(SourceError, match=r"unknown chunk sizes \(shape \(3, nan, 40\)\).*"
+                                          r"call array.compute_chunk_sizes\(\) first"):
+        open_source(sliced)
+    assert open_source(sliced.compute_chunk_sizes()).shape == (3, 20, 40)
+
+
 def test_xarray_dims_are_reordered():
     xr = pytest.importorskip("xarray")
     image = np.random.default_rng(5).integers(0, 9, (12, 10, 3), dtype=np.uint8)
