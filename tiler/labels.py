@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import os
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -48,6 +49,7 @@ from rasterio.windows import transform as window_transform
 from segtile.errors import SegtileError, one_line, root_cause_line
 from segtile.paths import refuse_sequential
 from segtile.sources.base import Source
+from segtile.sources.files import check_tiff_file_complete, is_tiff
 from segtile.sources.handles import PerThreadHandles
 
 IGNORE = 255
@@ -164,6 +166,8 @@ class RasterLabels(LabelSource):
         self.path, self.classes = path, classes
         self.shape = (like.height, like.width)
         self._step = (1.0, 1.0)  # pixels of the grid opened on per pixel of the grid read on (x, y)
+        if is_tiff(path):  # a truncated TIFF loses tiles, or its georeference, without an error from GDAL
+            check_tiff_file_complete(path)
         with _open_raster(path) as dataset:
             warp = _warp_options(dataset, like)
         self._readers: PerThreadHandles[_WarpedReader] = PerThreadHandles(
@@ -227,7 +231,7 @@ def _open_raster(path: str) -> rasterio.io.DatasetReader:
     try:
         return rasterio.open(path)
     except RasterioError as exc:
-        raise LabelError(f"cannot read labels {path}: not a raster or polygon file "
+        raise LabelError(f"cannot read labels {path}: not a raster or polygon file, or a truncated or damaged one "
                          f"({root_cause_line(exc)})") from None
 
 
@@ -317,13 +321,9 @@ class PolygonLabels(LabelSource):
         self.path, self.classes = path, classes
         self.shape = (like.height, like.width)
         self._transform = _grid_transform(like)
-        try:
-            info = pyogrio.read_info(path)
-            self.class_field = _class_field(path, list(info["fields"]), class_field)
-            _, _, wkb, (names,) = pyogrio.raw.read(path, columns=[self.class_field])
-        except pyogrio.errors.DataSourceError as exc:
-            raise LabelError(f"cannot read polygons {path}: {exc}") from None
-        geometries = shapely.from_wkb(wkb)
+        info = _layer_info(path)
+        self.class_field = _class_field(path, list(info["fields"]), class_field)
+        geometries, (names,) = _read_features(path, info, [self.class_field])
         names = np.array([_class_name(value) for value in names], dtype=object)
         keep = (names != None) & ~shapely.is_missing(geometries)  # noqa: E711 (element-wise)
         self.unclassified = int((~keep).sum())
@@ -409,18 +409,69 @@ class AreaPolygons(PolygonLabels):
         self.path, self.classes, self.class_field, self.unclassified = path, AREA, None, 0
         self.shape = (like.height, like.width)
         self._transform = _grid_transform(like)
-        try:
-            info = pyogrio.read_info(path)
-            _, _, wkb = pyogrio.raw.read(path, read_geometry=True, columns=[])[:3]
-        except pyogrio.errors.DataSourceError as exc:
-            raise LabelError(f"cannot read polygons {path}: {exc}") from None
-        geometries = shapely.from_wkb(wkb)
+        info = _layer_info(path)
+        geometries, _ = _read_features(path, info, [])
         geometries = geometries[~shapely.is_missing(geometries)]
         self._place(geometries, np.zeros(len(geometries), dtype=np.int64), info, like)
 
 
 AreaSource = AreaRaster | AreaPolygons
 """An area of interest, as :func:`open_area` opens it."""
+
+
+_READ_ERRORS = (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)  # FeatureError is one
+
+
+def _layer_info(path: str) -> dict:
+    """pyogrio's description of the polygon file's first layer (fields, CRS, feature count)."""
+    try:
+        return pyogrio.read_info(path)
+    except _READ_ERRORS as exc:
+        raise LabelError(f"cannot read polygons {path}: {one_line(exc)}") from None
+
+
+def _read_features(path: str, info: dict, columns: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The geometries (``None`` where a feature has none) and the ``columns`` of the features of
+    ``path``, whose layer is described by ``info``.
+
+    Raises:
+        LabelError: the file cannot be read, or was cut short: a shapefile shorter than its
+            header says, or fewer features than the layer declares (OGR reads what is left of a
+            truncated FlatGeobuf or shapefile without an error: a wrong count, never a word).
+    """
+    _check_shapefile_complete(path)
+    try:
+        _, _, wkb, fields = pyogrio.raw.read(path, columns=columns)
+    except _READ_ERRORS as exc:
+        raise LabelError(f"cannot read polygons {path}: {one_line(exc)} (truncated or damaged?)") from None
+    declared = info.get("features", -1)
+    if len(wkb) < declared:  # -1 when the format cannot say without reading
+        raise LabelError(f"{path}: {len(wkb)} of the {declared} features it declares could be read: it is truncated "
+                         "or damaged")
+    return shapely.from_wkb(wkb), fields
+
+
+_SHAPEFILE_CODE = 9994  # the first four bytes of a .shp or .shx, big-endian
+
+
+def _check_shapefile_complete(path: str) -> None:
+    """Raise :class:`LabelError` when the ``.shp`` or ``.shx`` of a shapefile is shorter than its
+    header says (its length in 16-bit words at byte 24): the features past the cut would be read
+    without geometry, without a word from OGR."""
+    stem, suffix = os.path.splitext(path)
+    if suffix.lower() != ".shp":
+        return
+    index = stem + (".SHX" if suffix.isupper() else ".shx")
+    for part in (path, index):
+        if not os.path.isfile(part):
+            continue
+        with open(part, "rb") as file:
+            header = file.read(28)
+        if len(header) < 28 or struct.unpack(">i", header[:4])[0] != _SHAPEFILE_CODE:
+            continue  # no shapefile header: OGR says what is wrong with it
+        declared, size = struct.unpack(">i", header[24:28])[0] * 2, os.path.getsize(part)
+        if size < declared:
+            raise LabelError(f"{part} is truncated: its header says {declared} bytes but the file has {size}")
 
 
 def _class_field(path: str, fields: list[str], wanted: str | None) -> str:

@@ -103,6 +103,17 @@ def open_tiff(path: str) -> tifffile.TiffFile:
         raise SourceError(f"cannot open {path} as a TIFF: {root_cause_line(exc)}") from None
 
 
+def check_tiff_file_complete(path: str) -> None:
+    """Raise :class:`SourceError` when the TIFF at ``path`` is truncated (see
+    :func:`check_tiff_complete`); a file tifffile cannot parse is left to GDAL to judge."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception:  # any parse failure: GDAL's own error, when it opens the file, is the one reported
+        return
+    with tif:
+        check_tiff_complete(tif, path, structure=False)
+
+
 def check_tiff_complete(tif: tifffile.TiffFile, path: str, structure: bool = True) -> None:
     """Raise :class:`SourceError` when image data of ``tif`` lie past the end of the file.
 
