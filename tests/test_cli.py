@@ -138,6 +138,8 @@ def bad_inputs(tmp_path, data_dir):
         ("garbage model", "not a segtile checkpoint"),
         ("card with NaN", "'std' holds nan"),
         ("band count", "the model takes 3 bands but the image has 1 band"),
+        ("bands chosen", "the model takes 3 bands but --bands 1,1 chooses 2 of the image's 3 bands: choose 3 "
+                         "(e.g. --bands 1,2,3; Python: bands=[1, 2, 3])"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
@@ -160,6 +162,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
         "garbage model": [image, "--model", files["garbage_model"], "--out", out],
         "card with NaN": [image, "--model", files["nan_card"], "--out", out],
         "band count": [data_dir / "nuclei_img2d.tif", "--model", model, "--out", out],
+        "bands chosen": [image, "--model", model, "--bands", "1,1", "--out", out],
         "band index": [image, "--model", model, "--bands", "1,2,9", "--out", out],
         "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
         "tile size": [image, "--model", model, "--tile-size", "0", "--out", out],
