@@ -4,6 +4,7 @@ array-like that slices (a Zarr array, an HDF5 dataset), wrapped lazily with dask
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import dask.array as da
@@ -110,6 +111,9 @@ def _as_array(data: Any, named_dims: bool = False) -> np.ndarray | da.Array:
         data = da.from_array(data, chunks=getattr(data, "chunks", "auto"))
     if data.ndim not in (2, 3):
         raise SourceError(f"an image array must be (bands, height, width) or (height, width), not {data.ndim}-D")
+    if any(math.isnan(size) for size in data.shape):  # a dask array sliced by a mask it has not computed
+        raise SourceError(f"a dask array of unknown chunk sizes (shape {tuple(data.shape)}): segtile needs its size; "
+                          "call array.compute_chunk_sizes() first")
     if 0 in data.shape:
         raise SourceError(f"the image array is empty: shape {tuple(data.shape)}")
     if not named_dims and data.ndim == 3 and data.shape[2] in BANDS_LAST and min(data.shape[:2]) > max(BANDS_LAST):

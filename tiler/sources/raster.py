@@ -9,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-import tifffile
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
@@ -18,7 +17,7 @@ from rasterio.windows import Window
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff
+from segtile.sources.files import check_local_file, check_tiff_file_complete, is_remote, is_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -55,7 +54,7 @@ class RasterSource(Source):
         if not is_remote(self.path):
             check_local_file(self.path)
         if is_tiff(self.path):
-            _check_tiff_complete(self.path)
+            check_tiff_file_complete(self.path)
         with _open_dataset(self.path, 0) as dataset:
             image_bands = _image_bands(dataset)
             positions = band_positions(bands, len(image_bands))
@@ -121,16 +120,6 @@ def _open_dataset(path: str, level: int) -> DatasetReader:
         if os.path.isdir(path):
             raise SourceError(f"input is a directory GDAL cannot read as a raster: {path}") from None
         raise SourceError(f"cannot open {path}: {root_cause_line(exc)}") from None
-
-
-def _check_tiff_complete(path: str) -> None:
-    """Fail at open on a truncated TIFF; one tifffile cannot parse is left to GDAL to judge."""
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception:  # any parse failure: GDAL's own error below is the one reported
-        return
-    with tif:
-        check_tiff_complete(tif, path, structure=False)
 
 
 def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int], dtype: np.dtype) -> np.ndarray | None:
