@@ -203,16 +203,17 @@ def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef
     height, width = shape
     return {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
-        "crs": georef.crs, **({"transform": georef.transform} if _writes_transform(georef) else {}), "nodata": nodata,
+        **({"crs": georef.crs, "transform": georef.transform} if _writes_transform(georef) else {}), "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
         "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
     }
 
 
 def _writes_transform(georef: Georef) -> bool:
-    """Whether the mask holds the georeference's transform: a raster's, with or without a CRS
-    (a world file's alone); not a slide's, whose transform only leads to its level-0 pixels
-    (a geotransform would make readers take it for a map)."""
+    """Whether the mask holds the georeference's transform (and its CRS, if any): a raster's,
+    with or without a CRS (a world file's alone); not a slide's, whose transform only leads to
+    its level-0 pixels (a geotransform would make readers take it for a map), and never a CRS
+    without a transform (a CRS over pixel coordinates)."""
     return georef.transform is not None and not georef.is_slide
 
 
