@@ -371,17 +371,20 @@ def test_a_geostationary_view_is_clipped_to_the_earth_before_any_work(tmp_path, 
 
 
 def test_the_earths_part_of_a_grid_is_found_pixel_exactly(geostationary, monkeypatch):
+    """The pixels with geographic coordinates, from a lattice refined at the disk's edge, are
+    exactly those whose four corners PROJ gives a longitude and latitude."""
     georef = open_source(geostationary).georef
     found = placement.Placement(georef, (718, 791), geographic=True)
-    monkeypatch.setattr(placement, "LATTICE", 23)  # cells of 35 px, refined at the disk's edge
+    monkeypatch.setattr(placement, "LATTICE", 23)  # cells of 35 px
     coarse = placement.Placement(georef, (718, 791), geographic=True)
-    to_lonlat = placement._chain(found._map_points, placement._transformer(GEOS, placement._geodetic_crs(GEOS)))
     x, y = np.meshgrid(np.arange(792.0), np.arange(719.0))
-    lon, lat = to_lonlat(x.ravel(), y.ravel())
+    to_lonlat = pyproj.Transformer.from_crs(GEOS.to_wkt(), "+proj=longlat +ellps=GRS80", always_xy=True)
+    lon, lat = to_lonlat.transform(*(georef.transform * (x.ravel(), y.ravel())), errcheck=False)
     corners = (np.isfinite(lon) & np.isfinite(lat)).reshape(x.shape)
     pixels = corners[:-1, :-1] & corners[:-1, 1:] & corners[1:, :-1] & corners[1:, 1:]
-    every_pixel = placement._cells_polygon(pixels, np.arange(792), np.arange(719))
-    for region in (found._region, coarse._region):
+    boxes = [shapely.box(col, row, col + 1, row + 1) for row, col in np.argwhere(pixels)]
+    every_pixel = shapely.coverage_union_all(boxes)
+    for region in (found.region, coarse.region):
         assert region.symmetric_difference(every_pixel).area == 0
     assert found.left_out == pytest.approx(1 - pixels.mean())
 

@@ -89,6 +89,9 @@ class Placement:
         output_crs: the CRS the output is written in: ``map_crs``, or WGS 84 for a geographic
             output (the writer reprojects to it).
         clips: the output holds only what has geographic coordinates (:meth:`on_earth`).
+        has_area_m2: :meth:`place` gives areas on the ellipsoid (the map CRS has one).
+        region: the pixels that have geographic coordinates, as a (multi)polygon in pixel
+            coordinates; ``None`` when every pixel has, or the map CRS has no ellipsoid.
         left_out: the share of the image's area without geographic coordinates (0 to 1).
 
     Raises:
@@ -108,15 +111,14 @@ class Placement:
                                  "holds: write .gpkg, .fgb or .shp (in the image's CRS) instead")
         self.clips = geodetic is not None and (geographic or georef.placement == "rpcs")
         self.has_area_m2 = geodetic is not None
-        """Whether :meth:`place` gives areas in m² (the map CRS has an ellipsoid)."""
-        self._region: shapely.Geometry | None = None
+        self.region: shapely.Geometry | None = None
         self._equal_area: Points | None = None
         self.left_out = 0.0
         if geodetic is not None:
             lattice = _Lattice(_chain(self._map_points, _transformer(self.map_crs, geodetic)), *shape)
-            self._region = lattice.region()
-            self.left_out = 0.0 if self._region is None else 1 - self._region.area / (shape[0] * shape[1])
-            if self._region is None or not self._region.is_empty:
+            self.region = lattice.region()
+            self.left_out = 0.0 if self.region is None else 1 - self.region.area / (shape[0] * shape[1])
+            if self.region is None or not self.region.is_empty:
                 centre = lattice.centre(self.map_crs.is_geographic)
                 self._equal_area = _transformer(self.map_crs, _equal_area_crs(geodetic, centre, self.map_crs))
             elif self.clips:
@@ -126,9 +128,9 @@ class Placement:
     def on_earth(self, polygons: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The parts of ``polygons`` (pixel coordinates) that have geographic coordinates, one
         polygon per part, with their classes: what an output that :attr:`clips` holds."""
-        if not self.clips or self._region is None:
+        if not self.clips or self.region is None:
             return polygons, class_ids
-        clipped = _clipped(polygons, self._region)
+        clipped = _clipped(polygons, self.region)
         parts, index = shapely.get_parts(clipped, return_index=True)
         keep = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
         return parts[keep], class_ids[index[keep]]
@@ -150,7 +152,7 @@ class Placement:
             return None
         if self._equal_area is None or not len(polygons):  # no pixel has geographic coordinates
             return np.zeros(len(polygons), dtype=np.float64)
-        on_earth = polygons if self.clips or self._region is None else _clipped(polygons, self._region)
+        on_earth = polygons if self.clips or self.region is None else _clipped(polygons, self.region)
         mapped = self._to_map(shapely.segmentize(on_earth, DENSIFY))
         areas = shapely.area(shapely.transform(mapped, _pairs(self._equal_area))).astype(np.float64)
         if not np.isfinite(areas).all():
