@@ -127,7 +127,7 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.filename is not None:  # the user's file: missing, full disk...
         print(f"segtile: error: {exc.filename}: {exc.strerror or one_line(exc)}{_notes(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"segtile: failed: {one_line(exc)} (run with --debug for details)", file=sys.stderr)
+    print(f"segtile: failed: {one_line(exc)} (run with --debug for details){_notes(exc)}", file=sys.stderr)
     return EXIT_FAILED
 
 

@@ -253,6 +253,7 @@ def _warp_options(dataset: rasterio.io.DatasetReader, like: Source) -> dict | No
             return None  # a plain raster of the image's size: its pixels are the image's
         raise LabelError(f"{path}: labels of {dataset.width}x{dataset.height} px without georeference "
                          f"cannot be placed on the image of {width}x{height} px")
+    _check_not_on_control_points(like, path)
     if image_transform is None:
         raise LabelError(f"{path}: the labels are georeferenced but the image is not: "
                          "give labels of the image's size without georeference")
@@ -264,6 +265,17 @@ def _warp_options(dataset: rasterio.io.DatasetReader, like: Source) -> dict | No
     nodata = dataset.nodata if dataset.nodata is not None else IGNORE
     return {"crs": image_crs, "transform": image_transform, "width": width, "height": height,
             "resampling": Resampling.nearest, "nodata": nodata}
+
+
+def _check_not_on_control_points(like: Source, path: str) -> None:
+    """Raise :class:`LabelError` when the image is placed by ground control points or RPCs:
+    map coordinates are not taken back to its pixels (they would be read as pixels)."""
+    placement = like.georef.placement
+    if placement in ("gcps", "rpcs"):
+        by = "ground control points" if placement == "gcps" else "RPCs"
+        raise LabelError(f"{path}: it is in map coordinates and the image is placed by {by}, which segtile does not "
+                         "take back to pixels: give it in the image's pixel coordinates (no CRS), or warp the image "
+                         "first (gdalwarp)")
 
 
 def _same_crs(a: CRS | None, b: CRS | None) -> bool:
@@ -528,6 +540,8 @@ def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source, path: s
             of range: typically a GeoJSON without a ``crs`` member, which is read as WGS 84, whose
             coordinates are in another CRS), or that GDAL cannot reproject.
     """
+    if crs is not None:
+        _check_not_on_control_points(like, path)
     image_crs = like.georef.crs
     if image_crs is None or crs is None:
         return geometries

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
 from segtile.api import segment
@@ -20,7 +21,13 @@ from segtile.result import Segmentation
 from segtile.resume import Work, prepare_work, run_identity, work_folder
 from segtile.sources import open_source
 from segtile.writers.atomic import OutputError
-from segtile.writers.outputs import WriteOptions, plan_outputs, probability_precision, write_outputs
+from segtile.writers.outputs import (
+    WriteOptions,
+    placement_notes,
+    plan_outputs,
+    probability_precision,
+    write_outputs,
+)
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
 
@@ -40,7 +47,7 @@ def run_segment(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area,
                            skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects,
-                           creation_options=tuple(args.creation_options))
+                           creation_options=tuple(args.creation_options), zarr_format=args.zarr_format)
     if args.tile_size is not None and args.overlap is not None:
         check_tiling(args.tile_size, args.overlap)
     on_cluster = bool(args.scheduler or args.gpus or args.workers)
@@ -68,25 +75,28 @@ def run_segment(args: argparse.Namespace) -> None:
             chunk_size=args.chunk_size, stripe_width=args.stripe_width, memory_limit=args.memory_limit,
         )
         options.check(result.card)  # the classes to skip: known once the model's card is
+        # every polygon output can hold the regions where they are (GeoJSON: in longitude and latitude)
+        notes = [*result.notes, *placement_notes(planned, result.georef, result.shape)]
         precision = probability_precision([p.kind for p in planned], options)
         writing = (1 - INFERENCE_SHARE) / len(planned)
         progress = Progress("none" if args.quiet else args.progress,
                             [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
         say(f"model: {model.path} ({model.origin})")
-        for note in result.notes:
+        for note in notes:
             say(f"note: {note}")
         work = prepare_work(work_folder(planned[0].path), result, run_identity(result, model.path, precision),
                             precision, args.resume)
         if work.note:
             say(f"note: {work.note}")
         tally = TileTally()
-        with _keeping(work, say):
+        with _keeping(work, say) as stage:
             names = ("labels", "probabilities") if precision else ("labels",)
             with result.progress(progress=progress, tally=tally, skip=work.done):
                 work.store.fill(result.products(*names, skip=work.done), skip=work.done,
                                 column_groups=result.column_groups)
             if tally.valid and tally.nonfinite == tally.valid:
                 raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
+            stage.writing = True
             written = write_outputs(work.store.layers(result.layers()), args.out, options, overwrite=args.overwrite,
                                     protected=protected, progress=progress, stage=False)
         work.store.remove()
@@ -97,17 +107,28 @@ def run_segment(args: argparse.Namespace) -> None:
                      tiles_run=tally.run, tiles_skipped=tally.skipped, outputs=[str(p) for p in written])
 
 
+@dataclass
+class _Stage:
+    """How far a run got: ``writing`` once its inference is complete in the work store."""
+
+    writing: bool = False
+
+
 @contextmanager
-def _keeping(work: Work, say) -> Iterator[None]:
+def _keeping(work: Work, say) -> Iterator[_Stage]:
     """On an interruption inside, or a failure to write (a full disk), keep the work store if it
-    holds finished chunks, and say how to continue from them; on any other failure (a model that
-    gives nothing, a bug) remove it: resuming would only repeat it."""
+    holds finished chunks, and say how to continue from them; keep it on any failure once the
+    yielded stage is ``writing`` (a writer's: resuming, with or without that output, writes the
+    outputs without running the model again). On any other failure (a model that gives nothing,
+    a bug) remove it: resuming would only repeat it."""
+    stage = _Stage()
     try:
-        yield
+        yield stage
     except BaseException as error:
-        if isinstance(error, (KeyboardInterrupt, OSError, OutputError)) and work.store.done():
+        if stage.writing or (isinstance(error, (KeyboardInterrupt, OSError, OutputError)) and work.store.done()):
+            complete = " (the inference is complete: it only writes the outputs)" if stage.writing else ""
             error.add_note(f"the finished work is kept in {work.store.folder}: the same command with --resume "
-                           "continues from it")
+                           f"continues from it{complete}")
         else:
             work.store.remove()
         raise

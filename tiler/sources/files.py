@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
+import rasterio
 import tifffile
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from segtile.errors import root_cause_line
 from segtile.paths import refuse_sequential
@@ -54,7 +57,8 @@ def is_slide(path: str) -> bool:
     Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
     Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are no GeoTIFF but
     a pyramid or an image whose resolution tags give a microscope's pixel size
-    (:func:`tagged_pixel_size`).
+    (:func:`tagged_pixel_size`), and GDAL finds no georeference for them either (RPCs in their
+    tags or an ``.RPB`` beside them, a world file, a ``.aux.xml``).
     """
     if path.lower().endswith(SLIDE_SUFFIXES):
         return True
@@ -67,8 +71,21 @@ def is_slide(path: str) -> bool:
             page = tif.pages.first
             if any(code in page.tags for code in GEOTIFF_TAGS):
                 return False
-            return len(tif.series[0].levels) > 1 or tagged_pixel_size(page)[0] is not None
+            looks_like_a_slide = len(tif.series[0].levels) > 1 or tagged_pixel_size(page)[0] is not None
     except Exception:  # an unreadable TIFF is reported by the backend that then tries it
+        return False
+    return looks_like_a_slide and not _georeferenced_by_gdal(path)
+
+
+def _georeferenced_by_gdal(path: str) -> bool:
+    """Whether GDAL places ``path`` on the Earth (a geotransform, GCPs or RPCs, from the file or
+    its side-cars)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as dataset:
+                return not dataset.transform.is_identity or bool(dataset.gcps[0]) or dataset.rpcs is not None
+    except RasterioError:  # GDAL cannot open it: not a raster of GDAL's
         return False
 
 

@@ -143,11 +143,15 @@ def _data_array_bands(array: Any) -> tuple[Any, tuple[str, ...] | None]:
 
 
 def _rio_georef(array: Any) -> Georef | None:
-    """rioxarray's CRS and transform of ``array``, or ``None`` without rioxarray or georeference."""
+    """rioxarray's CRS and transform of ``array`` (or its ground control points, whose CRS
+    rioxarray gives as the array's), or ``None`` without rioxarray or georeference."""
     rio = _rio_accessor(array)
     if rio is None:
         return None
     transform: Affine = rio.transform()
+    gcps = rio.get_gcps() if transform.is_identity else None
+    if gcps:
+        return Georef(gcps=tuple(gcps), gcp_crs=rio.crs)
     if rio.crs is None and transform.is_identity:
         return None
     return Georef(crs=rio.crs, transform=None if transform.is_identity else transform)

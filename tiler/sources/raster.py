@@ -39,7 +39,7 @@ class RasterSource(Source):
 
     Validity comes from GDAL's mask machinery (nodata value, alpha band, internal mask);
     pyramid levels are the dataset's overviews; the georeference is the CRS and the full
-    affine transform (rotation included), or nothing when the file has no geotransform.
+    affine transform (rotation included), the ground control points, the RPCs, or nothing.
     Each thread reads through its own dataset handle, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
@@ -158,9 +158,13 @@ def _band_name(dataset: DatasetReader, index: int) -> str:
 
 
 def _georef(dataset: DatasetReader) -> Georef:
-    """CRS and affine transform; a dataset without geotransform (GDAL reports the identity) has none."""
+    """CRS and affine transform (a dataset without geotransform, which GDAL reports as the
+    identity, has none), else the ground control points and their CRS; and the RPCs (from the
+    file's tags, or an ``.RPB`` / ``_RPC.TXT`` beside it), whichever the dataset has."""
     transform = None if dataset.transform.is_identity else dataset.transform
-    return Georef(crs=dataset.crs, transform=transform)
+    gcps, gcp_crs = dataset.gcps if transform is None else ([], None)
+    return Georef(crs=dataset.crs, transform=transform, gcps=tuple(gcps), gcp_crs=gcp_crs if gcps else None,
+                  rpcs=dataset.rpcs)
 
 
 def _rasterio_window(window: Window, level_shapes: Sequence[tuple[int, int]], level: int) -> Window:
