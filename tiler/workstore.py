@@ -33,9 +33,9 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from segtile.cluster import joined_threads
-from segtile.writers.atomic import OutputError
+from segtile.writers.atomic import OutputError, write_failure
 from segtile.writers.geotiff import PROBABILITY_SCALE
-from segtile.writers.outputs import Layers, write_failure
+from segtile.writers.outputs import Layers
 from segtile.writers.zarr_store import regular_chunks
 
 STORE, DONE, RUN = "work.zarr", "done", "run.json"
