@@ -96,6 +96,13 @@ def test_tissue_detection_and_the_slide_grid_are_in_the_identity(files, option):
     assert identity(SLIDE, files["model"], *one) != identity(SLIDE, files["model"], *other)
 
 
+def test_the_pyramid_level_is_in_the_identity(tmp_path, files):
+    pyramid = tmp_path / "pyramid.tif"
+    shutil.copy2(files["image"], pyramid)
+    subprocess.run(["gdaladdo", "-q", str(pyramid), "2"], check=True)
+    assert identity(pyramid, files["model"]) != identity(pyramid, files["model"], "--level", "1")
+
+
 @pytest.mark.parametrize("option", [["--batch-size", "1"], ["--stripe-width", "64"], ["--memory-limit", "2G"],
                                     ["--device", "cpu"], ["--simplify", "2"], ["--quiet"]])
 def test_options_that_change_no_pixel_leave_the_identity_alone(files, option):

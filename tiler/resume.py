@@ -30,10 +30,11 @@ rewritten or replaced, even with its size and modification time kept (``cp -p``,
 change confined to unsampled bytes on a file system that keeps no change time or inode (FAT,
 some network mounts), or one made while the system clock was set back to the same nanosecond;
 it sees a change where there is none after ``chmod``, ``chown`` or a move (resume then starts
-afresh). A folder input is fingerprinted by the size and times of every file in it, a remote one
-(``/vsicurl/``, ``s3://``) by its address only. Options that change only rounding (batch size,
-device, stitching on the device) or only memory (stripe width, memory limit) are left out:
-a run killed for want of memory can resume with a smaller batch.
+afresh). A folder input is fingerprinted by the size and times of every file in it; a remote
+input or a GDAL virtual path (``/vsicurl/``, ``/vsizip/``, ``s3://``) by its address only.
+Options that change only rounding (batch size, device, stitching on the device) or only memory
+(stripe width, memory limit) are left out: a run killed for want of memory can resume with a
+smaller batch.
 """
 
 from __future__ import annotations

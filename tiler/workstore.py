@@ -244,25 +244,26 @@ def _open_store(folder: str) -> zarr.Group:
 
 def _write_chunk(folder: str, i: int, j: int, region: tuple[slice, slice], labels: np.ndarray,
                  probabilities: np.ndarray | None, durable: bool) -> np.ndarray:
-    """Write one chunk's arrays, then its marker with their files' checksums (a chunk without
-    marker is not done; one whose files disagree with the marker is done again). A ``durable``
-    store's files are on the disk before the marker is."""
+    """Write one chunk's arrays, then its marker (a chunk without marker is not done). A
+    ``durable`` store's marker holds the checksums of the chunk's files (one whose files disagree
+    is done again), and they are on the disk before it is; a scratch store, never resumed, has
+    an empty marker."""
     group = _open_store(folder)
     group["labels"][region] = labels
     if probabilities is not None:
         stored = group["probabilities"]
         stored[(slice(None), *region)] = _as_bytes(probabilities) if stored.dtype == np.uint8 else probabilities
+    marker = Path(folder) / DONE / _marker_name(i, j)
+    if not durable:
+        marker.touch()
+        return np.ones((1, 1), dtype=bool)
     checksums = {}
     for name in group.array_keys():
         path = _chunk_file(folder, name, group[name], i, j)
-        checksums[name] = _digest(path, durable)
-        if durable and checksums[name] is not None:
+        checksums[name] = _digest(path, durable=True)
+        if checksums[name] is not None:
             fsync_folder(path.parent)
-    marker = Path(folder) / DONE / _marker_name(i, j)
-    if durable:
-        write_durably(marker, json.dumps(checksums).encode())
-    else:
-        marker.write_text(json.dumps(checksums))
+    write_durably(marker, json.dumps(checksums).encode())
     return np.ones((1, 1), dtype=bool)
 
 
