@@ -28,12 +28,11 @@ import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
 from segtile.cluster import current_client
-from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.grid import is_real
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
-from segtile.writers.atomic import OutputError, OutputSet, check_output
+from segtile.writers.atomic import OutputError, OutputSet, check_output, disk_full, write_failure
 from segtile.writers.blocks import Advance, WriterInputError
 from segtile.writers.geotiff import (
     CreationOptionError,
@@ -115,7 +114,8 @@ class OutputKind:
         name: what it is, for messages.
         suffixes: the extensions that select it (lower case; ``.ome.zarr`` counts as one).
         slide_suffixes: the extensions that select it for slides only (see ``Georef.is_slide``).
-        files: every path the writer makes for an output at ``path``, ``path`` first.
+        files: every path an output at ``path`` may have, ``path`` first, whatever the options
+            (one that exists counts as the output existing; ``--overwrite`` replaces or removes each).
         write: ``write(target, layers, options, advance)`` writes the output to ``target`` (a
             temporary path; the files beside it land beside ``target``), calling ``advance(1)``
             after each chunk.
@@ -130,7 +130,7 @@ class OutputKind:
     name: str
     family: str
     suffixes: tuple[str, ...]
-    files: Callable[[Path, WriteOptions], list[Path]]
+    files: Callable[[Path], list[Path]]
     write: Callable[[Path, Layers, WriteOptions, Advance], None]
     slide_suffixes: tuple[str, ...] = ()
     probabilities: str | None = None
@@ -138,10 +138,11 @@ class OutputKind:
     separate_probabilities: bool = False
 
 
-def _mask_files(path: Path, options: WriteOptions) -> list[Path]:
+def _mask_files(path: Path) -> list[Path]:
+    """The mask, its legend, and its probabilities with theirs, asked for this time or not: an old
+    probabilities file beside a new mask would not be its own."""
     probabilities = probabilities_path_for(path)
-    extra = [probabilities, *_raster_sidecars(probabilities)] if options.probabilities else []
-    return [path, *legend_sidecars(path), *extra]
+    return [path, *legend_sidecars(path), probabilities, *_raster_sidecars(probabilities)]
 
 
 def _raster_sidecars(path: Path) -> list[Path]:
@@ -181,7 +182,7 @@ def _write_qupath(target: Path, layers: Layers, options: WriteOptions, advance: 
                          simplify=options.simplify, min_area=options.min_area, atomic=False, progress=advance)
 
 
-def _path_alone(path: Path, options: WriteOptions) -> list[Path]:
+def _path_alone(path: Path) -> list[Path]:
     return [path]
 
 
@@ -195,7 +196,7 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = (
                directory=True),
     OutputKind("QuPath GeoJSON", "to_vector", (), _path_alone, _write_qupath, slide_suffixes=(".geojson",)),
     OutputKind("polygons", "to_vector", (".gpkg", ".geojson", ".fgb", ".shp"),
-               lambda path, _: [path, *polygon_sidecars(path)], _write_polygons),
+               lambda path: [path, *polygon_sidecars(path)], _write_polygons),
 )
 
 
@@ -240,7 +241,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
     for path in paths:
         path = Path(path)
         kind = output_kind(path, slide)
-        files = kind.files(path, options)
+        files = kind.files(path)
         for written in files:
             resolved = Path(os.path.abspath(written))
             if resolved in seen:
@@ -367,19 +368,11 @@ def _write_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, DataSourceError, DataLayerError) as exc:
-        raise OutputError(f"cannot write {path}: {write_failure(exc)}") from exc
-
-
-def write_failure(exc: BaseException) -> str:
-    """What went wrong writing a file, in one line: the operating system's words (``File too
-    large``, ``No space left on device``) when they are in the chain of causes, else the
-    innermost library message."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if type(cause) in (OSError, *OSError.__subclasses__()) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__
-    return root_cause_line(exc)
+        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
+    except Exception as exc:  # GDAL's own words for a write cut short ("IO error writing tag data")
+        if not disk_full(path.parent):
+            raise
+        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
 
 
 def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:
