@@ -118,7 +118,8 @@ def test_every_option_of_segment_is_in_the_identity_or_said_to_change_no_pixel()
     command_options = {action.dest for action in command_parser("segment")._actions}
     run_control = {"help", "input", "out", "model", "resume", "overwrite", "progress", "quiet", "scheduler", "gpus",
                    "workers", "debug", "run"}
-    writer_options = {"probabilities", "simplify", "min_area", "skip_classes", "qupath_objects", "creation_options"}
+    writer_options = {"probabilities", "simplify", "min_area", "skip_classes", "qupath_objects", "creation_options",
+                      "zarr_format"}
     assert command_options - run_control - writer_options == set(segment_settings(build_parser().parse_args(
         ["segment", "x.tif", "-o", "y.tif"])))
 
