@@ -536,6 +536,23 @@ def test_a_directory_is_refused(tmp_path):
         open_source(tmp_path / "x.svs")
 
 
+def test_a_container_names_a_subdataset_which_then_opens_by_its_gdal_name():
+    """rasterio's HDF5 file without bands, and rioxarray's netCDF by its subdataset name."""
+    corpus = Path(__file__).resolve().parent / "data" / "corpus"
+    with pytest.raises(SourceError, match=r"no raster band of its own but 2 subdatasets: segment one of them, e.g. "
+                                          r"HDF5:\S+no_band.h5://MyGroup/\S+$") as error:
+        open_source(corpus / "no_band.h5")
+    subdataset = str(error.value).rsplit(" ", 1)[1]
+    with open_source(subdataset) as source, rasterio.open(subdataset) as dataset:
+        assert source.shape == (1, dataset.height, dataset.width)
+        np.testing.assert_array_equal(source.read(Window(0, 0, dataset.width, dataset.height)), dataset.read())
+    netcdf = f'NETCDF:"{corpus / "MODIS_ARRAY.nc"}":__xarray_dataarray_variable__'
+    with open_source(netcdf) as source, rasterio.open(corpus / "MODIS_ARRAY.nc") as dataset:
+        assert source.shape == (1, 200, 200) and source.georef.crs == dataset.crs and source.files == ()
+    with pytest.raises(SourceError, match="^cannot open NETCDF:"):
+        open_source('NETCDF:"missing.nc":x')
+
+
 @pytest.mark.parametrize("name", ["bahamas_rgb.tif", "rmnp-rgb.tif", "cmu_small_region.svs"])
 def test_truncated_files_fail_at_open(data_dir, tmp_path, name):
     with pytest.raises(SourceError, match="truncated") as error:

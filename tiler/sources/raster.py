@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
 import tifffile
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
@@ -18,7 +20,13 @@ from rasterio.windows import Window
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff
+from segtile.sources.files import (
+    check_local_file,
+    check_tiff_complete,
+    is_connection_string,
+    is_remote,
+    is_tiff,
+)
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -51,18 +59,20 @@ class RasterSource(Source):
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
         self.path = os.fspath(path)
-        self.files = () if is_remote(self.path) else (self.path,)
-        if not is_remote(self.path):
+        resolved_by_gdal = is_remote(self.path) or is_connection_string(self.path)
+        self.files = () if resolved_by_gdal else (self.path,)
+        if not resolved_by_gdal:
             check_local_file(self.path)
         if is_tiff(self.path):
             _check_tiff_complete(self.path)
-        with _open_dataset(self.path, 0) as dataset:
+        with _open_dataset(self.path, 0) as dataset, _reading_metadata(self.path):
+            _check_has_bands(dataset, self.path)
             image_bands = _image_bands(dataset)
             positions = band_positions(bands, len(image_bands))
             self.selected_bands = tuple(p + 1 for p in positions)
             self.band_indexes = tuple(image_bands[p] for p in positions)
             self.shape = (len(self.band_indexes), dataset.height, dataset.width)
-            self.dtype = np.result_type(*(dataset.dtypes[i - 1] for i in self.band_indexes))
+            self.dtype = _real_dtype(dataset, self.band_indexes, self.path)
             self.band_names = tuple(_band_name(dataset, i) for i in self.band_indexes)
             self.georef = _georef(dataset)
             self.has_mask = all(MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1] for i in self.band_indexes)
@@ -121,6 +131,42 @@ def _open_dataset(path: str, level: int) -> DatasetReader:
         if os.path.isdir(path):
             raise SourceError(f"input is a directory GDAL cannot read as a raster: {path}") from None
         raise SourceError(f"cannot open {path}: {root_cause_line(exc)}") from None
+
+
+@contextmanager
+def _reading_metadata(path: str) -> Iterator[None]:
+    """Turn GDAL's failures while the dataset's metadata are read into :class:`SourceError`.
+
+    GDAL opens some files whose metadata it then cannot express (a CRS that PROJ rejects) and
+    reports the failure on the next call, whichever it is: one line, not a crash."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        raise SourceError(f"cannot read {path}: {root_cause_line(exc)}") from None
+
+
+def _check_has_bands(dataset: DatasetReader, path: str) -> None:
+    """Raise :class:`SourceError` for a container with no raster band of its own (HDF5, netCDF
+    with several variables), naming one of the subdatasets that can be segmented instead."""
+    if dataset.count:
+        return
+    subdatasets = dataset.subdatasets
+    if subdatasets:
+        raise SourceError(f"{path} holds no raster band of its own but {len(subdatasets)} subdatasets: "
+                          f"segment one of them, e.g. {subdatasets[0]}")
+    raise SourceError(f"{path} holds no raster band")
+
+
+def _real_dtype(dataset: DatasetReader, band_indexes: Sequence[int], path: str) -> np.dtype:
+    """The numpy dtype holding every band read; complex samples (radar SLC, interferograms) are
+    refused: a model takes real values, and which real values (amplitude, phase, intensity) is
+    the user's choice."""
+    dtypes = [dataset.dtypes[i - 1] for i in band_indexes]
+    complex_types = [d for d in dtypes if d.startswith("complex")]
+    if complex_types:
+        raise SourceError(f"{path} has complex samples ({complex_types[0]}), which no model takes: segment a real "
+                          "band made from them, e.g. their amplitude (a VRT with the pixel function 'mod')")
+    return np.result_type(*dtypes)
 
 
 def _check_tiff_complete(path: str) -> None:
