@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -36,6 +38,7 @@ os.environ.setdefault("GDAL_CACHEMAX", "64")
 
 # Colour interpretations that name a band better than its number; grey and undefined do not.
 _NAMED_COLOURS = {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha}
+_SUBDATASET_SIZE = re.compile(r"^\[(\d+(?:x\d+)*)\]")  # "[232x383] Band1 (8-bit integer)"
 
 
 class RasterSource(Source):
@@ -146,15 +149,25 @@ def _reading_metadata(path: str) -> Iterator[None]:
 
 
 def _check_has_bands(dataset: DatasetReader, path: str) -> None:
-    """Raise :class:`SourceError` for a container with no raster band of its own (HDF5, netCDF
-    with several variables), naming one of the subdatasets that can be segmented instead."""
+    """Raise :class:`SourceError` for a container with no raster band of its own (HDF5, Zarr,
+    netCDF with several variables), naming its largest subdataset, which can be segmented."""
     if dataset.count:
         return
-    subdatasets = dataset.subdatasets
-    if subdatasets:
-        raise SourceError(f"{path} holds no raster band of its own but {len(subdatasets)} subdatasets: "
-                          f"segment one of them, e.g. {subdatasets[0]}")
+    subdatasets = dataset.tags(ns="SUBDATASETS")
+    names = [value for key, value in subdatasets.items() if key.endswith("_NAME")]
+    if names:
+        largest = max(names, key=lambda name: _subdataset_pixels(subdatasets, name))
+        raise SourceError(f"{path} holds no raster band of its own but {len(names)} subdatasets: "
+                          f"segment one of them, e.g. {largest}")
     raise SourceError(f"{path} holds no raster band")
+
+
+def _subdataset_pixels(subdatasets: dict[str, str], name: str) -> int:
+    """The size of the subdataset called ``name`` from its description (``[232x383] Band1
+    (8-bit integer)``, as GDAL's drivers write it); 0 when it gives none."""
+    key = next(key for key, value in subdatasets.items() if value == name)
+    sizes = _SUBDATASET_SIZE.match(subdatasets.get(key.replace("_NAME", "_DESC"), ""))
+    return math.prod(int(size) for size in sizes.group(1).split("x")) if sizes else 0
 
 
 def _real_dtype(dataset: DatasetReader, band_indexes: Sequence[int], path: str) -> np.dtype:
