@@ -184,6 +184,17 @@ def test_rotated_geotiff_keeps_the_full_affine(tmp_path):
     np.testing.assert_array_equal(source.read(Window(5, 7, 40, 30)), data[:, 7:37, 5:45])
 
 
+def test_a_geotransform_gdal_fails_to_give_is_none_not_garbage(tmp_path):
+    """A PNM whose georeference is in its .aux.xml: GDAL's PNM reader gives the CRS but fails to
+    give the geotransform, leaving whatever was in memory (4.6e-310...) for rasterio to report."""
+    path = tmp_path / "scan.ppm"
+    transform = Affine(0.5, 0, 500_000, 0, -0.5, 4_300_000)
+    with rasterio.open(path, "w", driver="PNM", width=8, height=6, count=3, dtype="uint8", crs="EPSG:32613",
+                       transform=transform) as dst:
+        dst.write(np.ones((3, 6, 8), np.uint8))
+    assert open_source(path).georef.transform in (None, transform)  # GDAL's transform when it reads one
+
+
 def test_alpha_band_is_a_mask_not_a_band(tmp_path):
     path = tmp_path / "rgba.tif"
     rng = np.random.default_rng(1)

@@ -229,8 +229,17 @@ def _band_name(dataset: DatasetReader, index: int) -> str:
 
 def _georef(dataset: DatasetReader) -> Georef:
     """CRS and affine transform; a dataset without geotransform (GDAL reports the identity) has none."""
-    transform = None if dataset.transform.is_identity else dataset.transform
+    transform = dataset.transform if _has_geotransform(dataset) else None
     return Georef(crs=dataset.crs, transform=transform)
+
+
+def _has_geotransform(dataset: DatasetReader) -> bool:
+    """Whether GDAL gives the dataset a geotransform: not the identity it reports for none, nor
+    one that maps pixels to no area or to no number (some drivers that fail to give one leave
+    whatever was in memory: GDAL 3.10's PNM reader, ``4.6e-310`` everywhere)."""
+    transform = dataset.transform
+    determinant = transform.determinant
+    return not transform.is_identity and math.isfinite(determinant) and determinant != 0
 
 
 def _rasterio_window(window: Window, level_shapes: Sequence[tuple[int, int]], level: int) -> Window:
