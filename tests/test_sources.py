@@ -307,6 +307,23 @@ def test_ome_tiff_channels_are_bands(tmp_path):
     np.testing.assert_array_equal(source.read(window), channels[[2, 0], 6:56, 5:75])
 
 
+def test_a_slides_alpha_sample_is_its_mask_not_a_band():
+    """HuBMAP's RGBA OME-TIFF (uint16, unassociated alpha): three bands, transparent pixels invalid."""
+    path = Path(__file__).resolve().parent / "data" / "corpus" / "output_ome.ome.tiff"
+    rgba = tifffile.imread(path)
+    source = open_source(path)
+    assert isinstance(source, SlideSource) and source.has_mask
+    assert (source.shape, source.band_names) == ((3, 200, 200), ("red", "green", "blue"))
+    window = Window(30, 40, 150, 120)
+    expected, alpha = slice_of(rgba, window).transpose(2, 0, 1)[:3], slice_of(rgba[..., 3], window)
+    assert 0 < np.count_nonzero(alpha) < alpha.size  # some pixels are transparent
+    np.testing.assert_array_equal(source.read(window), expected)
+    np.testing.assert_array_equal(source.read_valid(window), alpha > 0)
+    pixels, valid = source.select_bands([3]).read_with_valid(window)
+    np.testing.assert_array_equal(pixels, expected[[2]])
+    np.testing.assert_array_equal(valid, alpha > 0)
+
+
 def test_slide_without_length_unit_has_no_pixel_size(tmp_path):
     path = tmp_path / "inch.ome.tif"
     tifffile.imwrite(path, np.zeros((16, 16), np.uint8), resolution=(72, 72), resolutionunit="INCH")
