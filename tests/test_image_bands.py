@@ -16,7 +16,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from segtile import segment
-from segtile.api import ResolutionWarning
+from segtile.api import ResolutionWarning, SegmentError
 from segtile.cli import main
 from segtile.models import LoadedModel, ModelCard, save_torchscript
 from segtile.sources import SourceError, open_source
@@ -146,3 +146,11 @@ def test_a_note_when_the_bit_depth_is_not_the_models(name, scale, noted):
         trained, given = ("uint8", "uint16") if scale == 255.0 else ("uint16", "uint8")
         assert f"the model was trained on {trained} images (its card divides values by {scale:g}) but the image is " \
                f"{given}" in notes[0]
+
+
+def test_the_band_count_error_suggests_bands_the_image_has():
+    """rio-tiler's cog_scale.tif has 2 bands: a model of 3 is told of --bands 1,2,2, not of a band 3."""
+    model = LoadedModel(torch.nn.Conv2d(3, 2, 1), ModelCard(classes=("x", "y"), tile_size=64, overlap=8))
+    with pytest.raises(SegmentError, match=r"the model takes 3 bands but the image has 2 bands: choose 3 with --bands "
+                                           r"\(e.g. --bands 1,2,2; "):
+        segment(CORPUS / "cog_scale.tif", model, device="cpu")
