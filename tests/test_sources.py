@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -580,6 +581,17 @@ def test_a_container_names_a_subdataset_which_then_opens_by_its_gdal_name():
         assert source.shape == (1, 200, 200) and source.georef.crs == dataset.crs and source.files == ()
     with pytest.raises(SourceError, match="^cannot open NETCDF:"):
         open_source('NETCDF:"missing.nc":x')
+
+
+@pytest.mark.parametrize("kind, scheme", [("zip", "/vsizip/"), ("tar", "/vsitar/")])
+def test_an_archive_of_rasters_names_the_file_to_read(data_dir, tmp_path, kind, scheme):
+    archive = Path(shutil.make_archive(str(tmp_path / "scenes"), kind, data_dir, "rmnp-rgb.tif"))
+    with pytest.raises(SourceError, match=f"^cannot open .*scenes.{kind}: an archive of 1 file, not one raster: name "
+                                          f"the file to read, e.g. {scheme}/\\S+/scenes.{kind}/rmnp-rgb.tif$") as error:
+        open_source(archive)
+    named = str(error.value).rsplit(" ", 1)[1]
+    with open_source(named) as inside, open_source(data_dir / "rmnp-rgb.tif") as original:
+        assert inside.shape == original.shape and inside.georef == original.georef
 
 
 @pytest.mark.parametrize("name", ["bahamas_rgb.tif", "rmnp-rgb.tif", "cmu_small_region.svs"])

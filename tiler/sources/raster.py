@@ -6,7 +6,9 @@ import functools
 import math
 import os
 import re
+import tarfile
 import warnings
+import zipfile
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -133,7 +135,29 @@ def _open_dataset(path: str, level: int) -> DatasetReader:
     except RasterioError as exc:
         if os.path.isdir(path):
             raise SourceError(f"input is a directory GDAL cannot read as a raster: {path}") from None
-        raise SourceError(f"cannot open {path}: {root_cause_line(exc)}") from None
+        reason = _archive_reason(path) or root_cause_line(exc)
+        raise SourceError(f"cannot open {path}: {reason}") from None
+
+
+def _archive_reason(path: str) -> str:
+    """For a zip or tar archive GDAL cannot read as one raster, how to name a file inside it
+    (GDAL's virtual file systems); empty for anything else."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                members, scheme = [info.filename for info in archive.infolist() if not info.is_dir()], "/vsizip/"
+        elif tarfile.is_tarfile(path):
+            with tarfile.open(path) as archive:
+                members, scheme = [member.name for member in archive.getmembers() if member.isfile()], "/vsitar/"
+        else:
+            return ""
+    except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        return ""
+    if not members:
+        return ""
+    files = "1 file" if len(members) == 1 else f"{len(members)} files"
+    example = f"{scheme}{os.path.abspath(path)}/{members[0]}"
+    return f"an archive of {files}, not one raster: name the file to read, e.g. {example}"
 
 
 @contextmanager
