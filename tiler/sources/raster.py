@@ -72,16 +72,21 @@ class RasterSource(Source):
             _check_tiff_complete(self.path)
         with _open_dataset(self.path, 0) as dataset, _reading_metadata(self.path):
             _check_has_bands(dataset, self.path)
-            image_bands = _image_bands(dataset)
+            # each of rasterio's per-band lists asks GDAL about every band: read once, not once a band
+            # (a netCDF of a year of hourly steps has 8760 bands)
+            colours, flags = dataset.colorinterp, dataset.mask_flag_enums
+            image_bands = _image_bands(colours)
             positions = band_positions(bands, len(image_bands))
             self.selected_bands = tuple(p + 1 for p in positions)
             self.band_indexes = tuple(image_bands[p] for p in positions)
             self.shape = (len(self.band_indexes), dataset.height, dataset.width)
-            self.dtype = _real_dtype(dataset, self.band_indexes, self.path)
-            self.band_names = tuple(_band_name(dataset, i) for i in self.band_indexes)
+            self.dtype = _real_dtype([dataset.dtypes[i - 1] for i in self.band_indexes], self.path)
+            self.band_names = _band_names(dataset.descriptions, colours, self.band_indexes)
             self.georef = _georef(dataset)
-            self.has_mask = all(MaskFlags.all_valid not in dataset.mask_flag_enums[i - 1] for i in self.band_indexes)
-            self._nodata = _nodata_values(dataset, self.band_indexes, self.dtype) if self.has_mask else None
+            self.has_mask = all(MaskFlags.all_valid not in flags[i - 1] for i in self.band_indexes)
+            self._nodata = (_nodata_values([flags[i - 1] for i in self.band_indexes],
+                                           [dataset.nodatavals[i - 1] for i in self.band_indexes], self.dtype)
+                            if self.has_mask else None)
             overview_count = len(dataset.overviews(self.band_indexes[0]))
         self.level_shapes = ((self.height, self.width),) + tuple(
             _overview_shape(self.path, level) for level in range(1, overview_count + 1)
@@ -194,11 +199,10 @@ def _subdataset_pixels(subdatasets: dict[str, str], name: str) -> int:
     return math.prod(int(size) for size in sizes.group(1).split("x")) if sizes else 0
 
 
-def _real_dtype(dataset: DatasetReader, band_indexes: Sequence[int], path: str) -> np.dtype:
-    """The numpy dtype holding every band read; complex samples (radar SLC, interferograms) are
-    refused: a model takes real values, and which real values (amplitude, phase, intensity) is
-    the user's choice."""
-    dtypes = [dataset.dtypes[i - 1] for i in band_indexes]
+def _real_dtype(dtypes: Sequence[str], path: str) -> np.dtype:
+    """The numpy dtype holding every one of ``dtypes`` (those of the bands read); complex samples
+    (radar SLC, interferograms) are refused: a model takes real values, and which real values
+    (amplitude, phase, intensity) is the user's choice."""
     complex_types = [d for d in dtypes if d.startswith("complex")]
     if complex_types:
         raise SourceError(f"{path} has complex samples ({complex_types[0]}), which no model takes: segment a real "
@@ -216,14 +220,15 @@ def _check_tiff_complete(path: str) -> None:
         check_tiff_complete(tif, path, structure=False)
 
 
-def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int], dtype: np.dtype) -> np.ndarray | None:
-    """The nodata value of each band when the bands' masks are nothing but those values (then
-    validity can be computed from the pixels), else ``None`` (alpha bands, internal masks).
-    In the pixels' ``dtype`` where that holds them exactly: comparing uint8 pixels with a
-    float64 value would first convert every pixel to float64."""
-    if any(dataset.mask_flag_enums[i - 1] != [MaskFlags.nodata] for i in band_indexes):
+def _nodata_values(flags: Sequence[list[MaskFlags]], nodata: Sequence[float | None],
+                   dtype: np.dtype) -> np.ndarray | None:
+    """The nodata value of each band read (their mask ``flags`` and ``nodata`` values) when the
+    bands' masks are nothing but those values (then validity can be computed from the pixels),
+    else ``None`` (alpha bands, internal masks). In the pixels' ``dtype`` where that holds them
+    exactly: comparing uint8 pixels with a float64 value would first convert every pixel to float64."""
+    if any(band_flags != [MaskFlags.nodata] for band_flags in flags):
         return None
-    values = np.array([dataset.nodatavals[i - 1] for i in band_indexes], dtype=np.float64)
+    values = np.array(nodata, dtype=np.float64)
     nan = np.isnan(values)
     if nan.any():  # NaN for some bands only: GDAL's masks say it exactly
         return values if nan.all() else None
@@ -237,18 +242,18 @@ def _overview_shape(path: str, level: int) -> tuple[int, int]:
         return overview.height, overview.width
 
 
-def _image_bands(dataset: DatasetReader) -> tuple[int, ...]:
-    """1-based indexes of the bands that hold the image: all but an alpha band (that is a mask)."""
-    bands = tuple(i for i, colour in enumerate(dataset.colorinterp, start=1) if colour != ColorInterp.alpha)
-    return bands or tuple(dataset.indexes)
+def _image_bands(colours: Sequence[ColorInterp]) -> tuple[int, ...]:
+    """1-based indexes of the bands that hold the image, from every band's colour
+    interpretation: all but an alpha band (that is a mask)."""
+    bands = tuple(i for i, colour in enumerate(colours, start=1) if colour != ColorInterp.alpha)
+    return bands or tuple(range(1, len(colours) + 1))
 
 
-def _band_name(dataset: DatasetReader, index: int) -> str:
-    description = dataset.descriptions[index - 1]
-    if description:
-        return description
-    colour = dataset.colorinterp[index - 1]
-    return colour.name if colour in _NAMED_COLOURS else f"band {index}"
+def _band_names(descriptions: Sequence[str | None], colours: Sequence[ColorInterp],
+                band_indexes: Sequence[int]) -> tuple[str, ...]:
+    """The name of each band read: its description, else its colour, else ``band N``."""
+    return tuple(descriptions[i - 1] or (colours[i - 1].name if colours[i - 1] in _NAMED_COLOURS else f"band {i}")
+                 for i in band_indexes)
 
 
 def _georef(dataset: DatasetReader) -> Georef:
