@@ -243,7 +243,7 @@ def _fitted_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source
         return source.select_bands(card.bands), []
     if given != wanted or (not chosen and card.bands is not None):
         names = f" (bands {','.join(map(str, card.bands))} of its card)" if card.bands and not chosen else ""
-        example = ",".join(["1"] * wanted) if given == 1 else ",".join(str(b) for b in range(1, wanted + 1))
+        example = ",".join(str(min(b, given)) for b in range(1, wanted + 1))  # bands the image has
         raise SegmentError(
             f"the model takes {_bands(wanted)}{names} but the image has {_bands(given)}: choose {wanted} with "
             f"--bands (e.g. --bands {example}; Python: bands=[...]) or use a model made for {_bands(given)}"
