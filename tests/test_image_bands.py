@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import tifffile
 import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -155,17 +154,3 @@ def test_the_band_count_error_suggests_bands_the_image_has():
     with pytest.raises(SegmentError, match=r"the model takes 3 bands but the image has 2 bands: choose 3 with --bands "
                                            r"\(e.g. --bands 1,2,2; "):
         segment(CORPUS / "cog_scale.tif", model, device="cpu")
-
-
-def test_a_paletted_tiff_with_a_resolution_in_centimetres_is_no_slide(tmp_path):
-    """A scanned chart saved with its print resolution in px/cm: GDAL reads it, in colour."""
-    path = tmp_path / "chart.tif"
-    indexes = np.random.default_rng(5).integers(0, 4, (60, 70), dtype=np.uint8)
-    table = np.zeros((3, 256), np.uint16)
-    table[:, :4] = [[0, 65535, 0, 65535], [0, 0, 65535, 65535], [65535, 0, 0, 0]]
-    tifffile.imwrite(path, indexes, photometric="palette", colormap=table, resolution=(100, 100),
-                     resolutionunit="CENTIMETER")
-    source = in_colour(open_source(path))
-    assert source is not None and source.georef.mpp is None
-    with rasterio.open(path) as dataset:
-        np.testing.assert_array_equal(source.read(Window(0, 0, 70, 60)), colours_of(dataset, indexes))

@@ -53,9 +53,8 @@ def is_slide(path: str) -> bool:
     """Whether ``path`` is a whole-slide / microscopy TIFF (read with tifffile, not GDAL).
 
     Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
-    Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are neither a
-    GeoTIFF nor paletted but a pyramid or an image whose resolution is in a unit of length (a
-    microscope's pixel size).
+    Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are no GeoTIFF but
+    a pyramid or an image whose resolution is in a unit of length (a microscope's pixel size).
     """
     if path.lower().endswith(SLIDE_SUFFIXES):
         return True
@@ -66,8 +65,8 @@ def is_slide(path: str) -> bool:
             if tif.is_svs or tif.is_ndpi or tif.is_ome or tif.is_scn or tif.is_bif:
                 return True
             page = tif.pages.first
-            if any(code in page.tags for code in GEOTIFF_TAGS) or page.photometric == tifffile.PHOTOMETRIC.PALETTE:
-                return False  # a map, or a paletted image (a scan, a chart): no microscope makes those
+            if any(code in page.tags for code in GEOTIFF_TAGS):
+                return False
             return len(tif.series[0].levels) > 1 or page.resolutionunit in LENGTH_UNITS
     except Exception:  # an unreadable TIFF is reported by the backend that then tries it
         return False
