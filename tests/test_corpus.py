@@ -39,8 +39,8 @@ CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 NODATA = 255
 CLASSES = ("a", "b", "c")
 
-# Files read through another one (overviews, masks, world files, RPCs, a second DICOM frame, the
-# image two VRTs read), and the README: not inputs of their own.
+# Files read through another one (overviews, masks, world files, RPCs, a second DICOM frame) and
+# the README: not inputs of their own.
 COMPANION_SUFFIXES = (".ovr", ".msk", ".jgw", ".rpb", ".md")
 COMPANIONS = {"boxes_1.dcm"}
 
