@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import GridError, check_tiling, tile_grid, tile_starts
+from segtile.grid import GridError, aligned_tiling, check_tiling, tile_grid, tile_starts
+from segtile.plan import TilingOptions, fit_to_image
 
 
 @st.composite
@@ -77,3 +78,14 @@ def test_known_plan():
 def test_bad_tiling_is_refused(tile, overlap, message):
     with pytest.raises(GridError, match=message):
         check_tiling(tile, overlap)
+
+
+@pytest.mark.parametrize("side", [1, 2, 8, 9, 10, 17, 300])
+def test_aligned_tiles_fit_an_image_of_any_size(side):
+    """A PSPNet (alignment 8) on an image of one pixel: a tile of 9, never a negative overlap."""
+    options = fit_to_image(TilingOptions(tile_size=193, overlap=25, alignment=8), side, side)
+    check_tiling(options.tile_size, options.overlap)
+    assert (options.tile_size - 1) % 8 == 0 and options.tile_size >= 9
+    assert (options.tile_size - options.overlap) % 8 == 0
+    assert options.tile_size == min(193, max(9, -(-(side - 1) // 8) * 8 + 1))
+    assert aligned_tiling(1, 0, 8) == (9, 1)

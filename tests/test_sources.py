@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import pickle
+import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -185,6 +187,17 @@ def test_rotated_geotiff_keeps_the_full_affine(tmp_path):
     np.testing.assert_array_equal(source.read(Window(5, 7, 40, 30)), data[:, 7:37, 5:45])
 
 
+def test_a_geotransform_gdal_fails_to_give_is_none_not_garbage(tmp_path):
+    """A PNM whose georeference is in its .aux.xml: GDAL's PNM reader gives the CRS but fails to
+    give the geotransform, leaving whatever was in memory (4.6e-310...) for rasterio to report."""
+    path = tmp_path / "scan.ppm"
+    transform = Affine(0.5, 0, 500_000, 0, -0.5, 4_300_000)
+    with rasterio.open(path, "w", driver="PNM", width=8, height=6, count=3, dtype="uint8", crs="EPSG:32613",
+                       transform=transform) as dst:
+        dst.write(np.ones((3, 6, 8), np.uint8))
+    assert open_source(path).georef.transform in (None, transform)  # GDAL's transform when it reads one
+
+
 def test_alpha_band_is_a_mask_not_a_band(tmp_path):
     path = tmp_path / "rgba.tif"
     rng = np.random.default_rng(1)
@@ -201,6 +214,20 @@ def test_alpha_band_is_a_mask_not_a_band(tmp_path):
     np.testing.assert_array_equal(source.read_valid(window), alpha[4:24, 3:33] > 0)
     with pytest.raises(SourceError, match="band 4 is out of range: the image has 3 bands"):
         open_source(path, bands=[4])
+
+
+def test_a_raster_of_thousands_of_bands_opens_at_once(tmp_path):
+    """A netCDF of a year of hourly steps has 8760 bands: metadata read once, not once per band
+    (rasterio's per-band lists each ask GDAL about every band: 25 s here before)."""
+    path = tmp_path / "hourly.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=2, height=2, count=8000, dtype="uint8", nodata=0,
+                       interleave="band") as dst:
+        dst.write(np.arange(8000 * 4, dtype=np.uint32).reshape(8000, 2, 2).astype(np.uint8))
+    started = time.perf_counter()
+    source = open_source(path)
+    assert time.perf_counter() - started < 2.0
+    assert source.shape == (8000, 2, 2) and source.band_names[7999] == "band 8000" and source.has_mask
+    np.testing.assert_array_equal(source.select_bands([8000]).read(Window(0, 0, 2, 2)), [[[252, 253], [254, 255]]])
 
 
 def test_internal_mask(tmp_path):
@@ -295,6 +322,23 @@ def test_ome_tiff_channels_are_bands(tmp_path):
     assert source.georef.mpp == pytest.approx(0.65)
     window = Window(5, 6, 70, 50)
     np.testing.assert_array_equal(source.read(window), channels[[2, 0], 6:56, 5:75])
+
+
+def test_a_slides_alpha_sample_is_its_mask_not_a_band():
+    """HuBMAP's RGBA OME-TIFF (uint16, unassociated alpha): three bands, transparent pixels invalid."""
+    path = Path(__file__).resolve().parent / "data" / "corpus" / "output_ome.ome.tiff"
+    rgba = tifffile.imread(path)
+    source = open_source(path)
+    assert isinstance(source, SlideSource) and source.has_mask
+    assert (source.shape, source.band_names) == ((3, 200, 200), ("red", "green", "blue"))
+    window = Window(30, 40, 150, 120)
+    expected, alpha = slice_of(rgba, window).transpose(2, 0, 1)[:3], slice_of(rgba[..., 3], window)
+    assert 0 < np.count_nonzero(alpha) < alpha.size  # some pixels are transparent
+    np.testing.assert_array_equal(source.read(window), expected)
+    np.testing.assert_array_equal(source.read_valid(window), alpha > 0)
+    pixels, valid = source.select_bands([3]).read_with_valid(window)
+    np.testing.assert_array_equal(pixels, expected[[2]])
+    np.testing.assert_array_equal(valid, alpha > 0)
 
 
 def test_slide_without_length_unit_has_no_pixel_size(tmp_path):
@@ -579,6 +623,35 @@ def test_a_directory_is_refused(tmp_path):
     (tmp_path / "x.svs").mkdir()
     with pytest.raises(SourceError, match="^input is a directory, not a slide file: "):
         open_source(tmp_path / "x.svs")
+
+
+def test_a_container_names_a_subdataset_which_then_opens_by_its_gdal_name():
+    """rasterio's HDF5 file without bands (its larger subdataset named as gdalinfo names it), and
+    rioxarray's netCDF by its subdataset name."""
+    corpus = Path(__file__).resolve().parent / "data" / "corpus"
+    with pytest.raises(SourceError, match=r"no raster band of its own but 2 subdatasets: segment one of them, e.g. "
+                                          r'HDF5:"\S+no_band.h5"://MyGroup/Group_A/dset2$') as error:  # the larger
+        open_source(corpus / "no_band.h5")
+    subdataset = str(error.value).rsplit(" ", 1)[1]
+    with open_source(subdataset) as source, rasterio.open(subdataset) as dataset:
+        assert source.shape == (1, dataset.height, dataset.width)
+        np.testing.assert_array_equal(source.read(Window(0, 0, dataset.width, dataset.height)), dataset.read())
+    netcdf = f'NETCDF:"{corpus / "MODIS_ARRAY.nc"}":__xarray_dataarray_variable__'
+    with open_source(netcdf) as source, rasterio.open(corpus / "MODIS_ARRAY.nc") as dataset:
+        assert source.shape == (1, 200, 200) and source.georef.crs == dataset.crs and source.files == ()
+    with pytest.raises(SourceError, match="^cannot open NETCDF:"):
+        open_source('NETCDF:"missing.nc":x')
+
+
+@pytest.mark.parametrize("kind, scheme", [("zip", "/vsizip/"), ("tar", "/vsitar/")])
+def test_an_archive_of_rasters_names_the_file_to_read(data_dir, tmp_path, kind, scheme):
+    archive = Path(shutil.make_archive(str(tmp_path / "scenes"), kind, data_dir, "rmnp-rgb.tif"))
+    with pytest.raises(SourceError, match=f"^cannot open .*scenes.{kind}: an archive of 1 file, not one raster: name "
+                                          f"the file to read, e.g. {scheme}/\\S+/scenes.{kind}/rmnp-rgb.tif$") as error:
+        open_source(archive)
+    named = str(error.value).rsplit(" ", 1)[1]
+    with open_source(named) as inside, open_source(data_dir / "rmnp-rgb.tif") as original:
+        assert inside.shape == original.shape and inside.georef == original.georef
 
 
 @pytest.mark.parametrize("name", ["bahamas_rgb.tif", "rmnp-rgb.tif", "cmu_small_region.svs"])

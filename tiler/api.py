@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from segtile.budget import DEFAULT_LIMIT, parse_size, plan_memory
@@ -20,11 +22,15 @@ from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
+from segtile.sources.palette import COLOURS, in_colour
 from segtile.tissue import with_masks
 from segtile.tta import Augmentation, check_augmentation
 from segtile.working_grid import choose_grid
 
 FROM_CARD = "card"  # ``tta``'s default: the augmentation the model card suggests, if any
+_NUMBERED_BAND = re.compile(r"^band \d+$")  # a band name that only numbers it (segtile's default)
+# a card's value scale -> the integer type whose maximum it is: the images the model was trained on
+_TRAINED_TYPES = {float(np.iinfo(t).max): np.dtype(t) for t in (np.uint8, np.uint16)}
 
 
 class SegmentError(SegtileError, ValueError):
@@ -115,6 +121,7 @@ def segment(
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     _check_chosen_bands(bands, image.count, card)
     opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
+    band_notes += _value_notes(opened, card)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
     grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
@@ -169,9 +176,62 @@ class ResolutionWarning(UserWarning):
 
 def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, list[str]]:
     """``source`` with the bands the model takes: those ``chosen`` by the user, else those the
-    card names, else the first ``in_channels`` of the image; and a note when the image had more
-    bands than the model takes and segtile chose. Raises :class:`SegmentError` naming the fix
-    when they cannot be had."""
+    card names (by name when the image's bands have the names of the card's training bands,
+    else by number), else the first ``in_channels`` of the image; and a note when segtile chose
+    otherwise than the image's own order. A paletted image given to a model of three bands is
+    read in the colours of its table. Raises :class:`SegmentError` naming the fix when the bands
+    cannot be had."""
+    notes: list[str] = []
+    if not chosen:
+        source, notes = _in_colour_for(source, card)
+        by_name = _bands_named_by_card(source, card)
+        if by_name is not None and by_name != list(card.bands or range(1, card.in_channels + 1)):
+            names = ", ".join(source.band_names[b - 1] for b in by_name)
+            return source.select_bands(by_name), notes + [
+                f"reading bands {','.join(map(str, by_name))} ({names}): the bands the model card names, in its "
+                "order; choose others with --bands (Python: bands=[...])"]
+    fitted, count_notes = _fitted_bands(source, card, chosen)
+    return fitted, notes + count_notes
+
+
+def _in_colour_for(source: Source, card: ModelCard) -> tuple[Source, list[str]]:
+    """A paletted image in the colours of its table when the model takes three bands (a model
+    for colour imagery), with a note; any other image as it is."""
+    coloured = in_colour(source) if source.count == 1 and card.in_channels == len(COLOURS) else None
+    if coloured is None:
+        return source, []
+    return coloured, ["the image is paletted (one band of colour-table indexes): the model reads the colours GDAL "
+                      "looks up (red, green, blue); --bands 1,1,1 (Python: bands=[1, 1, 1]) would feed it the indexes"]
+
+
+def _bands_named_by_card(source: Source, card: ModelCard) -> list[int] | None:
+    """The 1-based image bands that bear the names of the card's bands (``band_names``, those
+    of the images it was trained on: colours, descriptions such as ``B4``), in the card's order;
+    ``None`` unless each name is found on exactly one band and none is a mere number."""
+    names = card.extra.get("band_names")
+    if not names or len(names) != card.in_channels or any(_NUMBERED_BAND.match(str(n)) for n in names):
+        return None
+    image = list(source.band_names)
+    if any(image.count(name) != 1 for name in names):
+        return None
+    return [image.index(name) + 1 for name in names]
+
+
+def _value_notes(source: Source, card: ModelCard) -> list[str]:
+    """A note when the image's integer type is not the one the model was trained on (its card
+    divides by that type's maximum): 16-bit imagery given to a model for 8-bit images, say."""
+    trained = _TRAINED_TYPES.get(card.scale)
+    if trained is None or source.dtype.kind not in "ui" or source.dtype == trained:
+        return []
+    limits = np.iinfo(trained)
+    return [f"the model was trained on {trained} images (its card divides values by {card.scale:g}) but the image "
+            f"is {source.dtype}: values outside {limits.min}-{limits.max} are unlike any it saw; rescale the image "
+            f"(e.g. gdal_translate -ot {'Byte' if trained == np.uint8 else 'UInt16'} -scale) or use a model trained "
+            f"on {source.dtype} images"]
+
+
+def _fitted_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, list[str]]:
+    """:func:`_fit_bands` by band numbers."""
     wanted, given = card.in_channels, source.count
     if not chosen and given > wanted and (card.bands is None or max(card.bands) <= given):
         bands = list(card.bands or range(1, wanted + 1))
@@ -184,7 +244,7 @@ def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, l
         return source.select_bands(card.bands), []
     if given != wanted or (not chosen and card.bands is not None):
         names = f" (bands {','.join(map(str, card.bands))} of its card)" if card.bands and not chosen else ""
-        example = ",".join(["1"] * wanted) if given == 1 else ",".join(str(b) for b in range(1, wanted + 1))
+        example = ",".join(str(min(b, given)) for b in range(1, wanted + 1))  # bands the image has
         raise SegmentError(
             f"the model takes {_bands(wanted)}{names} but the image has {_bands(given)}: choose {wanted} with "
             f"--bands (e.g. --bands {example}; Python: bands=[...]) or use a model made for {_bands(given)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -25,11 +26,21 @@ microscope's tags in a unit of length (an NDPI's 44150 px/cm: 0.2265 µm) are.""
 SCREEN_DPI_TOLERANCE = 0.01  # relative: 28.35 or 28.3 px/cm are 72 dpi rounded
 MICRONS_PER_INCH = 25_400
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".scn", ".bif")
+# A GDAL driver's name and a colon: a subdataset (NETCDF:"f.nc":var, HDF4_SDS:..., GPKG:f.gpkg:table);
+# two characters at least, so that a Windows drive letter (C:) is no driver.
+_CONNECTION_STRING = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")
 
 
 def is_remote(path: str) -> bool:
     """Whether GDAL resolves ``path`` itself (``/vsicurl/...``, ``s3://...``): no local checks."""
     return path.startswith("/vsi") or "://" in path
+
+
+def is_connection_string(path: str) -> bool:
+    """Whether ``path`` names no local file but a dataset inside one in a GDAL driver's syntax
+    (``NETCDF:"f.nc":var``, the subdataset names ``gdalinfo`` lists): GDAL resolves it, so no
+    local checks."""
+    return not os.path.exists(path) and _CONNECTION_STRING.match(path) is not None
 
 
 def check_local_file(path: str) -> None:

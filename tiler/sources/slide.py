@@ -42,12 +42,14 @@ class SlideSource(Source):
     georeference is the pixel size in µm (Aperio ``MPP``, OME ``PhysicalSizeX``, or the
     resolution tags when in a length unit and no screen or print resolution), with no CRS; its
     transform maps pixels to level-0 pixel coordinates (the identity here; scaled on a coarser
-    working grid), the coordinates annotations of slides are given in. Slides carry no validity mask.
+    working grid), the coordinates annotations of slides are given in. An alpha sample (RGBA,
+    grey and alpha) is the validity mask, transparent pixels invalid, not a band.
     Each thread reads through its own TiffFile, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
         path: the path opened.
-        selected_bands: the 1-based indices among the samples or channels that are read.
+        selected_bands: the 1-based indices among the samples (an alpha sample is none) or channels
+            that are read.
     """
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
@@ -62,24 +64,44 @@ class SlideSource(Source):
                 raise SourceError(f"cannot open {self.path}: no readable image in it (truncated or damaged?)")
             series = tif.series[0]
             self._axes = _checked_axes(series.axes, self.path)
-            band_count = _band_count(series.shape, self._axes)
-            positions = band_positions(bands, band_count)
+            sample_count = _band_count(series.shape, self._axes)
+            self._alpha = _alpha_sample(series, self._axes, sample_count)
+            image_samples = [i for i in range(sample_count) if i != self._alpha]
+            positions = band_positions(bands, len(image_samples))
             self.selected_bands = tuple(p + 1 for p in positions)
+            self._samples = tuple(image_samples[p] for p in positions)
             self.level_shapes = tuple(_level_shape(level.shape, self._axes) for level in series.levels)
             self.shape = (len(positions), *self.level_shapes[0])
             self.dtype = np.dtype(series.dtype)
-            self.band_names = tuple(_band_names(series, band_count)[p] for p in positions)
+            self.band_names = tuple(_band_names(series, sample_count)[i] for i in self._samples)
             mpp, note = _microns_per_pixel(tif, series)
             self.georef = Georef(transform=Affine.identity(), mpp=mpp)
             self.notes = () if note is None else (f"{self.path}: {note}",)
+            self.has_mask = self._alpha is not None
         self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:
         """The selected bands over ``window`` of ``level``, as stored: ``(bands, h, w)``."""
+        return self._read_samples(window, level, list(self._samples))
+
+    def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:
+        """True where the alpha sample is not 0 (transparent); ``None`` without one."""
+        if self._alpha is None:
+            return None
+        return self._read_samples(window, level, [self._alpha])[0] > 0
+
+    def read_with_valid(self, window: Window, level: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """The selected bands and the alpha sample decoded from the same tiles at once."""
+        if self._alpha is None:
+            return self.read(window, level), None
+        samples = self._read_samples(window, level, [*self._samples, self._alpha])
+        return samples[:-1], samples[-1] > 0
+
+    def _read_samples(self, window: Window, level: int, samples: list[int]) -> np.ndarray:
+        """The 0-based ``samples`` (or channels) over ``window`` of ``level``: ``(len(samples), h, w)``."""
         row_start, row_stop, col_start, col_stop = window_bounds(window, self.level_shapes, level)
-        positions = [p - 1 for p in self.selected_bands]
         spans = {"Y": slice(row_start, row_stop), "X": slice(col_start, col_stop)}
-        selection = tuple(spans.get(axis, positions) for axis in self._axes)
+        selection = tuple(spans.get(axis, samples) for axis in self._axes)
         try:
             pixels = self._levels.get(level).array.oindex[selection]
         except SourceError:
@@ -88,7 +110,7 @@ class SlideSource(Source):
             raise SourceError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
         band_axis = next((i for i, axis in enumerate(self._axes) if axis in BAND_AXES), None)
         if band_axis is None:
-            return np.ascontiguousarray(pixels[np.newaxis][positions])
+            return np.ascontiguousarray(pixels[np.newaxis][samples])
         return np.ascontiguousarray(np.moveaxis(pixels, band_axis, 0))
 
     def select_bands(self, bands: Sequence[int]) -> SlideSource:
@@ -128,6 +150,17 @@ def _checked_axes(axes: str, path: str) -> str:
 
 def _band_count(shape: Sequence[int], axes: str) -> int:
     return next((size for size, axis in zip(shape, axes) if axis in BAND_AXES), 1)
+
+
+def _alpha_sample(series: tifffile.TiffPageSeries, axes: str, sample_count: int) -> int | None:
+    """The 0-based index of the pixel's alpha sample (an ExtraSample, associated or not), which
+    marks transparent pixels: a mask, not a band; ``None`` when the pixels have none."""
+    if "S" not in axes:
+        return None
+    extra = series.keyframe.extrasamples
+    alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+    first_extra = sample_count - len(extra)
+    return next((first_extra + i for i, kind in enumerate(extra) if kind in alpha), None)
 
 
 def _level_shape(shape: Sequence[int], axes: str) -> tuple[int, int]:
