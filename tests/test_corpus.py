@@ -9,9 +9,6 @@ Each run must either
   NaN), labels equal to the model's argmax over the whole image read independently here with
   rasterio (or tifffile / OpenSlide for slides), and polygons that rasterise back onto the mask;
 * or exit 2 with one line on stderr and nothing written (the files in ``REFUSED``, and why).
-
-Cases that fail for a defect being fixed on another branch are marked ``xfail(strict=True)``
-naming that branch, so that the marks go when the branches are merged.
 """
 
 from __future__ import annotations
@@ -57,36 +54,13 @@ REFUSED = {  # file: why no mask can be made of it
     "unsupported-srs.tif": "a CRS that PROJ cannot represent",
 }
 
-_GEOREF = "fixed on branch i19-georef"
-_FAULTS = "fixed on branch i20-faults"
-XFAIL = {  # file: the defect, and where it is fixed
-    "float.tif": f"issue 19: a transform without CRS is dropped from the mask, {_GEOREF}",
-    "float_nan.tif": f"issue 19: a transform without CRS is dropped from the mask, {_GEOREF}",
-    "rotated.tif": f"issue 19: a transform without CRS is dropped from the mask, {_GEOREF}",
-    "a39se10.jpg": f"issue 19: a world file's transform (no CRS) is dropped from the mask, {_GEOREF}",
-    "test_rpcs_ext_file.tif": f"issue 19: a transform without CRS and RPCs are dropped from the mask, {_GEOREF}",
-    "RGB.byte.gcp.vrt": f"issue 19: GCPs are dropped from the mask, {_GEOREF}",
-    "compdcs.vrt": f"issue 19: GCPs are dropped from the mask, {_GEOREF}",
-    "white-gemini-iv.vrt": f"issue 19: GCPs are dropped from the mask, {_GEOREF}",
-    "gcp.tif": f"issue 19: GCPs are dropped from the mask, {_GEOREF}",
-    "cog_gcps_ovr.tif": f"issue 19: GCPs are dropped from the mask, {_GEOREF}",
-    "RGB.byte.rpc.vrt": f"issue 19: RPCs are dropped from the mask, {_GEOREF}",
-    "test_rpcs.tif": f"issue 19: RPCs are dropped from the mask, {_GEOREF}",
-    "small.svs": f"issue 20: a tiny slide crashes tissue detection, {_FAULTS}",
-    "boxes_0.dcm": f"issue 20: a tiny slide crashes tissue detection, {_FAULTS}",
-    "output_ome.ome.tiff": f"issue 20: a tiny slide crashes tissue detection, {_FAULTS}",
-}
-
-
 def corpus_files() -> list[Path]:
     return sorted(p for p in CORPUS.iterdir()
                   if not p.name.endswith(COMPANION_SUFFIXES) and p.name not in COMPANIONS)
 
 
 def cases() -> list:
-    return [pytest.param(path, id=path.name,
-                         marks=[pytest.mark.xfail(strict=True, reason=XFAIL[path.name])] if path.name in XFAIL else [])
-            for path in corpus_files()]
+    return [pytest.param(path, id=path.name) for path in corpus_files()]
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +84,7 @@ def pointwise_checkpoints(tmp_path_factory):
 def test_every_file_is_a_case_or_a_companion():
     """The README's table and the case lists name files that exist."""
     names = {p.name for p in CORPUS.iterdir()}
-    assert (set(REFUSED) | set(XFAIL) | SLIDES | COMPANIONS) <= names
+    assert (set(REFUSED) | SLIDES | COMPANIONS) <= names
     readme = (CORPUS / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in names - {"README.md"})
 
