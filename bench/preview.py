@@ -13,7 +13,13 @@ card's 300 m the full job would be a hundred times smaller), CPU, one after anot
    30000 px: the 1/16 one, 1875 px);
 3. the full job: ``result.to_zarr(...)`` (the labels of every pixel), removed afterwards.
 
+With ``--slide``, a pyramidal slide instead (``bench/make_slide.py``: SIZE x SIZE px mirror-tiled
+from the real Aperio region, levels down to 1024 px or less), read with segtile's slide reader:
+the preview with tissue detection on (the default for colour slides: a masked source) against
+the preview with ``tissue=False``; both read the pyramid, so their ratio is near 1.
+
     python -m bench.preview --size 30000
+    python -m bench.preview --slide --size 12000
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import rasterio
 from rasterio.enums import Resampling
 
 from bench.make_mosaic import make_mosaic
+from bench.make_slide import make_slide
 from segtile import segment
+from segtile.sources import SlideSource
 
 OUT = Path(__file__).resolve().parent / "out"
 RESOLUTION = 30.0  # the mosaic's own pixel size, in metres
@@ -51,11 +59,30 @@ def timed(work) -> float:
     return time.perf_counter() - start
 
 
+def slide_previews(size: int, max_size: int) -> None:
+    """The preview of a pyramidal slide with its tissue masked, against the preview without."""
+    slide = OUT / f"slide_{size}.tif"
+    if not slide.exists():
+        make_slide(size, slide)
+    masked = segment(SlideSource(slide), device="cpu")
+    unmasked = segment(SlideSource(slide), device="cpu", tissue=False)
+    print(f"{masked!r}; preview {max_size} px")
+    with_tissue = timed(lambda: masked.preview(max_size=max_size))
+    print(f"preview, tissue masked:  {with_tissue:8.1f} s")
+    without = timed(lambda: unmasked.preview(max_size=max_size))
+    print(f"preview, tissue=False:   {without:8.1f} s")
+    print(f"ratio masked / unmasked: {with_tissue / without:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=30000, help="side of the mosaic, in pixels")
     parser.add_argument("--max-size", type=int, default=1024, help="the preview's longer side")
+    parser.add_argument("--slide", action="store_true", help="a pyramidal slide, tissue masked or not")
     args = parser.parse_args()
+    if args.slide:
+        slide_previews(args.size, args.max_size)
+        return
     mosaic = OUT / f"mosaic_{args.size}.tif"
     if not mosaic.exists():
         make_mosaic(args.size, mosaic)

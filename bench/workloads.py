@@ -4,6 +4,7 @@
     python -m bench.workloads monai --input bench/out/mosaic_8000.tif --out bench/out/labels.npy
     python -m bench.workloads segtile --slide --input bench/out/slide_4000.tif --out bench/out/labels.zarr
     python -m bench.workloads tiatoolbox --input bench/out/slide_4000.tif --out bench/out/tiatoolbox
+    python -m bench.workloads tissue --input bench/out/flat_slide_14000.ome.tif
 
 Each prints one JSON line last: ``seconds`` is the work alone (reading, inference, stitching,
 writing), after the imports and the model are ready, so both sides are timed alike;
@@ -76,6 +77,18 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     if torch.cuda.is_available() and args.device != "cpu":
         report["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return report
+
+
+def tissue_detection(args: argparse.Namespace) -> dict:
+    """segtile's tissue detection alone, on a slide opened with its slide reader."""
+    from segtile.tissue import detect_tissue
+
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    start = time.perf_counter()
+    slide = open_slide(args.input)
+    found = detect_tissue(slide, slide)
+    return {"seconds": time.perf_counter() - start, "fraction": found.fraction,
+            "overview": list(found.tissue.shape), "rss_before_mib": rss_before}
 
 
 def monai_in_memory(args: argparse.Namespace) -> dict:
@@ -162,7 +175,7 @@ def decode_every_block(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("engine", choices=("segtile", "monai", "tiatoolbox", "decode"))
+    parser.add_argument("engine", choices=("segtile", "monai", "tiatoolbox", "decode", "tissue"))
     parser.add_argument("--input", required=True, help="GeoTIFF or slide to segment")
     parser.add_argument("--out", help="labels output: a .zarr store (segtile), a .npy file (monai), "
                         "a folder (tiatoolbox)")
@@ -186,7 +199,7 @@ def main() -> None:
     if args.engine in ("segtile", "tiatoolbox") and not args.out:
         parser.error(f"{args.engine} needs --out PATH")
     workloads = {"segtile": segtile_to_zarr, "monai": monai_in_memory, "tiatoolbox": tiatoolbox_to_zarr,
-                 "decode": decode_every_block}
+                 "decode": decode_every_block, "tissue": tissue_detection}
     print(json.dumps(workloads[args.engine](args)))
 
 

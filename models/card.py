@@ -7,6 +7,7 @@ mask can always be coloured, named and normalised exactly as the network was tra
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -124,12 +125,16 @@ class ModelCard:
                 raise CardError(
                     f"model card: {len(values)} '{name}' values for {self.in_channels} input channels"
                 )
+        for name, values in (("mean", self.mean), ("std", self.std), ("scale", (self.scale,))):
+            bad = next((value for value in values if not math.isfinite(value)), None)
+            if bad is not None:
+                raise CardError(f"model card: '{name}' holds {bad}: normalising pixels needs finite numbers")
         if any(s == 0 for s in self.std):
             raise CardError("model card: 'std' values must be non-zero")
         if self.scale == 0:
             raise CardError("model card: 'scale' must be non-zero")
-        if self.resolution is not None and self.resolution <= 0:
-            raise CardError("model card: 'resolution' must be positive")
+        if self.resolution is not None and not 0 < self.resolution < math.inf:
+            raise CardError(f"model card: 'resolution' must be a positive number, not {self.resolution}")
         if self.resolution_unit not in (None, "m", "um"):
             raise CardError("model card: 'resolution_unit' must be 'm' or 'um'")
         self._validate_range()

@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from segtile.errors import SegtileError, one_line
+from segtile.models.borrowed import eval_mode
 from segtile.models.card import CardError, ModelCard, default_card
 from segtile.models.pspnet import PSPNet
+from segtile.paths import refuse_sequential
 
 FORMAT = "segtile-checkpoint"
 VERSION = 1
@@ -240,28 +242,23 @@ def probe_card(module: nn.Module, bands: int | None = None) -> ModelCard:
     With ``bands`` (the image's band count) only that count is tried. Without, band counts are
     tried in order: the input channels of the first 4-D weight (the first convolution, for a
     network that starts with one), then 3, then 1. Input sizes 65 then 64; the first probe giving
-    ``(1, classes, h, w)`` logits of the input's size decides. The module's training mode is left
-    as it was.
+    ``(1, classes, h, w)`` logits of the input's size decides. The module's training modes (each
+    submodule's) are left as they were.
     """
     candidates = [bands] if bands is not None else _candidate_bands(module)
     first = next(module.parameters(), None)  # probe where the network is (a GPU after one run)
     device = first.device if first is not None else torch.device("cpu")
     failure = "it returns no (1, classes, h, w) logits of the input's size"
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.inference_mode():
-            for count in candidates:
-                for size in _PROBE_SIZES:
-                    try:
-                        out = module(torch.zeros(1, count, size, size, device=device))
-                    except Exception as exc:  # a probe that does not fit the network; try the next one
-                        failure = f"it fails on a (1, {count}, {size}, {size}) input: {one_line(exc)}"
-                        continue
-                    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
-                        return default_card(out.shape[1], count)
-    finally:
-        module.train(was_training)
+    with torch.inference_mode(), eval_mode(module):
+        for count in candidates:
+            for size in _PROBE_SIZES:
+                try:
+                    out = module(torch.zeros(1, count, size, size, device=device))
+                except Exception as exc:  # a probe that does not fit the network; try the next one
+                    failure = f"it fails on a (1, {count}, {size}, {size}) input: {one_line(exc)}"
+                    continue
+                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[2:] == (size, size):
+                    return default_card(out.shape[1], count)
     if bands is not None:
         raise CheckpointError(f"the model cannot segment {bands} band(s): {failure}")
     raise CheckpointError(
@@ -293,6 +290,7 @@ def _candidate_bands(module: nn.Module) -> list[int]:
 def _check_is_file(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    refuse_sequential(path, "model", CheckpointError)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if path.stat().st_size == 0:

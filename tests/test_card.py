@@ -87,6 +87,10 @@ def test_from_dict_does_not_modify_its_argument():
         ({"bands": [0, 1, 2]}, "1-based"),
         ({"mean": [0.0]}, "1 'mean' values for 3"),
         ({"std": [1.0, 0.0, 1.0]}, "non-zero"),
+        ({"std": [1.0, float("nan"), 1.0]}, "'std' holds nan: normalising pixels needs finite numbers"),
+        ({"mean": [float("-inf"), 0.0, 0.0]}, "'mean' holds -inf"),
+        ({"scale": float("inf")}, "'scale' holds inf"),
+        ({"resolution": float("nan")}, "positive number, not nan"),
         ({"scale": 0}, "'scale' must be non-zero"),
         ({"resolution": -1.0}, "positive"),
         ({"resolution_unit": "ft"}, "'m' or 'um'"),
@@ -116,6 +120,8 @@ def test_inconsistent_cards_raise_card_error(kwargs, message):
         ('{"classes": ["a"], "bands": "rgb"}', "count or a list"),
         ('{"classes": ["a"], "scale": "bright"}', "model card"),
         ('{"classes": ["a"], "bands": [1, 2], "in_channels": 3}', "2 band indices"),
+        ('{"classes": ["a"], "bands": 1, "std": [NaN]}', "'std' holds nan"),
+        ('{"classes": ["a"], "bands": 1, "mean": [Infinity]}', "'mean' holds inf"),
     ],
 )
 def test_bad_card_json_raises_card_error(text, message):

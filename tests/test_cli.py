@@ -1,5 +1,6 @@
 """The segtile command on real GeoTIFFs: outputs on the input's grid, and every bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -120,7 +121,10 @@ def bad_inputs(tmp_path, data_dir):
     truncated.write_bytes(whole[: len(whole) // 2])
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00\x01not a model" * 10)
-    return {"text": text, "empty": empty, "truncated": truncated, "garbage_model": garbage}
+    nan_card = tmp_path / "nan_card.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 2, 1)), str(nan_card),
+                   _extra_files={"card.json": '{"classes": ["a", "b"], "std": [NaN, 1, 1]}'})
+    return {"text": text, "empty": empty, "truncated": truncated, "garbage_model": garbage, "nan_card": nan_card}
 
 
 @pytest.mark.parametrize(
@@ -132,7 +136,10 @@ def bad_inputs(tmp_path, data_dir):
         ("truncated", "is truncated: its image data run to byte"),
         ("missing model", "no such file"),
         ("garbage model", "not a segtile checkpoint"),
+        ("card with NaN", "'std' holds nan"),
         ("band count", "the model takes 3 bands but the image has 1 band"),
+        ("bands chosen", "the model takes 3 bands but --bands 1,1 chooses 2 of the image's 3 bands: choose 3 "
+                         "(e.g. --bands 1,2,3; Python: bands=[1, 2, 3])"),
         ("band index", "out of range"),
         ("overlap", "overlap"),
         ("tile size", "--tile-size"),
@@ -153,7 +160,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, data_dir, pointwise_checkpoi
         "truncated": [files["truncated"], "--model", model, "--out", out],
         "missing model": [image, "--model", tmp_path / "nope.pt", "--out", out],
         "garbage model": [image, "--model", files["garbage_model"], "--out", out],
+        "card with NaN": [image, "--model", files["nan_card"], "--out", out],
         "band count": [data_dir / "nuclei_img2d.tif", "--model", model, "--out", out],
+        "bands chosen": [image, "--model", model, "--bands", "1,1", "--out", out],
         "band index": [image, "--model", model, "--bands", "1,2,9", "--out", out],
         "overlap": [image, "--model", model, "--tile-size", "64", "--overlap", "64", "--out", out],
         "tile size": [image, "--model", model, "--tile-size", "0", "--out", out],
@@ -223,3 +232,27 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path, data_dir):
                           stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(writer)
     assert done.returncode == 128 + 13 and done.stderr == ""  # SIGPIPE's status
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_fifos_are_refused_in_one_line_before_a_reader_waits_on_them(tmp_path, data_dir, pointwise_checkpoint):
+    fifo = tmp_path / "fifo.tif"
+    os.mkfifo(fifo)
+    image, model, out = data_dir / "rmnp-rgb.tif", pointwise_checkpoint[0], tmp_path / "mask.tif"
+    cases = [
+        ([fifo, "--model", model, "-o", out], f"input {fifo} is a FIFO (named pipe), not a regular file"),
+        ([image, "--model", fifo, "-o", out], f"model {fifo} is a FIFO"),
+        ([image, "--model", model, "--mask", fifo, "-o", out], f"area of interest {fifo} is a FIFO"),
+        (["eval", data_dir / "nuclei_mask2d.tif", fifo, "--classes", "a,b"], f"labels {fifo} is a FIFO"),
+    ]
+    # in a child process with a deadline: a reader waiting on the FIFO would never return
+    code = ("import json, sys; from segtile.cli import main\n"
+            "for args in json.loads(sys.argv[1]): print(main(args + ['--quiet']), flush=True)")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([[str(a) for a in args] for args, _ in cases])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2"] * len(cases)
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == len(cases) and "Traceback" not in done.stderr
+    for error, (_, message) in zip(errors, cases):
+        assert error.startswith("segtile: error: ") and message in error
+    assert not out.exists()

@@ -16,6 +16,7 @@ import torch
 
 from segtile.cli import main
 from segtile.models import ModelCard, save_torchscript
+from tests.geodata import write_raster
 
 FULL_RESOLUTION = ("--resolution", "30")  # landsat7's own: the default model would run it at 300 m
 
@@ -43,6 +44,8 @@ def image(data_dir) -> Path:
     ("m.qml", ["m.tif"]),
     ("m.tif.aux.xml", ["m.tif"]),
     ("m.probabilities.tif", ["m.tif", "--probabilities"]),
+    ("m.probabilities.tif", ["m.tif"]),  # a mask's probabilities, asked for or not, are the mask's
+    ("m.probabilities.tif.aux.xml", ["m.tif"]),
     ("r.dbf", ["r.shp"]),
     ("r.prj", ["r.shp"]),
 ])
@@ -278,3 +281,53 @@ def test_creation_options_reach_the_geotiff(tmp_path, image):
     assert run(image, "-o", tmp_path / "m.tif", "--co", "compress=zstd", "--co", "BLOCKSIZE=256", "--quiet") == 0
     with rasterio.open(tmp_path / "m.tif") as written:
         assert written.compression.name == "zstd" and written.block_shapes[0] == (256, 256)
+
+
+def test_overwriting_replaces_every_file_of_the_old_output_written_this_time_or_not(tmp_path, image):
+    mask = tmp_path / "m.tif"
+    assert run(image, "-o", mask, "--probabilities", "--quiet") == 0
+    (tmp_path / "m.probabilities.tif.aux.xml").write_text("<PAMDataset/>")  # statistics GDAL keeps beside it
+    assert run(image, "-o", mask, "--overwrite", "--quiet") == 0  # no probabilities this time
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.qml", "m.tif", "m.tif.aux.xml"]
+
+    with rasterio.open(image) as source:
+        pixels = source.read()
+    plain = write_raster(tmp_path / "plain.tif", pixels, crs=None)  # no CRS: a shapefile without .prj
+    regions = tmp_path / "r.shp"
+    assert run(image, "-o", regions, "--quiet") == 0
+    assert (tmp_path / "r.prj").exists()
+    assert run(plain, "-o", regions, "--overwrite", "--quiet") == 0
+    assert not (tmp_path / "r.prj").exists()
+
+
+LEFT_BY_A_KILLED_WRITER = """
+import os, signal, sys
+from segtile.writers.atomic import OutputSet
+
+OutputSet().add(sys.argv[1]).write_bytes(b"half a mask")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next_run_with_a_note(tmp_path, image, capsys):
+    from segtile.writers.atomic import OutputSet
+
+    mask = tmp_path / "m.tif"
+    live = OutputSet()
+    writing = live.add(mask).parent  # a live run (this process) writing the same output
+    killed = subprocess.run([sys.executable, "-c", LEFT_BY_A_KILLED_WRITER, str(mask)])
+    assert killed.returncode == -signal.SIGKILL
+    [dead] = set(leftovers(tmp_path)) - {writing.name}
+    unowned = tmp_path / ".m.tif.tmp-olderversion"  # an older segtile's: no owner file
+    unowned.mkdir()
+    remote = tmp_path / ".m.tif.tmp-remote"
+    remote.mkdir()
+    (remote / ".segtile-owner").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
+    assert run(image, "-o", mask, "--progress", "json") == 0
+    err = capsys.readouterr().err
+    assert f"segtile: note: removed {dead}, the unfinished output of a segtile run that died (process " in err
+    assert f"segtile: note: {unowned} is the unfinished output of a segtile run that names no owner" in err
+    assert f"segtile: note: {remote} is the unfinished output of a segtile run on elsewhere: left alone" in err
+    assert leftovers(tmp_path) == sorted([unowned.name, remote.name, writing.name])
+    live.discard()
+    assert leftovers(tmp_path) == sorted([unowned.name, remote.name])

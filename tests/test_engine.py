@@ -388,3 +388,49 @@ def test_results_stay_on_the_device_only_when_the_model_runs_on_a_gpu_of_this_pr
     assert kept_on_device(device="cpu", stitch_on_device=True)
     with Client(processes=False, dashboard_address=None):
         assert not kept_on_device(device="cpu", stitch_on_device=True)  # results cross processes there
+
+
+def _network_in_training() -> torch.nn.Module:
+    """A network being trained, with a frozen batch norm (in eval mode) and dropout, whose 3x3
+    weights take another layout in channels-last."""
+    torch.manual_seed(1)
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                  torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        network[1].running_mean.uniform_(-1, 1)
+    network.train()
+    network[1].eval()
+    return network
+
+
+@pytest.mark.parametrize("script", [False, True], ids=["module", "torchscript"])
+def test_segment_gives_the_callers_module_back_as_it_was(script):
+    import copy
+
+    network = _network_in_training()
+    if script:
+        network = torch.jit.script(network)
+    modes = [module.training for module in network.modules()]
+    state = {name: tensor.clone() for name, tensor in network.state_dict().items()}
+    image = random_image(3, 40, 48)
+    labels = segment(image, network, tile_size=32, overlap=8, device="cpu").labels.compute()
+    assert [module.training for module in network.modules()] == modes == [True, True, False, True, True]
+    for name, tensor in network.state_dict().items():
+        assert tensor.device.type == "cpu" and tensor.is_contiguous(), name
+        assert torch.equal(tensor, state[name]), name
+    evaluated = copy.deepcopy(network).eval()  # what it gives in eval mode: no dropout
+    expected = segment(image, evaluated, tile_size=32, overlap=8, device="cpu").labels.compute()
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_copy_on_another_device_leaves_the_module_as_it_was_and_keeps_tied_weights_tied():
+    # (a TorchScript module is deep-copied and moved with .to(), which the meta device does not take)
+    from segtile.models.borrowed import copy_on_device
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 2, 1))
+    network[2].weight = network[0].weight
+    copied = copy_on_device(network, torch.device("meta")).eval()
+    assert all(tensor.device.type == "meta" for tensor in copied.state_dict().values())
+    assert all(tensor.device.type == "cpu" for tensor in network.state_dict().values())
+    assert network.training and not copied.training
+    assert copied[2].weight is copied[0].weight

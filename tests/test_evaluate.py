@@ -8,6 +8,7 @@ import pytest
 import rasterio
 
 from segtile.cli import main
+from segtile.errors import SegtileError
 from segtile.evaluate import EvalError, evaluate, prediction_classes
 from segtile.metrics import confusion_matrix, scores
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
@@ -78,6 +79,52 @@ def test_ground_truth_as_polygons_gives_the_same_matrix(tmp_path, files):
         names.append(CLASSES[TRUTH[row, col]])
     truth = write_polygons(tmp_path / "truth.gpkg", boxes, names)
     assert evaluate(prediction, truth).scores.confusion.tolist() == CONFUSION
+
+
+@pytest.mark.parametrize("suffix", [".fgb", ".shp"])
+def test_polygon_ground_truth_cut_short_anywhere_is_an_error_never_a_score(tmp_path, files, suffix):
+    # OGR reads what is left of a truncated FlatGeobuf (no feature at all) or shapefile (features
+    # without geometry) without an error: the score would be of a part of the ground truth
+    prediction, _ = files
+    boxes, names = [], []
+    for row, col in zip(*np.nonzero(TRUTH != 255)):
+        boxes.append(pixel_box(IMAGE_TRANSFORM, row, row + 1, col, col + 1))
+        names.append(CLASSES[TRUTH[row, col]])
+    truth = write_polygons(tmp_path / f"truth{suffix}", boxes, names)
+    assert evaluate(prediction, truth).scores.confusion.tolist() == CONFUSION
+    whole = truth.read_bytes()
+    for end in range(100, len(whole), max(1, len(whole) // 25)):
+        truth.write_bytes(whole[:end])
+        with pytest.raises(SegtileError, match="truncated"):
+            evaluate(prediction, truth)
+
+
+def test_a_truncated_ground_truth_raster_is_named_truncated(tmp_path, files):
+    prediction, truth = files
+    whole = truth.read_bytes()
+    truth.write_bytes(whole[:-3])
+    with pytest.raises(SegtileError, match="is truncated: its image data run to byte"):
+        evaluate(prediction, truth)
+
+
+def test_a_prediction_of_whole_floats_is_one_of_class_indices_and_other_floats_are_refused(tmp_path, files):
+    _, truth = files
+    floats = write_raster(tmp_path / "floats.tif", PREDICTED.astype(np.float32), nodata=NODATA)
+    assert evaluate(floats, truth, classes=CLASSES).scores.confusion.tolist() == CONFUSION
+    scores = write_raster(tmp_path / "scores.tif", np.where(PREDICTED == 255, 255, PREDICTED * 0.3).astype(np.float32),
+                          nodata=NODATA)  # 0, 0.3 and 0.6: not a mask
+    with pytest.raises(EvalError, match=r"predicted value 0.3 is not a class index: .* holds float32 values"):
+        evaluate(scores, truth, classes=CLASSES)
+
+
+def test_nothing_compared_says_whether_the_truth_labels_anything_there(tmp_path, files):
+    prediction, truth = files
+    unlabelled = write_raster(tmp_path / "unlabelled.tif", np.full((3, 4), 255, np.uint8))
+    with pytest.raises(EvalError, match="labels no pixel on the grid of .* damaged file, or labels of another place"):
+        evaluate(prediction, unlabelled)
+    nodata = write_raster(tmp_path / "nodata.tif", np.full((3, 4), NODATA, np.uint8), nodata=NODATA)
+    with pytest.raises(EvalError, match="the 11 pixels .* labels are all nodata in"):
+        evaluate(nodata, truth, classes=CLASSES)
 
 
 def test_ground_truth_on_a_finer_grid_is_reprojected_onto_the_prediction(tmp_path, files):

@@ -8,6 +8,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+import tifffile
 import torch
 from rasterio.windows import Window
 
@@ -16,6 +17,9 @@ from segtile.cli import main
 from segtile.labels import LabelError
 from segtile.models import LoadedModel, ModelCard, save_torchscript
 from segtile.sources import open_source
+from segtile.sources.masked import MaskedSource
+from segtile.sources.overview import coarse_source
+from segtile.sources.slide import SlideSource
 from segtile.tissue import TissueError, detect_tissue, otsu_threshold
 
 
@@ -131,6 +135,68 @@ def test_an_area_of_interest_as_a_raster_mask_in_another_grid(tmp_path, data_dir
                      resolution=30.0).labels.compute()
     assert (labels[:190] == 255).all() and (labels[:, :290] == 255).all()
     assert (labels[250:650, 350:850] != 255).mean() > 0.95
+
+
+@pytest.mark.parametrize("kind", ["polygons", "raster"])
+def test_a_preview_of_a_masked_image_reads_its_overviews_and_masks_the_coarse_grid(tmp_path, data_dir, field, kind):
+    if kind == "raster":  # the same area as a raster on the image's grid
+        with rasterio.open(data_dir / "landsat7.tif") as src:
+            profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1, "dtype": "uint8",
+                       "crs": src.crs, "transform": src.transform}
+        area = np.zeros((profile["height"], profile["width"]), np.uint8)
+        area[200:700, 300:900] = 1
+        field = tmp_path / "area.tif"
+        with rasterio.open(field, "w", **profile) as out:
+            out.write(area, 1)
+    result = segment(data_dir / "landsat7.tif", model(), device="cpu", mask=field)
+    coarse = coarse_source(result.source, 256)  # 1/8.5: landsat7.tif's 1/4 overview is read, not the image
+    assert isinstance(coarse, MaskedSource) and coarse.inner.read_level == 2
+    labels = result.preview(max_size=256).labels  # the area: rows 23-82, columns 35-105 of 225 x 256
+    assert (labels[:21] == 255).all() and (labels[:, :33] == 255).all() and (labels[85:] == 255).all()
+    assert (labels[26:80, 38:103] != 255).mean() > 0.95
+
+
+def write_region(path, slide, row: int, column: int, side: int):
+    """A ``side`` x ``side`` region of interest cut from ``slide`` as an Aperio slide of one level."""
+    pixels = open_source(slide).read(Window(column, row, side, side))
+    tifffile.imwrite(path, np.moveaxis(pixels, 0, -1), tile=(16, 16), photometric="rgb", metadata=None,
+                     description=f"Aperio Image Library v12.0.0\r\n{side}x{side}|MPP = 0.4990")
+    return path
+
+
+@pytest.mark.parametrize("row, column, side", [(192, 1248, 192), (200, 1300, 16)])
+def test_regions_smaller_than_a_speck_keep_their_tissue(tmp_path, data_dir, row, column, side):
+    slide = data_dir / "cmu_small_region.svs"
+    region = write_region(tmp_path / "region.svs", slide, row, column, side)
+    found = detect_tissue(open_source(region), open_source(region))
+    on_the_slide = detect_tissue(open_source(slide), open_source(slide)).tissue[row:row + side, column:column + side]
+    assert found.tissue.any() and (found.tissue == on_the_slide).mean() > 0.9
+    labels = segment(region, model(), device="cpu").labels.compute()
+    np.testing.assert_array_equal(labels != 255, found.tissue)  # the overview is the region itself
+
+
+def test_a_slide_without_a_small_level_is_read_in_windows_onto_a_small_overview(data_dir, monkeypatch):
+    import segtile.sources.overview as overview
+    import segtile.tissue as tissue
+
+    slide = data_dir / "cmu_small_region.svs"  # one level, 2220 x 2967
+    full = detect_tissue(open_source(slide), open_source(slide))
+    monkeypatch.setattr(tissue, "OVERVIEW", 512)
+    monkeypatch.setattr(overview, "READ_SIDE", 700)
+    windows = []
+    read = SlideSource.read
+
+    def recorded(self, window, level=0):
+        windows.append((int(window.height), int(window.width)))
+        return read(self, window, level)
+
+    monkeypatch.setattr(SlideSource, "read", recorded)
+    found = detect_tissue(open_source(slide), open_source(slide))
+    assert found.tissue.shape == (512, 383) and found.overview_to_level0 == (2220 / 383, 2967 / 512)
+    assert max(max(shape) for shape in windows) <= 700 + 4  # and a pixel or two each side for the bilinear kernel
+    nearest = full.tissue[np.ix_(((np.arange(512) + 0.5) * 2967 / 512).astype(int),
+                                 ((np.arange(383) + 0.5) * 2220 / 383).astype(int))]
+    assert (found.tissue == nearest).mean() > 0.9
 
 
 def test_a_missing_area_is_one_line(tmp_path, data_dir):

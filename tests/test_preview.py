@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
-import segtile.preview as preview_module
+import segtile.sources.overview as overview_module
 from segtile import segment
 from segtile.errors import SegtileError
-from segtile.preview import blend, coarse_source, stretch
+from segtile.preview import blend, stretch
+from segtile.sources.overview import coarse_source
 from segtile.sources.resample import ResampledSource
 from segtile.writers.legend import rgb
 from tests.test_engine import CountingModel, random_image
@@ -52,9 +53,9 @@ def test_the_coarse_grid_is_read_once_in_bounded_windows_that_fit_together(data_
     source = segment(data_dir / "bahamas_rgb.tif").source  # nodata 0 around the scene
     coarse = coarse_source(source, 500)  # 791 px to 500: the 1/2 overview is too coarse, level 0 is read
     assert coarse.read_level == 0
-    monkeypatch.setattr(preview_module, "READ_SIDE", 100)  # windows of 100 / 1.58 = 63 px: 64 of them
-    assert preview_module._window_side(coarse) == 63
-    pixels = preview_module.read_whole(coarse)
+    monkeypatch.setattr(overview_module, "READ_SIDE", 100)  # windows of 100 / 1.58 = 63 px: 64 of them
+    assert overview_module._window_side(coarse) == 63
+    pixels = overview_module.read_whole(coarse)
     whole, valid = coarse.read_with_valid(Window(0, 0, coarse.width, coarse.height))
     assert pixels.dtype == np.float32 and pixels.shape == whole.shape
     np.testing.assert_array_equal(pixels, whole)

@@ -14,7 +14,9 @@ import pytest
 import rasterio
 import torch
 
+from segtile.cli import main
 from segtile.models import ModelCard, save_torchscript
+from tests.geodata import pixel_box, write_polygons
 
 
 class SlowPointwise(torch.nn.Module):
@@ -92,11 +94,12 @@ def test_a_run_killed_part_way_resumes_and_equals_an_uninterrupted_run(tmp_path,
     assert polygons == expected_polygons
 
 
-def interrupted_store(folder: Path, image: Path, model: Path) -> Path:
-    """A work store as a killed run leaves it: run, then put the outputs' work store back."""
-    run = segtile(image, "--model", model, "-o", folder / "m.tif")
+def interrupted_store(folder: Path, image: Path, model: Path, *options) -> Path:
+    """A work store as a killed run leaves it, with at least one chunk done: SIGKILL part way."""
+    run = segtile(image, "--model", model, "-o", folder / "m.tif", *options)
+    done = folder / ".m.tif.segtile-work" / "done"
     for line in run.stderr:
-        if line.startswith("{") and json.loads(line).get("done", 0) >= 4:
+        if line.startswith("{") and json.loads(line).get("done", 0) >= 4 and done.is_dir() and any(done.iterdir()):
             break
     run.send_signal(signal.SIGKILL)
     run.wait(timeout=60)
@@ -114,7 +117,7 @@ def test_work_of_another_model_or_input_is_never_resumed(tmp_path, data_dir, slo
     run = segtile(image, "--model", other, "-o", tmp_path / "m.tif", "--resume")
     err = run.stderr.read()
     assert run.wait(timeout=300) == 0, err
-    assert "is from another run (input, model or options differ): starting afresh" in err
+    assert "is from another run (another model; another model card): starting afresh" in err
     assert "resuming" not in err
 
     second = tmp_path / "second"
@@ -126,7 +129,7 @@ def test_work_of_another_model_or_input_is_never_resumed(tmp_path, data_dir, slo
     run = segtile(image, "--model", slow_model, "-o", second / "m.tif", "--resume")
     err = run.stderr.read()
     assert run.wait(timeout=300) == 0, err
-    assert "is from another run (input, model or options differ): starting afresh" in err
+    assert "is from another run (the input image.tif changed): starting afresh" in err
     assert "resuming" not in err
 
 
@@ -140,3 +143,46 @@ def test_without_resume_old_work_is_replaced_and_the_run_says_it_could_have_resu
     assert run.wait(timeout=300) == 0, err
     assert "(--resume would have continued it)" in err
     assert summary(err)["tiles_run"] > 0 and not work.exists()
+
+
+def test_work_done_with_another_mask_is_never_resumed(tmp_path, data_dir, slow_model):
+    """The reproduction: killed with --mask left.geojson, resumed with --mask right.geojson."""
+    image = data_dir / "bahamas_rgb.tif"
+    with rasterio.open(image) as source:
+        transform, crs, (height, width) = source.transform, source.crs, source.shape
+        valid = source.dataset_mask() > 0
+    middle = width // 2
+    for name, (start, stop) in {"left": (0, middle), "right": (middle, width)}.items():
+        write_polygons(tmp_path / f"{name}.geojson", [pixel_box(transform, 0, height, start, stop)], [name],
+                       crs=crs.to_wkt())
+    work = interrupted_store(tmp_path, image, slow_model, "--mask", tmp_path / "left.geojson")
+    assert len(list((work / "done").iterdir())) > 0
+    run = segtile(image, "--model", slow_model, "-o", tmp_path / "m.tif", "--mask", tmp_path / "right.geojson",
+                  "--resume")
+    err = run.stderr.read()
+    assert run.wait(timeout=300) == 0, err
+    assert "is from another run (another mask; other options: mask): starting afresh" in err
+    with rasterio.open(tmp_path / "m.tif") as mask:
+        labels = mask.read(1)
+        nodata = mask.nodata
+    assert (labels[:, :middle - 1] == nodata).all()  # nothing of the left run's work
+    right = labels[:, middle + 1:]
+    assert (right[valid[:, middle + 1:]] != nodata).all()  # and all of the right's
+
+
+def test_a_second_run_for_the_same_outputs_is_refused_and_the_first_goes_on(tmp_path, data_dir, slow_model, capsys):
+    """The reproduction: `segtile img.tif --model a.pt -o m.tif & segtile img.tif --model b.pt -o m.tif`."""
+    image = data_dir / "bahamas_rgb.tif"
+    other = tmp_path / "b.pt"
+    other.write_bytes(slow_model.read_bytes())
+    first = segtile(image, "--model", slow_model, "-o", tmp_path / "m.tif", "--tta", "flip")  # slower still
+    for line in first.stderr:
+        if line.startswith("{") and json.loads(line).get("done", 0) >= 1:
+            break
+    assert main([str(image), "--model", str(other), "-o", str(tmp_path / "m.tif"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"another segtile run (process {first.pid} on " in err, err
+    rest = first.stderr.read()
+    assert first.wait(timeout=300) == 0, rest
+    assert summary(rest)["tiles_run"] == 16  # every tile, by the first run alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.pt", "m.qml", "m.tif", "m.tif.aux.xml"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 import tifffile
+import torch
 from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
@@ -303,6 +304,40 @@ def test_slide_without_length_unit_has_no_pixel_size(tmp_path):
     assert source.georef.mpp is None and source.georef.pixel_size() is None and source.shape == (1, 16, 16)
 
 
+@pytest.mark.parametrize("dpi, per_centimetre", [(72, 72 / 2.54), (72, 28.35), (96, 37.8), (300, 118.11)])
+def test_screen_and_print_resolutions_in_centimetres_are_no_pixel_size(tmp_path, dpi, per_centimetre):
+    image = np.random.default_rng(5).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    flat = tmp_path / "photo.tif"  # what GIMP or ImageMagick write for a 72 dpi picture in metric units
+    tifffile.imwrite(flat, image, photometric="rgb", resolution=(per_centimetre, per_centimetre),
+                     resolutionunit="CENTIMETER")
+    source = open_source(flat)  # no slide: an image without a pixel size, read as one
+    assert isinstance(source, RasterSource) and source.georef.pixel_size() is None and not source.notes
+    pyramid = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(pyramid) as tif:
+        tif.write(image, subifds=1, tile=(16, 16), photometric="rgb", resolution=(per_centimetre, per_centimetre),
+                  resolutionunit="CENTIMETER")
+        tif.write(image[::2, ::2], subfiletype=1, tile=(16, 16), photometric="rgb")
+    slide = open_source(pyramid)  # a slide for its pyramid, whose tags are set aside with a note
+    assert isinstance(slide, SlideSource) and slide.georef.mpp is None
+    assert slide.notes == (f"{pyramid}: its resolution tags say {per_centimetre:g} pixels per centimeter, that is "
+                           f"{dpi} dpi, a screen or print resolution and no pixel size: its pixel size is taken as "
+                           "unknown",)
+    from segtile import segment
+
+    with pytest.warns(UserWarning, match="a screen or print resolution"):
+        result = segment(pyramid, torch.nn.Conv2d(3, 2, 1), device="cpu")
+    assert slide.notes[0] in result.notes and result.georef.mpp is None
+
+
+def test_a_microscopes_resolution_in_centimetres_is_its_pixel_size(tmp_path):
+    path = tmp_path / "microscope.tif"
+    tifffile.imwrite(path, np.zeros((16, 16, 3), np.uint8), photometric="rgb", resolution=(44150, 44150),
+                     resolutionunit="CENTIMETER")  # as a Hamamatsu scanner writes its 0.2265 µm
+    source = open_source(path)
+    assert isinstance(source, SlideSource) and source.georef.mpp == pytest.approx(0.2265, rel=1e-4)
+    assert not source.notes
+
+
 def test_slide_with_z_stack_is_refused(tmp_path):
     path = tmp_path / "stack.ome.tif"
     tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint8), ome=True, metadata={"axes": "ZYX"})
@@ -369,6 +404,16 @@ def test_wrong_arrays_are_refused():
     assert open_source(np.zeros((3, 40, 4), dtype=np.uint8)).shape == (3, 40, 4)  # bands first: kept
     assert open_source(np.zeros((8, 1000, 2), dtype=np.uint8)).shape == (8, 1000, 2)  # a narrow multiband strip
     assert open_source(np.zeros((40, 50), dtype=bool)).shape == (1, 40, 50)
+
+
+def test_a_dask_array_of_unknown_chunk_sizes_is_refused_with_the_fix():
+    image = da.from_array(np.ones((3, 40, 40), np.float32), chunks=(3, 20, 40))
+    rows = da.from_array(np.arange(40) % 2 == 0, chunks=20)
+    sliced = image[:, rows, :]  # rows kept by a mask dask has not computed: (3, nan, 40)
+    with pytest.raises(SourceError, match=r"unknown chunk sizes \(shape \(3, nan, 40\)\).*"
+                                          r"call array.compute_chunk_sizes\(\) first"):
+        open_source(sliced)
+    assert open_source(sliced.compute_chunk_sizes()).shape == (3, 20, 40)
 
 
 def test_xarray_dims_are_reordered():

@@ -142,7 +142,7 @@ def test_crs_read_back(tmp_path, georef, suffix):
     info = pyogrio.read_info(path)
     assert CRS.from_user_input(info["crs"]) == georef.crs
     assert info["features"] == len(components(scene()))
-    assert list(info["fields"]) == ["class_id", "class_name", "area"]
+    assert list(info["fields"]) == ["class_id", "class_name", "area", "area_m2"]
 
 
 @pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".shp", ".geojson"])
@@ -265,7 +265,7 @@ def test_min_area_and_simplify(tmp_path, georef):
 def test_all_nodata_gives_an_empty_layer(tmp_path, georef):
     write_polygons(tmp_path / "none.gpkg", np.full((20, 20), NODATA, np.uint8), georef, CARD)
     info = pyogrio.read_info(tmp_path / "none.gpkg")
-    assert info["features"] == 0 and list(info["fields"]) == ["class_id", "class_name", "area"]
+    assert info["features"] == 0 and list(info["fields"]) == ["class_id", "class_name", "area", "area_m2"]
 
 
 def test_unknown_format(tmp_path, georef):

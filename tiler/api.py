@@ -118,6 +118,7 @@ def segment(
     opened = open_source(image, bands=bands)
     if card is None:
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
+    _check_chosen_bands(bands, image.count, card)
     opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
@@ -143,7 +144,7 @@ def segment(
                       stripe_width=sizes.stripe_width)
     grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    notes = band_notes + notes + mask_notes + augmentation_notes
+    notes = list(image.notes) + band_notes + notes + mask_notes + augmentation_notes
     for note in notes:
         warnings.warn(note, ResolutionWarning, stacklevel=2)
     return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))
@@ -197,6 +198,20 @@ def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, l
             f"--bands (e.g. --bands {example}; Python: bands=[...]) or use a model made for {_bands(given)}"
         )
     return source, []
+
+
+def _check_chosen_bands(bands: Sequence[int] | None, image_bands: int, card: ModelCard) -> None:
+    """Raise :class:`SegmentError` when ``bands`` (chosen by the user, ``None``: none chosen) are
+    not as many as the model takes, naming the image's bands and those chosen."""
+    wanted = card.in_channels
+    if bands is None or len(bands) == wanted:
+        return
+    example = [min(band, image_bands) for band in range(1, wanted + 1)]  # bands the image has
+    raise SegmentError(
+        f"the model takes {_bands(wanted)} but --bands {','.join(str(b) for b in bands)} chooses {len(bands)} of "
+        f"the image's {_bands(image_bands)}: choose {wanted} (e.g. --bands {','.join(map(str, example))}; "
+        f"Python: bands={example})"
+    )
 
 
 def _bands(count: int) -> str:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
 from segtile.interrupt import STOP, Interrupted
+from segtile.version import version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
@@ -38,17 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"segtile: error: {message} (see {self.prog} --help)\n")
-
-
-def version() -> str:
-    """The installed distribution's version."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed_version
-
-    try:
-        return installed_version("segtile")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +117,7 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.filename is not None:  # the user's file: missing, full disk...
         print(f"segtile: error: {exc.filename}: {exc.strerror or one_line(exc)}{_notes(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"segtile: failed: {one_line(exc)} (run with --debug for details)", file=sys.stderr)
+    print(f"segtile: failed: {one_line(exc)} (run with --debug for details){_notes(exc)}", file=sys.stderr)
     return EXIT_FAILED
 
 

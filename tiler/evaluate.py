@@ -64,14 +64,26 @@ def evaluate(prediction: str | os.PathLike, truth: str | os.PathLike, *, classes
         names = _class_names(prediction, classes)
         with open_labels(truth, like=source, classes=names, class_field=class_field) as labels:
             confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+            labelled = 0
             grid = cells(labels.shape, chunk_size)
             for cell in tqdm(list(np.ndindex(grid)), desc="segtile eval", unit="chunk", disable=not progress):
                 window = cell_window(cell, chunk_size, labels.shape)
-                confusion += _chunk_confusion(source, labels.read(window), window, len(names), prediction)
+                truth_labels = labels.read(window)
+                labelled += int((truth_labels != IGNORE).sum())
+                confusion += _chunk_confusion(source, truth_labels, window, len(names), prediction)
     result = scores(confusion)
     if result.pixels == 0:
-        raise EvalError(f"no pixel to compare: {truth} labels none of the valid pixels of {prediction}")
+        raise EvalError(_nothing_compared(prediction, truth, labelled))
     return Evaluation(names, result)
+
+
+def _nothing_compared(prediction: str | os.PathLike, truth: str | os.PathLike, labelled: int) -> str:
+    """Why no pixel was compared: the ground truth labels none on the prediction's grid, or only
+    pixels the prediction leaves out."""
+    if labelled == 0:
+        return (f"no pixel to compare: {truth} labels no pixel on the grid of {prediction} (an empty or damaged "
+                "file, or labels of another place or image)")
+    return f"no pixel to compare: the {labelled} pixels {truth} labels are all nodata in {prediction}"
 
 
 def _chunk_confusion(source: Source, truth: np.ndarray, window: Window, classes: int,
@@ -82,6 +94,12 @@ def _chunk_confusion(source: Source, truth: np.ndarray, window: Window, classes:
     counted &= predicted != IGNORE
     if valid is not None:
         counted &= valid
+    if predicted.dtype.kind == "f":
+        fractional = counted & (predicted != np.round(predicted))
+        if fractional.any():
+            raise EvalError(f"{path}: predicted value {predicted[fractional][0]:g} is not a class index: a "
+                            f"prediction is a mask of class indices, and this one holds {predicted.dtype} values "
+                            "(probabilities or scores?)")
     bad = counted & ((predicted < 0) | (predicted >= classes))
     if bad.any():
         raise EvalError(f"{path}: predicted value {predicted[bad][0]:g} is not a class index 0-{classes - 1}: "

@@ -22,10 +22,12 @@ the class index of each pixel, 255 where there is none. Two kinds of file give t
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import os
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -45,7 +47,9 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from segtile.errors import SegtileError, one_line, root_cause_line
+from segtile.paths import refuse_sequential
 from segtile.sources.base import Source
+from segtile.sources.files import check_tiff_file_complete, is_tiff
 from segtile.sources.handles import PerThreadHandles
 
 IGNORE = 255
@@ -122,6 +126,7 @@ def open_labels(path: str | os.PathLike | np.ndarray, like: Source, classes: Seq
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"labels not found: {path}")
+    refuse_sequential(path, "labels", LabelError)
     if _is_vector(path):  # a file, or a folder OGR reads (a FileGDB, a folder of shapefiles)
         return PolygonLabels(path, like, classes, class_field)
     if os.path.isdir(path):
@@ -160,6 +165,9 @@ class RasterLabels(LabelSource):
     def __init__(self, path: str, like: Source, classes: tuple[str, ...]) -> None:
         self.path, self.classes = path, classes
         self.shape = (like.height, like.width)
+        self._step = (1.0, 1.0)  # pixels of the grid opened on per pixel of the grid read on (x, y)
+        if is_tiff(path):  # a truncated TIFF loses tiles, or its georeference, without an error from GDAL
+            check_tiff_file_complete(path)
         with _open_raster(path) as dataset:
             warp = _warp_options(dataset, like)
         self._readers: PerThreadHandles[_WarpedReader] = PerThreadHandles(
@@ -169,12 +177,25 @@ class RasterLabels(LabelSource):
         values, valid = self._read_band(window)
         return _as_class_indices(values, valid, len(self.classes), self.path, window)
 
+    def on_grid(self, grid: Source) -> RasterLabels:
+        """These labels on ``grid``, another grid over the same image (a preview's, coarser):
+        each pixel the nearest of the raster on the grid it was opened on, read decimated by GDAL
+        (from the raster's overviews when it has them)."""
+        placed = copy.copy(self)
+        placed.shape = (grid.height, grid.width)
+        placed._step = (self._step[0] * self.shape[1] / grid.width, self._step[1] * self.shape[0] / grid.height)
+        return placed
+
     def _read_band(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Band 1's values over ``window`` and where they are valid (not nodata)."""
         reader = self._readers.get()
+        step_x, step_y = self._step
+        read = {"window": Window(window.col_off * step_x, window.row_off * step_y, window.width * step_x,
+                                 window.height * step_y),
+                "out_shape": (int(window.height), int(window.width)), "resampling": Resampling.nearest}
         try:
-            values = reader.handle.read(1, window=window)
-            valid = reader.handle.read_masks(1, window=window) > 0
+            values = reader.handle.read(1, **read)
+            valid = reader.handle.read_masks(1, **read) > 0
         except RasterioError as exc:
             raise LabelError(f"cannot read {self.path}: {root_cause_line(exc)}") from None
         return values, valid
@@ -210,7 +231,7 @@ def _open_raster(path: str) -> rasterio.io.DatasetReader:
     try:
         return rasterio.open(path)
     except RasterioError as exc:
-        raise LabelError(f"cannot read labels {path}: not a raster or polygon file "
+        raise LabelError(f"cannot read labels {path}: not a raster or polygon file, or a truncated or damaged one "
                          f"({root_cause_line(exc)})") from None
 
 
@@ -232,6 +253,7 @@ def _warp_options(dataset: rasterio.io.DatasetReader, like: Source) -> dict | No
             return None  # a plain raster of the image's size: its pixels are the image's
         raise LabelError(f"{path}: labels of {dataset.width}x{dataset.height} px without georeference "
                          f"cannot be placed on the image of {width}x{height} px")
+    _check_not_on_control_points(like, path)
     if image_transform is None:
         raise LabelError(f"{path}: the labels are georeferenced but the image is not: "
                          "give labels of the image's size without georeference")
@@ -243,6 +265,17 @@ def _warp_options(dataset: rasterio.io.DatasetReader, like: Source) -> dict | No
     nodata = dataset.nodata if dataset.nodata is not None else IGNORE
     return {"crs": image_crs, "transform": image_transform, "width": width, "height": height,
             "resampling": Resampling.nearest, "nodata": nodata}
+
+
+def _check_not_on_control_points(like: Source, path: str) -> None:
+    """Raise :class:`LabelError` when the image is placed by ground control points or RPCs:
+    map coordinates are not taken back to its pixels (they would be read as pixels)."""
+    placement = like.georef.placement
+    if placement in ("gcps", "rpcs"):
+        by = "ground control points" if placement == "gcps" else "RPCs"
+        raise LabelError(f"{path}: it is in map coordinates and the image is placed by {by}, which segtile does not "
+                         "take back to pixels: give it in the image's pixel coordinates (no CRS), or warp the image "
+                         "first (gdalwarp)")
 
 
 def _same_crs(a: CRS | None, b: CRS | None) -> bool:
@@ -300,17 +333,21 @@ class PolygonLabels(LabelSource):
         self.path, self.classes = path, classes
         self.shape = (like.height, like.width)
         self._transform = _grid_transform(like)
-        try:
-            info = pyogrio.read_info(path)
-            self.class_field = _class_field(path, list(info["fields"]), class_field)
-            _, _, wkb, (names,) = pyogrio.raw.read(path, columns=[self.class_field])
-        except pyogrio.errors.DataSourceError as exc:
-            raise LabelError(f"cannot read polygons {path}: {exc}") from None
-        geometries = shapely.from_wkb(wkb)
+        info = _layer_info(path)
+        self.class_field = _class_field(path, list(info["fields"]), class_field)
+        geometries, (names,) = _read_features(path, info, [self.class_field])
         names = np.array([_class_name(value) for value in names], dtype=object)
         keep = (names != None) & ~shapely.is_missing(geometries)  # noqa: E711 (element-wise)
         self.unclassified = int((~keep).sum())
         self._place(geometries[keep], _class_indices(path, self.class_field, names[keep], classes), info, like)
+
+    def on_grid(self, grid: Source) -> PolygonLabels:
+        """These polygons on ``grid``, another grid over the same image (a preview's, coarser);
+        nothing is read again."""
+        placed = copy.copy(self)
+        placed.shape = (grid.height, grid.width)
+        placed._transform = _grid_transform(grid)
+        return placed
 
     def _place(self, geometries: np.ndarray, values: np.ndarray, info: dict, like: Source) -> None:
         """Keep ``geometries`` (in the image's CRS) and their label ``values``, indexed."""
@@ -349,7 +386,7 @@ AREA = ("area",)
 """The one class of an area of interest: a pixel inside it is labelled 0, one outside 255."""
 
 
-def open_area(path: str | os.PathLike, like: Source) -> LabelSource:
+def open_area(path: str | os.PathLike, like: Source) -> AreaSource:
     """An area of interest on the grid of the image ``like``: polygons (every feature, whatever
     its fields) or a raster (its valid non-zero pixels). :meth:`LabelSource.read` gives 0 inside
     and 255 outside.
@@ -360,6 +397,7 @@ def open_area(path: str | os.PathLike, like: Source) -> LabelSource:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise LabelError(f"area of interest not found: {path}")
+    refuse_sequential(path, "area of interest", LabelError)
     path = os.path.abspath(path)  # the same file for Dask workers in another working folder
     if _is_vector(path):
         return AreaPolygons(path, like)
@@ -383,14 +421,69 @@ class AreaPolygons(PolygonLabels):
         self.path, self.classes, self.class_field, self.unclassified = path, AREA, None, 0
         self.shape = (like.height, like.width)
         self._transform = _grid_transform(like)
-        try:
-            info = pyogrio.read_info(path)
-            _, _, wkb = pyogrio.raw.read(path, read_geometry=True, columns=[])[:3]
-        except pyogrio.errors.DataSourceError as exc:
-            raise LabelError(f"cannot read polygons {path}: {exc}") from None
-        geometries = shapely.from_wkb(wkb)
+        info = _layer_info(path)
+        geometries, _ = _read_features(path, info, [])
         geometries = geometries[~shapely.is_missing(geometries)]
         self._place(geometries, np.zeros(len(geometries), dtype=np.int64), info, like)
+
+
+AreaSource = AreaRaster | AreaPolygons
+"""An area of interest, as :func:`open_area` opens it."""
+
+
+_READ_ERRORS = (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError)  # FeatureError is one
+
+
+def _layer_info(path: str) -> dict:
+    """pyogrio's description of the polygon file's first layer (fields, CRS, feature count)."""
+    try:
+        return pyogrio.read_info(path)
+    except _READ_ERRORS as exc:
+        raise LabelError(f"cannot read polygons {path}: {one_line(exc)}") from None
+
+
+def _read_features(path: str, info: dict, columns: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The geometries (``None`` where a feature has none) and the ``columns`` of the features of
+    ``path``, whose layer is described by ``info``.
+
+    Raises:
+        LabelError: the file cannot be read, or was cut short: a shapefile shorter than its
+            header says, or fewer features than the layer declares (OGR reads what is left of a
+            truncated FlatGeobuf or shapefile without an error: a wrong count, never a word).
+    """
+    _check_shapefile_complete(path)
+    try:
+        _, _, wkb, fields = pyogrio.raw.read(path, columns=columns)
+    except _READ_ERRORS as exc:
+        raise LabelError(f"cannot read polygons {path}: {one_line(exc)} (truncated or damaged?)") from None
+    declared = info.get("features", -1)
+    if len(wkb) < declared:  # -1 when the format cannot say without reading
+        raise LabelError(f"{path}: {len(wkb)} of the {declared} features it declares could be read: it is truncated "
+                         "or damaged")
+    return shapely.from_wkb(wkb), fields
+
+
+_SHAPEFILE_CODE = 9994  # the first four bytes of a .shp or .shx, big-endian
+
+
+def _check_shapefile_complete(path: str) -> None:
+    """Raise :class:`LabelError` when the ``.shp`` or ``.shx`` of a shapefile is shorter than its
+    header says (its length in 16-bit words at byte 24): the features past the cut would be read
+    without geometry, without a word from OGR."""
+    stem, suffix = os.path.splitext(path)
+    if suffix.lower() != ".shp":
+        return
+    index = stem + (".SHX" if suffix.isupper() else ".shx")
+    for part in (path, index):
+        if not os.path.isfile(part):
+            continue
+        with open(part, "rb") as file:
+            header = file.read(28)
+        if len(header) < 28 or struct.unpack(">i", header[:4])[0] != _SHAPEFILE_CODE:
+            continue  # no shapefile header: OGR says what is wrong with it
+        declared, size = struct.unpack(">i", header[24:28])[0] * 2, os.path.getsize(part)
+        if size < declared:
+            raise LabelError(f"{part} is truncated: its header says {declared} bytes but the file has {size}")
 
 
 def _class_field(path: str, fields: list[str], wanted: str | None) -> str:
@@ -447,6 +540,8 @@ def _to_image_crs(geometries: np.ndarray, crs: str | None, like: Source, path: s
             of range: typically a GeoJSON without a ``crs`` member, which is read as WGS 84, whose
             coordinates are in another CRS), or that GDAL cannot reproject.
     """
+    if crs is not None:
+        _check_not_on_control_points(like, path)
     image_crs = like.georef.crs
     if image_crs is None or crs is None:
         return geometries

@@ -19,6 +19,7 @@ import torch
 from segtile.devices import check_precision, resolve_device
 from segtile.errors import SegtileError, one_line
 from segtile.models import ModelCard
+from segtile.models.borrowed import copy_on_device, eval_mode, is_on_device
 from segtile.normalise import Normalisation, normalise_
 from segtile.tta import NONE as NO_AUGMENTATION
 from segtile.tta import Augmentation
@@ -38,6 +39,7 @@ class ModelSpec:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def build(self) -> torch.nn.Module:
+        """The network: the caller's own module, or one freshly loaded from ``path``."""
         if self.module is not None:
             return self.module
         from segtile.models import load_checkpoint
@@ -51,6 +53,9 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
         return nullcontext()
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
+
+
+_BORROWED_LOCK = threading.Lock()  # held while a caller's module runs a batch (see Predictor)
 
 
 class ModelError(SegtileError):
@@ -85,26 +90,38 @@ class Predictor:
     """
 
     def __init__(self, module: torch.nn.Module, card: ModelCard, device: torch.device,
-                 precision: str = "fp32", augmentation: Augmentation = NO_AUGMENTATION) -> None:
+                 precision: str = "fp32", augmentation: Augmentation = NO_AUGMENTATION,
+                 borrowed: bool = False) -> None:
+        """``borrowed``: ``module`` is the caller's, to be given back as it was (see
+        :mod:`segtile.models.borrowed`); otherwise it is the predictor's own to change."""
         check_precision(precision, device)
         self.augmentation = augmentation
         self.device = device
         self.precision = precision
         self.card = card
-        self.module = module.to(device).eval()
-        # Channels-last wherever the network allows it: oneDNN (CPU) and cuDNN then run their
-        # fastest kernels without copying 3-band tiles into 16-channel blocked layouts (that copy
-        # made a 1x1 convolution on a (4, 3, 512, 512) batch 15x slower and 120 MB bigger). A
-        # network that cannot take it (a 5-D weight, a .view() across channels) is found on its
-        # first batch and kept in the plain layout.
+        # Channels-last batches wherever the network allows it: oneDNN (CPU) and cuDNN then run
+        # their fastest kernels without copying 3-band tiles into 16-channel blocked layouts (that
+        # copy made a 1x1 convolution on a (4, 3, 512, 512) batch 15x slower and 120 MB bigger).
+        # A network that cannot take them (a 5-D weight, a .view() across channels) is found on
+        # its first batch and kept in the plain layout.
         self.memory_format = torch.channels_last
         self._layout_settled = False
-        try:
-            self.module = self.module.to(memory_format=torch.channels_last)
-        except RuntimeError:
-            self._use_plain_layout()
+        self.borrowed = borrowed and is_on_device(module, device)
+        if self.borrowed:
+            # The caller's module, where it is: in eval mode batch by batch, its weights in their
+            # own layout (the batches' layout is what picks the kernels). One lock for every
+            # predictor of a borrowed module, so that no two put one module in eval mode and
+            # give its flags back in an interleaved order.
+            self.module = module
+            self._lock = _BORROWED_LOCK
+        else:
+            self.module = (copy_on_device(module, device) if borrowed else module.to(device)).eval()
+            self._lock = threading.Lock()
+            try:
+                self.module = self.module.to(memory_format=torch.channels_last)
+            except RuntimeError:
+                self._use_plain_layout()
         self.normalisation = Normalisation.of(card, device)
-        self._lock = threading.Lock()
         self._buffers = threading.local()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
@@ -134,7 +151,7 @@ class Predictor:
         with torch.inference_mode():
             weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
             x = self._prepared(self._to_device(pixels), None if all_valid else weight[..., 0])
-            with self._lock:
+            with self._lock, eval_mode(self.module) if self.borrowed else nullcontext():
                 logits = self.augmentation(self._network, x)
             logits = logits.permute(0, 2, 3, 1)
             if logits.dtype != torch.float32:
@@ -201,7 +218,8 @@ class Predictor:
 
     def _use_plain_layout(self) -> None:
         self.memory_format = torch.contiguous_format
-        self.module = self.module.to(memory_format=torch.contiguous_format)
+        if not self.borrowed:
+            self.module = self.module.to(memory_format=torch.contiguous_format)
 
     def _prepared(self, pixels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
         """``pixels`` as the network takes them: float32, normalised by the card (0 where the
@@ -250,7 +268,8 @@ def get_predictor(spec: ModelSpec, device: str, precision: str,
     key = (spec.token, str(resolved), precision, augmentation)
     with _PREDICTORS_LOCK:
         if key not in _PREDICTORS:
-            _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision, augmentation)
+            _PREDICTORS[key] = Predictor(spec.build(), spec.card, resolved, precision, augmentation,
+                                         borrowed=spec.module is not None)
             while len(_PREDICTORS) > CACHED_PREDICTORS:
                 _PREDICTORS.popitem(last=False)
         _PREDICTORS.move_to_end(key)

@@ -2,10 +2,11 @@
 
 Segmenting a gigapixel image takes hours; looking at what a model makes of it should take
 seconds. :func:`preview` resamples the image so that its longer side is about ``max_size``
-pixels (a :class:`~segtile.sources.resample.ResampledSource`, read from the coarsest pyramid
-level that is still fine enough, so the full resolution is not even read when the file has
-overviews), reads that small grid once, runs the same model and tiling on it, and paints the
-labels in the model card's colours, over the image or alone. The :class:`Preview` shows itself in Jupyter
+pixels (:func:`~segtile.sources.overview.coarse_source`: read from the coarsest pyramid level
+that is still fine enough, so the full resolution is not even read when the file has overviews,
+its tissue or area of interest masked on that grid too), reads that small grid once, runs the
+same model and tiling on it, and paints the labels in the model card's colours, over the image
+or alone. The :class:`Preview` shows itself in Jupyter
 (``_repr_png_``, and ``_repr_html_`` with a legend) and saves as a PNG.
 
 The model then sees the image at another scale than the one it was trained at, so a preview is
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from numbers import Integral
 from os import PathLike
@@ -27,20 +26,18 @@ from typing import TYPE_CHECKING
 
 import imagecodecs
 import numpy as np
-from rasterio.windows import Window
 
 from segtile.errors import SegtileError
 from segtile.models.card import ModelCard
 from segtile.plan import fit_to_image
-from segtile.sources import MemorySource, Source
-from segtile.sources.resample import ResampledSource
+from segtile.sources import MemorySource
+from segtile.sources.overview import coarse_source, read_whole
 from segtile.writers.legend import rgb_palette
 
 if TYPE_CHECKING:
     from segtile.result import Segmentation
 
 STRETCH = (2, 98)  # percentiles of each band mapped to black and white (QGIS's default cut)
-READ_SIDE = 2048  # pixels a side of the level read, at most, per window read for a preview
 
 
 class PreviewError(SegtileError, ValueError):
@@ -123,52 +120,6 @@ def preview(result: Segmentation, max_size: int = 1024, over_image: bool = True,
     if over_image:
         colours = blend(stretch(pixels, None), colours, labels != result.nodata, alpha)
     return Preview(colours, labels, result.card, result.source.width / coarse.width)
-
-
-def coarse_source(source: Source, max_size: int) -> Source:
-    """``source`` on a grid over the same area whose longer side is ``max_size`` pixels, or
-    ``source`` itself when it is no larger. A source already resampled is resampled again from
-    the image it was made from, so the pixels are averaged once."""
-    longer = max(source.height, source.width)
-    if longer <= max_size:
-        return source
-    shape = (max(1, round(source.height * max_size / longer)), max(1, round(source.width * max_size / longer)))
-    return ResampledSource(source.inner if isinstance(source, ResampledSource) else source, shape)
-
-
-def read_whole(source: Source) -> np.ndarray:
-    """All of ``source`` (a small grid) as float32 ``(bands, h, w)``, NaN where invalid.
-
-    It is read once, for the model and the picture alike, in windows covering at most about
-    :data:`READ_SIDE` pixels a side of the level read, several at a time: without overviews a
-    1024 px grid over a 30000 px image reads every full-resolution pixel, and one window of all
-    of it would hold gigabytes."""
-    side = _window_side(source)
-    windows = [Window(column, row, min(side, source.width - column), min(side, source.height - row))
-               for row in range(0, source.height, side) for column in range(0, source.width, side)]
-    pixels = np.empty(source.shape, dtype=np.float32)
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        for window, block in zip(windows, pool.map(lambda window: _read_float(source, window), windows)):
-            pixels[:, window.row_off:window.row_off + window.height,
-                   window.col_off:window.col_off + window.width] = block
-    return pixels
-
-
-def _window_side(source: Source) -> int:
-    """The side of the windows of ``source`` that :func:`read_whole` reads at once."""
-    if not isinstance(source, ResampledSource):
-        return READ_SIDE
-    level_height, level_width = source.inner.level_shapes[source.read_level]
-    span = max(level_height / source.height, level_width / source.width)  # pixels read per pixel
-    return max(1, int(READ_SIDE / span))
-
-
-def _read_float(source: Source, window: Window) -> np.ndarray:
-    pixels, valid = source.read_with_valid(window)
-    pixels = pixels.astype(np.float32)
-    if valid is not None:
-        pixels[:, ~valid] = np.nan
-    return pixels
 
 
 def stretch(pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ContextManager
 
 import dask.array as da
+from rasterio.crs import CRS
 
 from segtile.engine import build_products, label_dtype, run_token
 from segtile.georef import Georef
@@ -161,11 +162,13 @@ class Segmentation:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False) -> None:
-        """Write labels (and probabilities) with their georeference and card to a Zarr v3 store
-        (OME-Zarr for slides and ``.ome.zarr`` paths)."""
+    def to_zarr(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False,
+                zarr_format: int = 3) -> None:
+        """Write labels (and probabilities) with their georeference and card to a Zarr store, v3
+        or (``zarr_format=2``) v2 for GDAL before 3.8 (OME-Zarr, always v3, for slides and
+        ``.ome.zarr`` paths)."""
         self._check_writer(path, "to_zarr")
-        self.write(path, probabilities=probabilities, overwrite=overwrite)
+        self.write(path, probabilities=probabilities, overwrite=overwrite, zarr_format=zarr_format)
 
     def to_geotiff(self, path: str | PathLike, *, probabilities: bool = False, overwrite: bool = False,
                    creation_options: Mapping[str, str] | None = None) -> None:
@@ -199,7 +202,7 @@ class Segmentation:
 
     def write(self, *paths: str | PathLike, probabilities: bool = False, simplify: float | None = None,
               min_area: float | None = None, skip_classes: Sequence[str] = (), qupath_objects: str = "annotation",
-              creation_options: Mapping[str, str] | None = None, overwrite: bool = False,
+              creation_options: Mapping[str, str] | None = None, zarr_format: int = 3, overwrite: bool = False,
               progress: Progress | None = None,
               computing: Callable[[], ContextManager] = nullcontext, stage: bool | None = None) -> list[Path]:
         """Write several outputs from one inference pass; each format follows its extension.
@@ -210,13 +213,14 @@ class Segmentation:
         after another). Either every output appears, complete, or none does: all are written
         under temporary names and renamed only when the last one is done. No output may replace
         the input. ``creation_options`` are GDAL's for GeoTIFF outputs (the COG driver's, e.g.
-        ``{"COMPRESS": "ZSTD"}``), checked before any work. ``progress``, ``computing`` and
+        ``{"COMPRESS": "ZSTD"}``), checked before any work; ``zarr_format`` the version of Zarr
+        stores (3, or 2 for GDAL before 3.8). ``progress``, ``computing`` and
         ``stage`` are those of :func:`segtile.writers.outputs.write_outputs` (a persisted result
         is never staged again). Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
                                skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
-                               creation_options=tuple((creation_options or {}).items()))
+                               creation_options=tuple((creation_options or {}).items()), zarr_format=zarr_format)
         return write_outputs(self.layers(probabilities), [str(p) for p in paths], options, overwrite=overwrite,
                              protected=self.inputs, progress=progress, computing=computing,
                              stage=False if self.stored is not None else stage)
@@ -241,13 +245,23 @@ def describe(result: Segmentation) -> str:
 
 
 def _place(georef: Georef) -> str | None:
-    """The CRS (its EPSG code, else its name) and pixel size, or the µm per pixel of a slide."""
+    """The CRS (its EPSG code, else its name) and pixel size, the µm per pixel of a slide, or
+    the ground control points (and their CRS) or RPCs that place the image."""
     size = georef.pixel_size()
+    if georef.placement == "gcps":
+        return f"{len(georef.gcps)} GCPs" + (f" in {_crs_name(georef.gcp_crs)}" if georef.gcp_crs else "")
+    if georef.placement == "rpcs":
+        return "RPCs"
     if georef.crs is None:
         return None if size is None else f"{_short(size[0])} µm/px"
-    epsg = georef.crs.to_epsg()
-    name = f"EPSG:{epsg}" if epsg else _wkt_name(georef.crs.to_wkt())
+    name = _crs_name(georef.crs)
     return name if size is None else f"{name} at {_short(size[0])} m"
+
+
+def _crs_name(crs: CRS) -> str:
+    """A CRS's EPSG code, else its name."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else _wkt_name(crs.to_wkt())
 
 
 def _wkt_name(wkt: str) -> str:

@@ -1,13 +1,16 @@
 """Where the tissue is on a slide, and masks that keep only it, or only an area of interest.
 
 Most of a whole-slide image is often bare glass, and running a network over it costs as much as
-over tissue. The tissue is found once, on a low-resolution level of the slide (whose longer side
-is at most ``OVERVIEW`` px): stained tissue is coloured and glass is grey-white, so the colour
-saturation ``(max - min) / max`` of each pixel separates them, at a threshold chosen by Otsu's
-method on the saturation histogram, held within [0.04, 0.15] so an all-tissue or an all-glass
-slide is not split down the middle. Specks smaller than ``SPECK_UM2`` µm² (dust, debris) are
-removed and holes that small filled (GDAL's sieve), then the mask is grown by ``MARGIN`` pixels of
-the overview so the edges of the tissue are never cut. :class:`TissueMask` then tells, for any
+over tissue. The tissue is found once, on an overview of the slide whose longer side is at most
+``OVERVIEW`` px (its finest pyramid level that small, else its coarsest level resampled to that
+size window by window, so that a slide without a pyramid is never read whole): stained tissue is
+coloured and glass is grey-white, so the colour saturation ``(max - min) / max`` of each pixel
+separates them, at a threshold chosen by Otsu's method on the saturation histogram, held within
+[0.04, 0.15] so an all-tissue or an all-glass slide is not split down the middle. Specks smaller
+than ``SPECK_UM2`` µm² (dust, debris), and than ``SPECK_SHARE`` of the slide (a region of interest
+or a tissue core smaller than a speck keeps its tissue), are removed and holes that small filled
+(GDAL's sieve), then the mask is grown by ``MARGIN`` pixels of the overview so the edges of the
+tissue are never cut. :class:`TissueMask` then tells, for any
 window of the working grid, which pixels lie on tissue, by nearest neighbour from the overview.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import rasterio.features
@@ -24,13 +27,17 @@ from rasterio.windows import Window
 
 from segtile.errors import SegtileError
 from segtile.grid import is_real
-from segtile.labels import IGNORE, LabelSource, open_area
+from segtile.labels import IGNORE, AreaSource, open_area
+from segtile.sources import open_source
 from segtile.sources.base import Source
 from segtile.sources.masked import MaskedSource
+from segtile.sources.overview import coarse_source, read_whole
+from segtile.sources.resample import at_level
 
 OVERVIEW = 4096
 THRESHOLD_RANGE = (0.04, 0.15)
 SPECK_UM2 = 10_000  # 0.01 mm²: a tenth of a millimetre square
+SPECK_SHARE = 0.01  # ... and never more than this share of the slide
 MARGIN = 2
 
 
@@ -69,15 +76,23 @@ class TissueMask:
         iy = np.clip((rows / self.overview_to_level0[1]).astype(np.int64), 0, height - 1)
         return self.tissue[np.ix_(iy, ix)]
 
+    def on_grid(self, grid: Source) -> TissueMask:
+        """The same tissue for ``grid``, another grid over the slide."""
+        return replace(self, grid_to_level0=grid.georef.transform)
+
 
 @dataclass(frozen=True)
 class AreaMask:
     """An area of interest (polygons or a raster mask) on the working grid."""
 
-    area: LabelSource
+    area: AreaSource
 
     def inside(self, window: Window) -> np.ndarray:
         return self.area.read(window) != IGNORE
+
+    def on_grid(self, grid: Source) -> AreaMask:
+        """The same area for ``grid``, another grid over the image."""
+        return AreaMask(self.area.on_grid(grid))
 
 
 def with_masks(slide: Source, grid: Source, *, tissue: bool | None = None, threshold: float | None = None,
@@ -125,27 +140,45 @@ def detect_tissue(slide: Source, grid: Source, threshold: float | None = None) -
     if slide.georef.mpp is None or grid.georef.transform is None:
         raise TissueError("tissue detection needs a slide with a known µm per pixel: use --no-tissue-mask "
                           "(Python: tissue=False)")
-    level = _overview_level(slide.level_shapes)
-    height, width = slide.level_shapes[level]
-    pixels = slide.read(Window(0, 0, width, height), level)[:3].astype(np.float32)
-    brightest = pixels.max(axis=0)
-    saturation = np.where(brightest > 0, (brightest - pixels.min(axis=0)) / np.maximum(brightest, 1), 0.0)
+    overview = overview_source(open_source(slide, bands=(1, 2, 3)))
+    saturation = _saturation(read_whole(overview))
     if threshold is None:
         threshold = float(np.clip(otsu_threshold(saturation), *THRESHOLD_RANGE))
     tissue = saturation > threshold
-    scale = (slide.width / width, slide.height / height)
-    speck = max(1, math.ceil(SPECK_UM2 / (slide.georef.mpp ** 2 * scale[0] * scale[1])))
-    tissue = rasterio.features.sieve(tissue.astype(np.uint8), size=speck, connectivity=8).astype(bool)
+    del saturation
+    scale = (slide.width / overview.width, slide.height / overview.height)
+    speck = _speck_pixels(slide.georef.mpp, scale, tissue.size)
+    if speck > 1:  # a component of one pixel is never smaller than a speck
+        tissue = rasterio.features.sieve(tissue.astype(np.uint8), size=speck, connectivity=8).astype(bool)
     return TissueMask(_grown(tissue, MARGIN), scale, grid.georef.transform, threshold)
 
 
-def _overview_level(level_shapes: tuple[tuple[int, int], ...]) -> int:
-    """The finest pyramid level whose longer side is at most :data:`OVERVIEW` (the coarsest
-    level when none is)."""
-    for level, shape in enumerate(level_shapes):
-        if max(shape) <= OVERVIEW:
-            return level
-    return len(level_shapes) - 1
+def overview_source(slide: Source) -> Source:
+    """``slide`` on a grid whose longer side is at most :data:`OVERVIEW` pixels: its finest
+    pyramid level that small, else its coarsest level resampled to that size (read window by
+    window by :func:`~segtile.sources.overview.read_whole`: a slide without such a level, a flat
+    OME-TIFF say, is never read whole)."""
+    level = next((level for level, shape in enumerate(slide.level_shapes) if max(shape) <= OVERVIEW), None)
+    return coarse_source(slide, OVERVIEW) if level is None else at_level(slide, level)
+
+
+def _saturation(pixels: np.ndarray) -> np.ndarray:
+    """The colour saturation ``(max - min) / max`` of each pixel of ``pixels`` (float32, 3 bands),
+    0 where the pixel is black; computed in place, in as few overview-sized arrays as it takes."""
+    brightest = pixels.max(axis=0)
+    saturation = pixels.min(axis=0)
+    np.subtract(brightest, saturation, out=saturation)
+    np.divide(saturation, np.maximum(brightest, 1), out=saturation)
+    saturation[~(brightest > 0)] = 0
+    return saturation
+
+
+def _speck_pixels(mpp: float, scale: tuple[float, float], pixels: int) -> int:
+    """How many overview pixels a component of tissue needs not to be a speck: those of
+    :data:`SPECK_UM2` µm², but never more than :data:`SPECK_SHARE` of the ``pixels`` of the
+    overview, so that a region of interest or a tissue core smaller than a speck keeps its tissue."""
+    speck = math.ceil(SPECK_UM2 / (mpp ** 2 * scale[0] * scale[1]))
+    return max(1, min(speck, math.floor(pixels * SPECK_SHARE)))
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

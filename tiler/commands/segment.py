@@ -80,6 +80,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="a GDAL creation option for GeoTIFF outputs (the COG driver's; repeatable), "
                         "e.g. --co COMPRESS=ZSTD; segtile's defaults: COMPRESS=DEFLATE, PREDICTOR=YES, "
                         "BLOCKSIZE=512")
+    parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3,
+                        help="Zarr version of .zarr stores: 3, or 2 for GDAL and QGIS before GDAL 3.8 "
+                        "(default: 3)")
     parser.add_argument("--simplify", type=finite_float(0.0), metavar="TOL",
                         help="simplify polygons (topology preserving), tolerance in CRS units")
     parser.add_argument("--min-area", type=finite_float(0.0), metavar="A",

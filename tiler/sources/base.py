@@ -27,7 +27,8 @@ class Source(ABC):
     * ``georef``: :class:`~segtile.georef.Georef` of level 0;
     * ``level_shapes``: ``(height, width)`` of each pyramid level, level 0 first;
     * ``has_mask``: whether some pixels may be invalid (nodata, alpha, internal mask);
-    * ``files``: the local files read (outputs must never replace them), empty for arrays.
+    * ``files``: the local files read (outputs must never replace them), empty for arrays;
+    * ``notes``: what the user should know of how the file was read (metadata set aside), if anything.
     """
 
     shape: tuple[int, int, int]
@@ -37,6 +38,7 @@ class Source(ABC):
     level_shapes: tuple[tuple[int, int], ...]
     has_mask: bool = False
     files: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @abstractmethod
     def read(self, window: Window, level: int = 0) -> np.ndarray:

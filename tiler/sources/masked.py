@@ -22,6 +22,9 @@ class Mask(Protocol):
 
     def inside(self, window: Window) -> np.ndarray: ...
 
+    def on_grid(self, grid: Source) -> Mask:
+        """The same mask for ``grid``, another grid over the same image (a preview's, coarser)."""
+
 
 class MaskedSource(Source):
     """``inner`` with only the pixels ``mask`` keeps valid.

@@ -4,6 +4,7 @@ array-like that slices (a Zarr array, an HDF5 dataset), wrapped lazily with dask
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Sequence
 
 import dask.array as da
@@ -110,6 +111,9 @@ def _as_array(data: Any, named_dims: bool = False) -> np.ndarray | da.Array:
         data = da.from_array(data, chunks=getattr(data, "chunks", "auto"))
     if data.ndim not in (2, 3):
         raise SourceError(f"an image array must be (bands, height, width) or (height, width), not {data.ndim}-D")
+    if any(math.isnan(size) for size in data.shape):  # a dask array sliced by a mask it has not computed
+        raise SourceError(f"a dask array of unknown chunk sizes (shape {tuple(data.shape)}): segtile needs its size; "
+                          "call array.compute_chunk_sizes() first")
     if 0 in data.shape:
         raise SourceError(f"the image array is empty: shape {tuple(data.shape)}")
     if not named_dims and data.ndim == 3 and data.shape[2] in BANDS_LAST and min(data.shape[:2]) > max(BANDS_LAST):
@@ -139,11 +143,15 @@ def _data_array_bands(array: Any) -> tuple[Any, tuple[str, ...] | None]:
 
 
 def _rio_georef(array: Any) -> Georef | None:
-    """rioxarray's CRS and transform of ``array``, or ``None`` without rioxarray or georeference."""
+    """rioxarray's CRS and transform of ``array`` (or its ground control points, whose CRS
+    rioxarray gives as the array's), or ``None`` without rioxarray or georeference."""
     rio = _rio_accessor(array)
     if rio is None:
         return None
     transform: Affine = rio.transform()
+    gcps = rio.get_gcps() if transform.is_identity else None
+    if gcps:
+        return Georef(gcps=tuple(gcps), gcp_crs=rio.crs)
     if rio.crs is None and transform.is_identity:
         return None
     return Georef(crs=rio.crs, transform=None if transform.is_identity else transform)

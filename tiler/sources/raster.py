@@ -9,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-import tifffile
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
@@ -18,7 +17,7 @@ from rasterio.windows import Window
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import check_local_file, check_tiff_complete, is_remote, is_tiff
+from segtile.sources.files import check_local_file, check_tiff_file_complete, is_remote, is_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -40,7 +39,7 @@ class RasterSource(Source):
 
     Validity comes from GDAL's mask machinery (nodata value, alpha band, internal mask);
     pyramid levels are the dataset's overviews; the georeference is the CRS and the full
-    affine transform (rotation included), or nothing when the file has no geotransform.
+    affine transform (rotation included), the ground control points, the RPCs, or nothing.
     Each thread reads through its own dataset handle, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
@@ -55,7 +54,7 @@ class RasterSource(Source):
         if not is_remote(self.path):
             check_local_file(self.path)
         if is_tiff(self.path):
-            _check_tiff_complete(self.path)
+            check_tiff_file_complete(self.path)
         with _open_dataset(self.path, 0) as dataset:
             image_bands = _image_bands(dataset)
             positions = band_positions(bands, len(image_bands))
@@ -123,16 +122,6 @@ def _open_dataset(path: str, level: int) -> DatasetReader:
         raise SourceError(f"cannot open {path}: {root_cause_line(exc)}") from None
 
 
-def _check_tiff_complete(path: str) -> None:
-    """Fail at open on a truncated TIFF; one tifffile cannot parse is left to GDAL to judge."""
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception:  # any parse failure: GDAL's own error below is the one reported
-        return
-    with tif:
-        check_tiff_complete(tif, path, structure=False)
-
-
 def _nodata_values(dataset: DatasetReader, band_indexes: Sequence[int], dtype: np.dtype) -> np.ndarray | None:
     """The nodata value of each band when the bands' masks are nothing but those values (then
     validity can be computed from the pixels), else ``None`` (alpha bands, internal masks).
@@ -169,9 +158,13 @@ def _band_name(dataset: DatasetReader, index: int) -> str:
 
 
 def _georef(dataset: DatasetReader) -> Georef:
-    """CRS and affine transform; a dataset without geotransform (GDAL reports the identity) has none."""
+    """CRS and affine transform (a dataset without geotransform, which GDAL reports as the
+    identity, has none), else the ground control points and their CRS; and the RPCs (from the
+    file's tags, or an ``.RPB`` / ``_RPC.TXT`` beside it), whichever the dataset has."""
     transform = None if dataset.transform.is_identity else dataset.transform
-    return Georef(crs=dataset.crs, transform=transform)
+    gcps, gcp_crs = dataset.gcps if transform is None else ([], None)
+    return Georef(crs=dataset.crs, transform=transform, gcps=tuple(gcps), gcp_crs=gcp_crs if gcps else None,
+                  rpcs=dataset.rpcs)
 
 
 def _rasterio_window(window: Window, level_shapes: Sequence[tuple[int, int]], level: int) -> Window:

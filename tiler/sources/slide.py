@@ -18,7 +18,7 @@ from tifffile.tifffile import svs_description_metadata
 from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.sources.base import Source, SourceError
-from segtile.sources.files import LENGTH_UNITS, check_local_file, check_tiff_complete, open_tiff
+from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff, tagged_pixel_size
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
@@ -40,9 +40,9 @@ class SlideSource(Source):
     The series must be a 2-D image with at most one band axis (axes ``YX``, ``YXS``, ``SYX``
     or ``CYX`` once length-1 axes are dropped). Levels are the series' pyramid levels; the
     georeference is the pixel size in µm (Aperio ``MPP``, OME ``PhysicalSizeX``, or the
-    resolution tags when in a length unit), with no CRS; its transform maps pixels to level-0
-    pixel coordinates (the identity here; scaled on a coarser working grid), the coordinates
-    annotations of slides are given in. Slides carry no validity mask.
+    resolution tags when in a length unit and no screen or print resolution), with no CRS; its
+    transform maps pixels to level-0 pixel coordinates (the identity here; scaled on a coarser
+    working grid), the coordinates annotations of slides are given in. Slides carry no validity mask.
     Each thread reads through its own TiffFile, and the source pickles to its path.
 
     Attributes (beside the :class:`Source` ones):
@@ -69,7 +69,9 @@ class SlideSource(Source):
             self.shape = (len(positions), *self.level_shapes[0])
             self.dtype = np.dtype(series.dtype)
             self.band_names = tuple(_band_names(series, band_count)[p] for p in positions)
-            self.georef = Georef(transform=Affine.identity(), mpp=_microns_per_pixel(tif, series))
+            mpp, note = _microns_per_pixel(tif, series)
+            self.georef = Georef(transform=Affine.identity(), mpp=mpp)
+            self.notes = () if note is None else (f"{self.path}: {note}",)
         self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:
@@ -139,13 +141,14 @@ def _band_names(series: tifffile.TiffPageSeries, count: int) -> tuple[str, ...]:
     return tuple(f"band {i + 1}" for i in range(count))
 
 
-def _microns_per_pixel(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> float | None:
-    """Level-0 pixel size in µm from the slide's own metadata, or ``None`` when it has none."""
+def _microns_per_pixel(tif: tifffile.TiffFile, series: tifffile.TiffPageSeries) -> tuple[float | None, str | None]:
+    """Level-0 pixel size in µm from the slide's own metadata, or ``None`` when it has none; and a
+    note when its resolution tags were set aside (:func:`~segtile.sources.files.tagged_pixel_size`)."""
     if tif.is_svs:
-        return _svs_mpp(tif.pages[0].description)
+        return _svs_mpp(tif.pages[0].description), None
     if tif.is_ome:
-        return _ome_mpp(tif.ome_metadata)
-    return _resolution_mpp(series.keyframe)
+        return _ome_mpp(tif.ome_metadata), None
+    return tagged_pixel_size(series.keyframe)
 
 
 def _svs_mpp(description: str) -> float | None:
@@ -169,11 +172,3 @@ def _ome_mpp(xml: str | None) -> float | None:
     if not isinstance(size, (int, float)) or size <= 0 or scale is None:
         return None
     return float(size) * scale
-
-
-def _resolution_mpp(page: tifffile.TiffPage) -> float | None:
-    """µm per pixel from XResolution when ResolutionUnit is a length (not inch: 72 dpi means nothing)."""
-    if "XResolution" not in page.tags or page.resolutionunit not in LENGTH_UNITS:
-        return None
-    pixels_per_micron = page.get_resolution(tifffile.RESUNIT.MICROMETER)[0]
-    return 1.0 / pixels_per_micron if pixels_per_micron > 0 else None

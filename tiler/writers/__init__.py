@@ -9,13 +9,14 @@ from segtile.writers.atomic import OutputError, OutputExistsError, OutputSet, at
 from segtile.writers.blocks import WriterInputError
 from segtile.writers.geotiff import probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.ome_zarr import write_ome_zarr
+from segtile.writers.placement import ClippedWarning, PlacementError
 from segtile.writers.qupath import write_qupath_geojson
 from segtile.writers.vector import UnknownClassError, VectorFormatError, vector_driver, write_polygons
 from segtile.writers.zarr_store import ZarrStoreError, read_zarr, write_zarr
 
 __all__ = [
     "OutputError", "OutputExistsError", "OutputSet", "atomic_output", "check_output",
-    "WriterInputError", "VectorFormatError", "UnknownClassError", "ZarrStoreError",
+    "WriterInputError", "VectorFormatError", "UnknownClassError", "ZarrStoreError", "PlacementError", "ClippedWarning",
     "write_mask", "write_probabilities", "probabilities_path_for",
     "write_polygons", "vector_driver", "write_qupath_geojson",
     "write_zarr", "read_zarr", "write_ome_zarr",

@@ -122,10 +122,11 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
     """Write a class mask as a Cloud-Optimised GeoTIFF with its legend; return ``path``.
 
     One band of the labels' type (uint8, or uint16 beyond 255 classes) on the georeference's
-    grid (no CRS and no geotransform when there is none; a slide's µm per pixel as the TIFF
-    resolution tags, so microscopy readers and segtile read it back as a slide), ``nodata`` set, tiles of 512,
-    DEFLATE with predictor, overviews by mode, the card's colours as a colour table (``nodata``
-    transparent). Class names go in the band's ``CLASS_NAMES`` tag (JSON), the card in the
+    grid: its CRS and transform (a transform without CRS kept as it is), or its ground control
+    points with their CRS, and its RPCs (none of them when there is none; a slide's µm per pixel
+    as the TIFF resolution tags, so microscopy readers and segtile read it back as a slide),
+    ``nodata`` set, tiles of 512, DEFLATE with predictor, overviews by mode, the card's colours
+    as a colour table (``nodata`` transparent). Class names go in the band's ``CLASS_NAMES`` tag (JSON), the card in the
     ``SEGTILE_CARD`` tag; beside the mask, ``NAME.qml`` (QGIS style) and ``NAME.tif.aux.xml``
     (GDAL category names).
 
@@ -148,7 +149,7 @@ def write_mask(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
 
     with destination(path, overwrite, atomic, files=legend_sidecars(Path(path))) as target:
         profile = _profile(labels.shape, 1, labels.dtype, georef, nodata=nodata)
-        _write_cog(target, profile, _dataset_tags(georef, card), fill, cog_options(creation_options, "MODE"))
+        _write_cog(target, profile, georef, card, fill, cog_options(creation_options, "MODE"))
         write_legend_sidecars(target, card)
     return Path(path)
 
@@ -192,7 +193,7 @@ def write_probabilities(path: str | PathLike, probabilities: Any, georef: Georef
     with destination(path, overwrite, atomic) as target:
         profile = _profile(probabilities.shape[1:], classes, np.dtype(dtype), georef,
                            nodata=None if as_uint8 else float("nan"), photometric="MINISBLACK")
-        _write_cog(target, profile, _dataset_tags(georef, card), fill, cog_options(creation_options, "AVERAGE"))
+        _write_cog(target, profile, georef, card, fill, cog_options(creation_options, "AVERAGE"))
     return Path(path)
 
 
@@ -202,10 +203,28 @@ def _profile(shape: tuple[int, int], count: int, dtype: np.dtype, georef: Georef
     height, width = shape
     return {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype.name,
-        "crs": georef.crs, **({"transform": georef.transform} if georef.crs is not None else {}), "nodata": nodata,
+        **({"crs": georef.crs, "transform": georef.transform} if _writes_transform(georef) else {}), "nodata": nodata,
         "tiled": True, "blockxsize": BLOCK_SIZE, "blockysize": BLOCK_SIZE, "interleave": "band",
         "compress": "DEFLATE", "zlevel": 1, "bigtiff": "IF_SAFER", **options,
     }
+
+
+def _writes_transform(georef: Georef) -> bool:
+    """Whether the mask holds the georeference's transform (and its CRS, if any): a raster's,
+    with or without a CRS (a world file's alone); not a slide's, whose transform only leads to
+    its level-0 pixels (a geotransform would make readers take it for a map), and never a CRS
+    without a transform (a CRS over pixel coordinates)."""
+    return georef.transform is not None and not georef.is_slide
+
+
+def _write_control_points(stage: DatasetWriter, georef: Georef) -> None:
+    """The ground control points (with their CRS) and the RPCs of ``georef``, as GDAL writes
+    them in a GeoTIFF (tie points and GeoKeys; the RPC tag), so gdalwarp and QGIS place the mask
+    as they place the input."""
+    if georef.gcps:
+        stage.gcps = (list(georef.gcps), georef.gcp_crs)
+    if georef.rpcs is not None:
+        stage.rpcs = georef.rpcs
 
 
 def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:
@@ -222,16 +241,17 @@ def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:
     return tags
 
 
-def _write_cog(target: Path, profile: dict[str, Any], tags: dict[str, str],
+def _write_cog(target: Path, profile: dict[str, Any], georef: Georef, card: ModelCard,
                fill: Callable[[DatasetWriter], None], options: dict[str, str]) -> None:
-    """Create the staging GeoTIFF, tag it, let ``fill`` write its bands, copy it to ``target``
-    as a COG with the creation ``options``."""
+    """Create the staging GeoTIFF, georeference and tag it, let ``fill`` write its bands, copy
+    it to ``target`` as a COG with the creation ``options``."""
     with tempfile.TemporaryDirectory(prefix=".segtile-stage-", dir=target.parent) as folder:
         stage_path = Path(folder) / "stage.tif"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain arrays, slides
             with rasterio.open(stage_path, "w", **profile) as stage:
-                stage.update_tags(**tags)
+                _write_control_points(stage, georef)
+                stage.update_tags(**_dataset_tags(georef, card))
                 fill(stage)
             rasterio.shutil.copy(stage_path, target, driver="COG", **options)
 

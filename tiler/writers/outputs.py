@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,12 +28,11 @@ import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
 from segtile.cluster import current_client
-from segtile.errors import root_cause_line
 from segtile.georef import Georef
 from segtile.grid import is_real
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
-from segtile.writers.atomic import OutputError, OutputSet, check_output
+from segtile.writers.atomic import OutputError, OutputSet, check_output, disk_full, write_failure
 from segtile.writers.blocks import Advance, WriterInputError
 from segtile.writers.geotiff import (
     CreationOptionError,
@@ -43,9 +43,10 @@ from segtile.writers.geotiff import (
 )
 from segtile.writers.legend import legend_sidecars
 from segtile.writers.ome_zarr import write_ome_zarr
+from segtile.writers.placement import ClippedWarning
 from segtile.writers.qupath import DEFAULT_OBJECTS, check_object_type, write_qupath_geojson
-from segtile.writers.vector import class_indices, polygon_sidecars, write_polygons
-from segtile.writers.zarr_store import write_zarr
+from segtile.writers.vector import class_indices, polygon_placement, polygon_sidecars, write_polygons
+from segtile.writers.zarr_store import check_zarr_format, write_zarr
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class WriteOptions:
         qupath_objects: the QuPath object type of a slide's GeoJSON features.
         creation_options: GDAL creation options of GeoTIFF outputs (the COG driver's), over
             segtile's defaults, as ``(KEY, VALUE)`` pairs.
+        zarr_format: the Zarr version of Zarr stores (``.zarr``): 3, or 2 for GDAL before 3.8.
     """
 
     probabilities: bool = False
@@ -90,6 +92,7 @@ class WriteOptions:
     skip_classes: tuple[str, ...] = ()
     qupath_objects: str = DEFAULT_OBJECTS
     creation_options: tuple[tuple[str, str], ...] = ()
+    zarr_format: int = 3
 
     def check(self, card: ModelCard) -> None:
         """Raise a :class:`~segtile.errors.SegtileError` for an option that cannot apply to ``card``'s
@@ -100,6 +103,7 @@ class WriteOptions:
                 raise WriterInputError(f"{name} must be a finite number >= 0 (in the output's units), got {value!r}")
         class_indices(card, self.skip_classes)
         check_object_type(self.qupath_objects)
+        check_zarr_format(self.zarr_format)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ class OutputKind:
         name: what it is, for messages.
         suffixes: the extensions that select it (lower case; ``.ome.zarr`` counts as one).
         slide_suffixes: the extensions that select it for slides only (see ``Georef.is_slide``).
-        files: every path the writer makes for an output at ``path``, ``path`` first.
+        files: every path an output at ``path`` may have, ``path`` first, whatever the options
+            (one that exists counts as the output existing; ``--overwrite`` replaces or removes each).
         write: ``write(target, layers, options, advance)`` writes the output to ``target`` (a
             temporary path; the files beside it land beside ``target``), calling ``advance(1)``
             after each chunk.
@@ -125,7 +130,7 @@ class OutputKind:
     name: str
     family: str
     suffixes: tuple[str, ...]
-    files: Callable[[Path, WriteOptions], list[Path]]
+    files: Callable[[Path], list[Path]]
     write: Callable[[Path, Layers, WriteOptions, Advance], None]
     slide_suffixes: tuple[str, ...] = ()
     probabilities: str | None = None
@@ -133,10 +138,11 @@ class OutputKind:
     separate_probabilities: bool = False
 
 
-def _mask_files(path: Path, options: WriteOptions) -> list[Path]:
+def _mask_files(path: Path) -> list[Path]:
+    """The mask, its legend, and its probabilities with theirs, asked for this time or not: an old
+    probabilities file beside a new mask would not be its own."""
     probabilities = probabilities_path_for(path)
-    extra = [probabilities, *_raster_sidecars(probabilities)] if options.probabilities else []
-    return [path, *legend_sidecars(path), *extra]
+    return [path, *legend_sidecars(path), probabilities, *_raster_sidecars(probabilities)]
 
 
 def _raster_sidecars(path: Path) -> list[Path]:
@@ -154,7 +160,7 @@ def _write_mask(target: Path, layers: Layers, options: WriteOptions, advance: Ad
 
 def _write_zarr(target: Path, layers: Layers, options: WriteOptions, advance: Advance) -> None:
     write_zarr(target, layers.labels, layers.georef, layers.card, nodata=layers.nodata, atomic=False,
-               probabilities=layers.probabilities if options.probabilities else None)
+               probabilities=layers.probabilities if options.probabilities else None, zarr_format=options.zarr_format)
     advance(math.prod(layers.labels.numblocks))
 
 
@@ -176,7 +182,7 @@ def _write_qupath(target: Path, layers: Layers, options: WriteOptions, advance: 
                          simplify=options.simplify, min_area=options.min_area, atomic=False, progress=advance)
 
 
-def _path_alone(path: Path, options: WriteOptions) -> list[Path]:
+def _path_alone(path: Path) -> list[Path]:
     return [path]
 
 
@@ -190,7 +196,7 @@ OUTPUT_KINDS: tuple[OutputKind, ...] = (
                directory=True),
     OutputKind("QuPath GeoJSON", "to_vector", (), _path_alone, _write_qupath, slide_suffixes=(".geojson",)),
     OutputKind("polygons", "to_vector", (".gpkg", ".geojson", ".fgb", ".shp"),
-               lambda path, _: [path, *polygon_sidecars(path)], _write_polygons),
+               lambda path: [path, *polygon_sidecars(path)], _write_polygons),
 )
 
 
@@ -235,7 +241,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
     for path in paths:
         path = Path(path)
         kind = output_kind(path, slide)
-        files = kind.files(path, options)
+        files = kind.files(path)
         for written in files:
             resolved = Path(os.path.abspath(written))
             if resolved in seen:
@@ -243,7 +249,7 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
                                   "give these outputs different names")
             seen[resolved] = path
         check_output(path, overwrite, files=files[1:], directory=kind.directory, protected=protected)
-        if kind.directory and overwrite and path.is_dir() and not (path / "zarr.json").exists():
+        if kind.directory and overwrite and path.is_dir() and not _is_zarr_store(path):
             raise OutputError(f"{path} is a folder but not a Zarr store: segtile replaces only stores it "
                               "could have written")
         planned.append(PlannedOutput(path, kind, files))
@@ -257,7 +263,50 @@ def plan_outputs(paths: Sequence[str | os.PathLike], options: WriteOptions, *, o
         if not any(p.kind.write is _write_mask for p in planned):
             raise CreationOptionError("creation options apply to GeoTIFF outputs (.tif, .tiff), and none is asked for")
         check_creation_options(dict(options.creation_options))
+    if options.zarr_format != 3:
+        _check_zarr_format_applies(planned, options.zarr_format)
     return planned
+
+
+def _is_zarr_store(path: Path) -> bool:
+    """Whether the folder ``path`` is a Zarr group (v3: ``zarr.json``; v2: ``.zgroup``)."""
+    return (path / "zarr.json").exists() or (path / ".zgroup").exists()
+
+
+def _check_zarr_format_applies(planned: Sequence[PlannedOutput], zarr_format: int) -> None:
+    """Raise :class:`OutputError` when a Zarr version is asked for without a Zarr store to take
+    it, or with an OME-Zarr output (OME-Zarr 0.5 is Zarr v3)."""
+    check_zarr_format(zarr_format)
+    ome = [p.path.name for p in planned if p.kind.write is _write_ome_zarr]
+    if ome:
+        raise OutputError(f"{ome[0]} is OME-Zarr 0.5, which is Zarr v3 only: leave the Zarr format at 3 for it")
+    if not any(p.kind.write is _write_zarr for p in planned):
+        raise OutputError(f"a Zarr format ({zarr_format}) is asked for, but none of the outputs is a Zarr store "
+                          "(.zarr)")
+
+
+def placement_notes(planned: Sequence[PlannedOutput], georef: Georef, shape: tuple[int, int]) -> list[str]:
+    """Check, before any work, that every polygon output can hold the regions of a grid of
+    ``shape`` with ``georef`` where they are; return what the user should know (the share of
+    the image they leave out, having no geographic coordinates).
+
+    Raises:
+        PlacementError: a polygon output that cannot hold them.
+    """
+    clipped, counted, share = [], [], 0.0
+    for output in planned:
+        if output.kind.write is not _write_polygons:
+            continue
+        placement = polygon_placement(output.path, georef, shape)
+        if placement.left_out:
+            share = placement.left_out
+            (clipped if placement.clips else counted).append(output.path.name)
+    if not share:
+        return []
+    effects = ([f"{', '.join(clipped)} hold{'s' if len(clipped) == 1 else ''} only the regions' parts that have"]
+               if clipped else []) + ([f"area_m2 in {', '.join(counted)} counts only those parts"] if counted else [])
+    return [f"{share:.1%} of the image has no geographic coordinates (longitude and latitude) in its CRS: "
+            f"{'; '.join(effects)}"]
 
 
 def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: WriteOptions = WriteOptions(), *,
@@ -277,7 +326,11 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
 
     Raises:
         SegtileError: an option that cannot apply (:meth:`WriteOptions.check`) or an output that
-            cannot be written (:func:`plan_outputs`), before any work.
+            cannot be written (:func:`plan_outputs`, :func:`placement_notes`), before any work.
+
+    Warns:
+        ClippedWarning: a polygon output leaves out the part of the image that has no
+            geographic coordinates (:func:`placement_notes`).
     """
     from segtile.workstore import staged
 
@@ -285,6 +338,8 @@ def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: W
         raise OutputError("name at least one output to write (e.g. mask.tif, regions.gpkg, labels.zarr)")
     options.check(layers.card)
     planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected, slide=layers.georef.is_slide)
+    for note in placement_notes(planned, layers.georef, layers.labels.shape):
+        warnings.warn(note, ClippedWarning, stacklevel=2)
     precision = probability_precision([p.kind for p in planned], options)
     passes = sum(2 if p.kind.separate_probabilities and precision else 1 for p in planned)
     progress = progress or Progress("none")
@@ -313,19 +368,11 @@ def _write_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, DataSourceError, DataLayerError) as exc:
-        raise OutputError(f"cannot write {path}: {write_failure(exc)}") from exc
-
-
-def write_failure(exc: BaseException) -> str:
-    """What went wrong writing a file, in one line: the operating system's words (``File too
-    large``, ``No space left on device``) when they are in the chain of causes, else the
-    innermost library message."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if type(cause) in (OSError, *OSError.__subclasses__()) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__
-    return root_cause_line(exc)
+        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
+    except Exception as exc:  # GDAL's own words for a write cut short ("IO error writing tag data")
+        if not disk_full(path.parent):
+            raise
+        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
 
 
 def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:

@@ -34,6 +34,7 @@ from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import Advance, WriterInputError, as_labels
 from segtile.writers.legend import rgb
+from segtile.writers.placement import Placement
 from segtile.writers.vector import Batch, RegionBatches, class_indices, stream_regions, without_classes
 
 OBJECT_TYPES = ("annotation", "detection")
@@ -58,7 +59,8 @@ def write_qupath_geojson(path: str | PathLike, labels: Any, georef: Georef, card
     labels = without_classes(as_labels(labels, card, nodata), class_indices(card, skip_classes), nodata)
     with destination(path, overwrite, atomic) as target, open(target, "w", encoding="utf-8") as file:
         features = _FeatureWriter(file, georef, card, objects)
-        batches = RegionBatches(georef, features.write, simplify=simplify, min_area=min_area)
+        batches = RegionBatches(Placement(georef, labels.shape), features.write, simplify=simplify,
+                                min_area=min_area)
         stream_regions(labels, nodata, batches.add, progress=progress)
         batches.close()
         features.close()

@@ -3,13 +3,16 @@ Shapefile or GeoJSON (chosen by the extension).
 
 The mask is polygonised chunk by chunk and regions cut by chunk seams are joined back (see
 :mod:`segtile.writers.seams`; :func:`stream_regions`). Regions are written in batches as they
-complete (:class:`RegionBatches`), with fields ``class_id`` (int), ``class_name`` (str) and
-``area`` (float: the region's area in the mask, in the units² of the source CRS, computed before
-any simplification or reprojection). Classes asked to be skipped make no polygon. Coordinates
-are the source's CRS (pixel coordinates, x = column and y = row, when it has no transform);
-GeoJSON follows RFC 7946: reprojected to WGS 84 longitude/latitude when the source has a CRS.
-QGIS opens them coloured by class: the style is stored in a GeoPackage, or as ``NAME.qml`` beside
-other formats (see :mod:`segtile.writers.legend`). A slide's GeoJSON is QuPath's, written by
+complete (:class:`RegionBatches`), with fields ``class_id`` (int), ``class_name`` (str), ``area``
+(float: the region's area in the units² of its map CRS, pixels² without one, computed before any
+simplification or reprojection) and, when that CRS has an ellipsoid, ``area_m2`` (float: its area
+on the ellipsoid in m²). Classes asked to be skipped make no polygon. Coordinates are placed as
+the georeference says (:mod:`segtile.writers.placement`): through the affine transform into its
+CRS (pixel coordinates, x = column and y = row, without one), through GDAL's GCP transformer into
+the GCPs' CRS, through GDAL's RPC transformer into WGS 84. GeoJSON follows RFC 7946: reprojected
+to WGS 84 longitude/latitude when the source has a CRS. QGIS opens them coloured by class: the
+style is stored in a GeoPackage, or as ``NAME.qml`` beside other formats (see
+:mod:`segtile.writers.legend`). A slide's GeoJSON is QuPath's, written by
 :mod:`segtile.writers.qupath` from the same regions.
 """
 
@@ -28,11 +31,12 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
-from segtile.georef import Georef
+from segtile.georef import WGS84, Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
 from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, store_chunks
 from segtile.writers.legend import polygon_style_sidecars, write_polygon_style
+from segtile.writers.placement import Placement, PlacementError
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
@@ -40,8 +44,8 @@ GPKG_OPTIONS = {"VERSION": "1.2"}
 """GeoPackage 1.2, which GDAL before 3.7 (and the QGIS built on it, e.g. Debian 12's) writes and
 reads without a warning on every open; the 1.4 pyogrio's GDAL writes adds nothing polygons use."""
 FIELDS = ["class_id", "class_name", "area"]
+AREA_M2 = "area_m2"  # the field of areas on the ellipsoid, after FIELDS when the map CRS has one
 BATCH_SIZE = 20_000  # regions per write call
-WGS84 = CRS.from_epsg(4326)
 
 
 class VectorFormatError(WriterInputError):
@@ -85,13 +89,27 @@ def write_polygons(path: str | PathLike, labels: Any, georef: Georef, card: Mode
     """
     driver = vector_driver(path)
     labels = without_classes(as_labels(labels, card, nodata), class_indices(card, skip_classes), nodata)
+    placement = polygon_placement(path, georef, labels.shape)
     with destination(path, overwrite, atomic, files=polygon_sidecars(path)) as target:
-        layer = _PolygonLayer(target, driver, georef, card)
-        batches = RegionBatches(georef, layer.write, simplify=simplify, min_area=min_area)
+        layer = _PolygonLayer(target, driver, placement, card)
+        batches = RegionBatches(placement, layer.write, simplify=simplify, min_area=min_area)
         stream_regions(labels, nodata, batches.add, progress=progress)
         batches.close()
         write_polygon_style(target, target.stem, card)
     return Path(path)
+
+
+def polygon_placement(path: str | PathLike, georef: Georef, shape: tuple[int, int]) -> Placement:
+    """How the polygons file ``path`` places the regions of a grid of ``shape`` with ``georef``:
+    a GeoJSON in WGS 84 longitude and latitude, other formats in the map CRS.
+
+    Raises:
+        PlacementError: the file cannot hold them (see :class:`Placement`).
+    """
+    try:
+        return Placement(georef, shape, geographic=vector_driver(path) == "GeoJSON")
+    except PlacementError as error:
+        raise PlacementError(f"cannot write {Path(path).name}: {error}") from None
 
 
 def class_indices(card: ModelCard, names: Sequence[str]) -> list[int]:
@@ -132,22 +150,25 @@ def stream_regions(labels: da.Array, nodata: int, add: Callable[[list[Region]], 
 
 
 class Batch(NamedTuple):
-    """Regions ready to write: polygons in the output's coordinates (object array), their class
-    indices, and their areas in the output's units² (before any simplification)."""
+    """Regions ready to write: polygons in the output's map coordinates (object array), their
+    class indices, their areas in the map CRS's units² (before any simplification), and their
+    areas on the ellipsoid in m² (``None`` without one)."""
 
     polygons: np.ndarray
     class_ids: np.ndarray
     areas: np.ndarray
+    areas_m2: np.ndarray | None = None
 
 
 class RegionBatches:
-    """Collects regions in pixel coordinates and hands them to ``write`` in batches: through the
-    georeference's transform, regions under ``min_area`` left out, then ``simplify``-ed.
-    ``close`` writes what is left, and calls ``write`` once even when there was no region."""
+    """Collects regions in pixel coordinates and hands them to ``write`` in batches: placed (see
+    :class:`~segtile.writers.placement.Placement`), regions under ``min_area`` left out, then
+    ``simplify``-ed. ``close`` writes what is left, and calls ``write`` once even when there
+    was no region."""
 
-    def __init__(self, georef: Georef, write: Callable[[Batch], None], *, simplify: float | None,
+    def __init__(self, placement: Placement, write: Callable[[Batch], None], *, simplify: float | None,
                  min_area: float | None) -> None:
-        self._transform = georef.transform
+        self._placement = placement
         self._write = write
         self._simplify = simplify
         self._min_area = min_area
@@ -164,64 +185,55 @@ class RegionBatches:
             self._flush()
 
     def _flush(self) -> None:
-        polygons = self._to_output(np.array([polygon for polygon, _ in self._pending], dtype=object))
+        polygons = np.array([polygon for polygon, _ in self._pending], dtype=object)
         class_ids = np.array([class_id for _, class_id in self._pending], dtype=np.int32)
         self._pending = []
-        areas = shapely.area(polygons).astype(np.float64)
+        polygons, class_ids = self._placement.on_earth(polygons, class_ids)
+        polygons, areas, areas_m2 = self._placement.place(polygons)
         if self._min_area is not None:
             keep = areas >= self._min_area
             polygons, class_ids, areas = polygons[keep], class_ids[keep], areas[keep]
+            areas_m2 = areas_m2[keep] if areas_m2 is not None else None
         if self._simplify is not None:
             polygons = shapely.simplify(polygons, self._simplify, preserve_topology=True)
-        self._write(Batch(polygons, class_ids, areas))
+        self._write(Batch(polygons, class_ids, areas, areas_m2))
         self._written = True
-
-    def _to_output(self, polygons: np.ndarray) -> np.ndarray:
-        """Pixel coordinates -> the output's through the affine transform (none: pixels)."""
-        transform = self._transform
-        if transform is None or not len(polygons):
-            return polygons
-        a, b, c, d, e, f = transform[:6]
-
-        def to_world(xy: np.ndarray) -> np.ndarray:
-            x, y = xy[:, 0], xy[:, 1]
-            return np.stack([a * x + b * y + c, d * x + e * y + f], axis=1)
-
-        return shapely.transform(polygons, to_world)
 
 
 class _PolygonLayer:
     """Appends batches of regions to the output's layer with OGR (the first batch creates it)."""
 
-    def __init__(self, path: Path, driver: str, georef: Georef, card: ModelCard) -> None:
+    def __init__(self, path: Path, driver: str, placement: Placement, card: ModelCard) -> None:
         self._path = path
         self._driver = driver
-        self._crs = georef.crs
+        self._map_crs = placement.map_crs
+        self._crs = placement.output_crs
+        self._fields = FIELDS + ([AREA_M2] if placement.has_area_m2 else [])
         self._classes = card.classes
-        self._to_wgs84 = driver == "GeoJSON" and georef.crs is not None
         self._created = False
 
     def write(self, batch: Batch) -> None:
-        polygons, crs = batch.polygons, self._crs
-        if self._to_wgs84:
-            polygons, crs = _to_wgs84(polygons, crs), WGS84
+        polygons = batch.polygons
+        geojson = self._driver == "GeoJSON" and self._crs is not None
+        if geojson:
+            polygons = _to_wgs84(polygons, self._map_crs)
         names = np.array([self._classes[i] for i in batch.class_ids], dtype=object)
-        creating_geojson = self._to_wgs84 and not self._created
+        values = [batch.class_ids, names, batch.areas] + ([batch.areas_m2] if AREA_M2 in self._fields else [])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "'crs' was not provided")  # pixel coordinates
             ogr_write(
-                str(self._path), shapely.to_wkb(polygons), [batch.class_ids, names, batch.areas],
-                FIELDS, layer=self._path.stem, driver=self._driver, geometry_type="Polygon",
-                crs=crs.to_wkt() if crs is not None else None, append=self._created,
-                layer_options={"RFC7946": "YES"} if creating_geojson else None,
+                str(self._path), shapely.to_wkb(polygons), values,
+                self._fields, layer=self._path.stem, driver=self._driver, geometry_type="Polygon",
+                crs=self._crs.to_wkt() if self._crs is not None else None, append=self._created,
+                layer_options={"RFC7946": "YES"} if geojson and not self._created else None,
                 dataset_options=GPKG_OPTIONS if self._driver == "GPKG" and not self._created else None,
             )
         self._created = True
 
 
 def _to_wgs84(polygons: np.ndarray, crs: CRS) -> np.ndarray:
-    """Reproject to WGS 84 longitude/latitude with GDAL, exterior rings counter-clockwise
-    (RFC 7946)."""
+    """Reproject to WGS 84 longitude/latitude with GDAL, cut at the antimeridian, exterior rings
+    counter-clockwise (RFC 7946)."""
     if not len(polygons):
         return polygons
     reprojected = transform_geom(crs, WGS84, [mapping(p) for p in polygons])
