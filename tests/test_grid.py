@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import GridError, check_tiling, tile_grid, tile_starts
+from segtile.grid import GridError, check_stride, check_tiling, tile_grid, tile_starts
 
 
 @st.composite
@@ -77,3 +77,14 @@ def test_known_plan():
 def test_bad_tiling_is_refused(tile, overlap, message):
     with pytest.raises(GridError, match=message):
         check_tiling(tile, overlap)
+
+
+@pytest.mark.parametrize("tile, overlap, allowed", [(256, 224, True), (256, 225, False), (257, 224, True),
+                                                    (257, 225, False), (17, 14, True), (17, 15, False),
+                                                    (512, 64, True), (8, 7, True), (9, 8, False)])
+def test_an_overlap_may_make_each_pixel_run_at_most_64_times(tile, overlap, allowed):
+    if allowed:
+        check_stride(tile, overlap)
+    else:
+        with pytest.raises(GridError, match=rf"give an overlap of at most {tile - -(-tile // 8)} px"):
+            check_stride(tile, overlap)

@@ -13,6 +13,7 @@ from segtile.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_s
 from segtile.cluster import current_client, task_threads
 from segtile.devices import check_device
 from segtile.errors import SegtileError
+from segtile.grid import check_stride
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import with_network_alignment
@@ -131,6 +132,7 @@ def segment(
         stitch_on_device=stitch_on_device,
     )
     options.validate()
+    check_stride(options.tile_size, options.overlap)  # as asked: fitting them to a small image may shrink the stride
     options = fit_to_image(options, grid.height, grid.width)
     limit = DEFAULT_LIMIT if memory_limit is None else memory_limit
     limit = parse_size(limit) if isinstance(limit, str) else limit

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
-from segtile.grid import GridError, Tile, aligned_tiling, check_stride, check_tiling, is_integer, tile_grid, tiles_along
+from segtile.grid import GridError, Tile, aligned_tiling, check_tiling, is_integer, tile_grid, tiles_along
 from segtile.tta import Augmentation
 
 CHUNK_TASKS = 4
@@ -43,10 +43,8 @@ class TilingOptions:
     stitch_on_device: bool | None = None
 
     def validate(self) -> None:
-        """Raise :class:`~segtile.grid.GridError` for sizes that are not whole and positive, and
-        for an overlap that multiplies the work (:func:`~segtile.grid.check_stride`)."""
+        """Raise :class:`~segtile.grid.GridError` for sizes that are not whole and positive."""
         check_tiling(self.tile_size, self.overlap)
-        check_stride(self.tile_size, self.overlap)
         check_blend(self.blend)
         for name in ("batch_size", "chunk_size", "alignment"):
             value = getattr(self, name)
