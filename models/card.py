@@ -44,6 +44,10 @@ class ModelCard:
         scale: pixel values are divided by this first (255 for 8-bit imagery).
         resolution: native pixel size the network was trained at, or ``None``.
         resolution_unit: ``"m"`` (metres per pixel, rasters) or ``"um"`` (µm per pixel, slides).
+        resolution_range: ``(smallest, largest)`` pixel sizes, in ``resolution_unit``, the network
+            serves as they are (a network trained on images of several pixel sizes, or with scale
+            augmentation); ``None``: only ``resolution``. Images inside it run on their own grid
+            (see :mod:`segtile.working_grid`).
         tile_size, overlap: suggested tiling for inference.
         alignment: the network's logits line up pixel for pixel from one tile to the next only
             when tiles start at multiples of ``alignment`` pixels and are ``k * alignment + 1``
@@ -62,6 +66,7 @@ class ModelCard:
     scale: float = 1.0
     resolution: float | None = None
     resolution_unit: str | None = None
+    resolution_range: tuple[float, float] | None = None
     tile_size: int = 512
     overlap: int = 64
     alignment: int = 1
@@ -86,6 +91,8 @@ class ModelCard:
         set_(self, "mean", tuple(float(m) for m in self.mean))
         set_(self, "std", tuple(float(s) for s in self.std))
         set_(self, "scale", float(self.scale))
+        if self.resolution_range is not None:
+            set_(self, "resolution_range", _range(self.resolution_range))
         self.validate()
 
     @property
@@ -130,12 +137,26 @@ class ModelCard:
             raise CardError(f"model card: 'resolution' must be a positive number, not {self.resolution}")
         if self.resolution_unit not in (None, "m", "um"):
             raise CardError("model card: 'resolution_unit' must be 'm' or 'um'")
+        self._validate_range()
         if self.tile_size < 1 or self.overlap < 0 or self.overlap >= self.tile_size:
             raise CardError("model card: need tile_size >= 1 and 0 <= overlap < tile_size")
         if not isinstance(self.alignment, int) or self.alignment < 1:
             raise CardError("model card: 'alignment' must be a positive integer")
         if self.tta not in TTA_MODES:
             raise CardError(f"model card: 'tta' must be one of {', '.join(str(m) for m in TTA_MODES)}")
+
+    def _validate_range(self) -> None:
+        """The resolution range: two positive sizes in order, with a unit, holding ``resolution``."""
+        if self.resolution_range is None:
+            return
+        smallest, largest = self.resolution_range
+        if not 0 < smallest <= largest < float("inf"):
+            raise CardError("model card: 'resolution_range' must be [smallest, largest], two positive numbers")
+        if self.resolution_unit is None:
+            raise CardError("model card: 'resolution_range' needs a 'resolution_unit' ('m' or 'um')")
+        if self.resolution is not None and not smallest <= self.resolution <= largest:
+            raise CardError(f"model card: 'resolution' {self.resolution:g} lies outside 'resolution_range' "
+                            f"[{smallest:g}, {largest:g}]")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""
@@ -159,7 +180,8 @@ class ModelCard:
         if "mpp" in data:
             data["resolution"] = data.pop("mpp")
             data["resolution_unit"] = "um"
-        elif data.get("resolution") is not None and "resolution_unit" not in data:
+        elif (data.get("resolution") is not None or data.get("resolution_range") is not None) \
+                and "resolution_unit" not in data:
             data["resolution_unit"] = "m"
         bands = data.get("bands")
         if isinstance(bands, int) and not isinstance(bands, bool):
@@ -193,6 +215,16 @@ class ModelCard:
         if not isinstance(data, dict):
             raise CardError("model card: expected a JSON object")
         return cls.from_dict(data)
+
+
+def _range(values: Any) -> tuple[float, float]:
+    """``[smallest, largest]`` as a pair of floats (checked by :meth:`ModelCard.validate`)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != 2:
+        raise CardError("model card: 'resolution_range' must be [smallest, largest], two positive numbers")
+    try:
+        return float(values[0]), float(values[1])
+    except (TypeError, ValueError):
+        raise CardError("model card: 'resolution_range' must be [smallest, largest], two positive numbers") from None
 
 
 def default_colours(count: int) -> tuple[str, ...]:

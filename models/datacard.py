@@ -12,6 +12,11 @@
   area when pixels are not square. In a geographic CRS the pixel size is in degrees, which the
   card cannot state as a resolution: it stays unset (the tiler will not resample) and
   ``extra["pixel_size"]`` records the size in degrees.
+* **resolution range**: the smallest and largest pixel size among the training images in the
+  first image's unit (the range the model was trained for, as the tiler reads it: images inside
+  it run on their own grid). Training resamples nothing (no scale augmentation), so a model
+  trained on images of one pixel size serves that size alone, ``[r, r]``; the tiler gives it
+  25 % either way.
 * **tile size and overlap**: the training tile, rounded up to ``8k + 1`` pixels, and an overlap
   of ``8m + 1`` pixels near an eighth of it, so that tiles starting on multiples of 8 line up
   (PSPNet's ``alignment`` of 8).
@@ -72,6 +77,16 @@ def native_resolution(georef: Georef) -> tuple[float | None, str | None, dict[st
     return _significant(size * metres_per_unit), "m", {}
 
 
+def trained_range(data: TrainingData, unit: str | None) -> tuple[float, float] | None:
+    """The smallest and largest pixel size, in ``unit``, of the training images that have one in
+    that unit (see the module's docstring); ``None`` without a unit."""
+    if unit is None:
+        return None
+    sizes = [size for size, size_unit, _ in (native_resolution(image.georef) for image in data.images)
+             if size_unit == unit]
+    return min(sizes), max(sizes)
+
+
 def suggested_tiling(tile_size: int, alignment: int = PSPNET_ALIGNMENT) -> tuple[int, int]:
     """``(tile, overlap)`` for inference: ``k * alignment + 1`` pixels, overlap ``m * alignment + 1``
     near an eighth of the tile."""
@@ -91,6 +106,7 @@ def card_from_data(data: TrainingData, classes: Sequence[str], colors: Sequence[
     return ModelCard(
         classes=tuple(classes), colors=tuple(colors or ()), in_channels=len(bands), bands=tuple(bands),
         mean=mean, std=std, scale=scale, resolution=resolution, resolution_unit=unit,
+        resolution_range=trained_range(data, unit),
         tile_size=tile, overlap=overlap, alignment=PSPNET_ALIGNMENT,
         extra={"band_names": list(band_names), **grid_extra},
     )

@@ -1,6 +1,6 @@
 """A headless PyQGIS session for tests/test_qgis.py, run by QGIS's Python (not by pytest).
 
-    python3 tests/qgis_session.py PLUGINS_DIR IMAGE OUT_DIR
+    python3 tests/qgis_session.py PLUGINS_DIR IMAGE OUT_DIR ONE_BAND_IMAGE
 
 Starts the installed segtile plugin as ``qgis_process`` does (``initProcessing()``, no
 interface), then prints one JSON object on stdout:
@@ -8,7 +8,9 @@ interface), then prints one JSON object on stdout:
 - ``loaded``: ``segtile:segment`` run with ``processing.runAndLoadResults``, as the Processing
   dialog runs it; for each layer it added to the project, its renderer and legend entries;
 - ``canceled``: the algorithm run with a feedback that cancels at its first progress report:
-  whether it succeeded, the errors it reported, and the files left in its output folder.
+  whether it succeeded, the errors it reported, and the files left in its output folder;
+- ``failed``: the algorithm run on a one-band image (the default model takes three): whether it
+  succeeded, and every line its feedback was given (what the Processing dialog's log shows).
 """
 
 import json
@@ -31,6 +33,26 @@ class CancelAtFirstProgress(QgsProcessingFeedback):
         self.errors.append(error)
 
 
+class Recording(QgsProcessingFeedback):
+    """Keeps every line the algorithm reports, as the Processing dialog's log would show them."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def reportError(self, error, fatalError=False):  # noqa: N802, N803 (QGIS's names)
+        self.lines.append(f"error: {error}")
+
+    def pushInfo(self, info):  # noqa: N802 (QGIS's name)
+        self.lines.append(f"info: {info}")
+
+    def pushWarning(self, warning):  # noqa: N802 (QGIS's name)
+        self.lines.append(f"warning: {warning}")
+
+    def pushCommandInfo(self, info):  # noqa: N802 (QGIS's name)
+        self.lines.append(f"command: {info}")
+
+
 def legend(layer) -> dict:
     """A layer's renderer type and its entries: (value, label, colour) per class."""
     renderer = layer.renderer()
@@ -43,7 +65,7 @@ def legend(layer) -> dict:
     return {"source": layer.source().split("|")[0], "renderer": renderer.type(), "entries": entries}
 
 
-def main(plugins_dir: str, image: str, out_dir: str) -> dict:
+def main(plugins_dir: str, image: str, out_dir: str, one_band_image: str) -> dict:
     out = Path(out_dir)
     sys.path[:0] = [plugins_dir, str(Path(QgsApplication.pkgDataPath(), "python", "plugins"))]  # ours, QGIS's
     from processing.core.Processing import Processing
@@ -70,12 +92,17 @@ def main(plugins_dir: str, image: str, out_dir: str) -> dict:
         "TILE_SIZE": 32, "OVERLAP": 16,
     }, QgsProcessingContext(), feedback)
     canceled = {"succeeded": succeeded, "errors": feedback.errors, "files": sorted(os.listdir(folder))}
-    return {"loaded": loaded, "canceled": canceled}
+
+    recording = Recording()
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segtile:segment")
+    _, succeeded = algorithm.run({"INPUT": one_band_image, "OUTPUT": str(out / "failed.tif")},
+                                 QgsProcessingContext(), recording)
+    return {"loaded": loaded, "canceled": canceled, "failed": {"succeeded": succeeded, "lines": recording.lines}}
 
 
 if __name__ == "__main__":
     application = QgsApplication([], False)
     application.initQgis()
-    report = main(*sys.argv[1:4])
+    report = main(*sys.argv[1:5])
     print(json.dumps(report))
     application.exitQgis()

@@ -29,7 +29,7 @@ def full_card() -> ModelCard:
     return ModelCard(
         classes=["water", "land"], colors=["#0000ff", "#00FF00"], in_channels=3, bands=[3, 2, 1],
         mean=[0.1, 0.2, 0.3], std=[0.5, 0.5, 0.5], scale=255, resolution=0.25,
-        resolution_unit="um", tile_size=256, overlap=32, extra={"licence": "CC0"},
+        resolution_unit="um", resolution_range=(0.2, 0.5), tile_size=256, overlap=32, extra={"licence": "CC0"},
     )
 
 
@@ -54,6 +54,10 @@ def test_cards_are_hashable_and_compare_by_value():
         ('{"classes": ["a"], "mean": [0.5], "std": [0.2]}', {"in_channels": 1, "mean": (0.5,)}),
         ('{"classes": ["a"], "mpp": 0.5}', {"resolution": 0.5, "resolution_unit": "um"}),
         ('{"classes": ["a"], "resolution": 10}', {"resolution": 10.0, "resolution_unit": "m"}),
+        ('{"classes": ["a"], "resolution": 10}', {"resolution_range": None}),  # cards from before the range
+        ('{"classes": ["a"], "resolution": 10, "resolution_range": [5, 20]}', {"resolution_range": (5.0, 20.0)}),
+        ('{"classes": ["a"], "mpp": 0.5, "resolution_range": [0.25, 1]}',
+         {"resolution_range": (0.25, 1.0), "resolution_unit": "um"}),
         ('{"classes": ["a"], "scale": 65535}', {"scale": 65535.0}),
         ('{"classes": ["a"], "licence": "MIT"}', {"extra": {"licence": "MIT"}}),
     ],
@@ -90,6 +94,13 @@ def test_from_dict_does_not_modify_its_argument():
         ({"scale": 0}, "'scale' must be non-zero"),
         ({"resolution": -1.0}, "positive"),
         ({"resolution_unit": "ft"}, "'m' or 'um'"),
+        ({"resolution_range": (2.0, 1.0), "resolution_unit": "m"}, r"\[smallest, largest\], two positive numbers"),
+        ({"resolution_range": (0.0, 1.0), "resolution_unit": "m"}, "two positive numbers"),
+        ({"resolution_range": (1.0, float("nan")), "resolution_unit": "m"}, "two positive numbers"),
+        ({"resolution_range": 5.0, "resolution_unit": "m"}, "two positive numbers"),
+        ({"resolution_range": (1.0, 2.0)}, "needs a 'resolution_unit'"),
+        ({"resolution_range": (1.0, 2.0), "resolution": 3.0, "resolution_unit": "m"},
+         r"'resolution' 3 lies outside 'resolution_range' \[1, 2\]"),
         ({"tile_size": 64, "overlap": 64}, "overlap < tile_size"),
         ({"overlap": -1}, "overlap < tile_size"),
     ],

@@ -25,7 +25,7 @@ def random_image(bands: int, height: int, width: int, seed: int = 1) -> np.ndarr
         (64, 64, 64, 16, 64, 64),     # exactly one tile
         (37, 53, 64, 16, 1024, 8),    # smaller than a tile: padded and cropped
         (20, 200, 64, 0, 50, 100),    # thinner than a tile along one axis, no overlap, 2 stripes
-        (40, 33, 17, 16, 23, 23),     # overlap of all but one pixel, 2 stripes
+        (40, 33, 17, 14, 23, 23),     # the largest overlap allowed (a stride of 1/8 of the tile), 2 stripes
     ],
 )
 def test_stitched_logits_equal_whole_image_logits(pointwise_model, blend, height, width, tile, overlap, chunk, stripe):

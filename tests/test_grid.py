@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import GridError, aligned_tiling, check_tiling, tile_grid, tile_starts
+from segtile.grid import GridError, aligned_tiling, check_stride, check_tiling, tile_grid, tile_starts
 from segtile.plan import TilingOptions, fit_to_image
 
 
@@ -89,3 +89,14 @@ def test_aligned_tiles_fit_an_image_of_any_size(side):
     assert (options.tile_size - options.overlap) % 8 == 0
     assert options.tile_size == min(193, max(9, -(-(side - 1) // 8) * 8 + 1))
     assert aligned_tiling(1, 0, 8) == (9, 1)
+
+
+@pytest.mark.parametrize("tile, overlap, allowed", [(256, 224, True), (256, 225, False), (257, 224, True),
+                                                    (257, 225, False), (17, 14, True), (17, 15, False),
+                                                    (512, 64, True), (8, 7, True), (9, 8, False)])
+def test_an_overlap_may_make_each_pixel_run_at_most_64_times(tile, overlap, allowed):
+    if allowed:
+        check_stride(tile, overlap)
+    else:
+        with pytest.raises(GridError, match=rf"give an overlap of at most {tile - -(-tile // 8)} px"):
+            check_stride(tile, overlap)

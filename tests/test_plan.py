@@ -6,8 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import tile_grid
-from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes, stripe_chunk_columns, tile_runs
+from segtile.grid import tile_grid, tile_starts, tiles_along
+from segtile.plan import (
+    CHUNK_TASKS,
+    TilingOptions,
+    batches_per_chunk,
+    count_tasks,
+    plan_stripes,
+    stripe_chunk_columns,
+    tile_runs,
+)
 
 
 @st.composite
@@ -90,3 +98,23 @@ def test_sizes_given_as_floats_are_refused(field, message):
 
 def test_numpy_integers_are_sizes_too():
     TilingOptions(tile_size=np.int64(256), overlap=np.int32(32), chunk_size=np.uint16(512)).validate()
+
+
+@given(plans(), st.sampled_from([1, 8]))
+@settings(max_examples=60, deadline=None)
+def test_the_tasks_counted_without_a_plan_are_at_least_those_planned(plan, alignment):
+    height, width, options = plan
+    options = TilingOptions(tile_size=options.tile_size, overlap=options.overlap, batch_size=options.batch_size,
+                            chunk_size=options.chunk_size, stripe_width=options.stripe_width, alignment=alignment)
+    assert tiles_along(height, options.tile_size, options.overlap, alignment) == len(
+        tile_starts(height, options.tile_size, options.overlap, alignment))
+    stripes = plan_stripes(height, width, options)
+    planned = sum(len(stripe.batches) for stripe in stripes) + CHUNK_TASKS * len(
+        {(i, j) for i in range(-(-height // options.chunk_size)) for j in range(-(-width // options.chunk_size))})
+    counted = count_tasks(height, width, options)
+    assert planned <= counted <= 2 * planned + 2
+
+
+def test_tasks_are_counted_for_grids_no_plan_could_list():
+    options = TilingOptions(tile_size=513, overlap=65, chunk_size=1024, stripe_width=8192)
+    assert count_tasks(10**14, 10**14, options) > 10**19

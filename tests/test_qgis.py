@@ -112,9 +112,50 @@ def test_qgis_process_reports_segtile_errors(qgis, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pyqgis_loads_styled_outputs_and_cancel_leaves_nothing(qgis, tmp_path):
-    done = subprocess.run([qgis["python"], SESSION, qgis["plugins"], qgis["image"], tmp_path], env=qgis["env"],
-                          capture_output=True, text=True, timeout=QGIS_TIMEOUT)
+def first_band(image: Path, path: Path) -> Path:
+    """A copy of ``image``'s first band (the default model takes three)."""
+    with rasterio.open(image) as src, rasterio.open(path, "w", **{**src.profile, "count": 1}) as out:
+        out.write(src.read(1), 1)
+    return path
+
+
+def error_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """The errors qgis_process reported for the algorithm (its "ERROR:" lines; qgis_process also
+    echoes QGIS's critical log messages, for every algorithm, QGIS's own included)."""
+    return [line.split("\t", 1)[1] for line in (done.stdout + done.stderr).splitlines() if line.startswith("ERROR:\t")]
+
+
+def test_messages_name_the_qgis_parameters(qgis, tmp_path):
+    """They named the command's options (--bands, with its Python spelling) in QGIS, where there are none."""
+    one_band = first_band(qgis["image"], tmp_path / "one_band.tif")
+    done = qgis_run(qgis, "segment", INPUT=one_band, OUTPUT=tmp_path / "mask.tif")
+    assert done.returncode != 0
+    assert error_lines(done) == ["the model takes 3 bands (bands 1,2,3 of its card) but the image has 1 band: choose "
+                                 "3 with BANDS (e.g. BANDS=1,1,1) or use a model made for 1 band"]
+    assert "--bands" not in done.stdout + done.stderr and "Python:" not in done.stdout + done.stderr
+    assert [path.name for path in tmp_path.iterdir() if "mask" in path.name] == []  # nothing written
+
+
+def test_resolution_chooses_the_grid_of_the_mask(qgis, tmp_path):
+    landsat = tmp_path / "landsat7.tif"  # 30 m: ten times finer than the default model's 300 m
+    shutil.copy(SAMPLE.parent / "landsat7.tif", landsat)
+    done = qgis_run(qgis, "segment", INPUT=landsat, OUTPUT=tmp_path / "refused.tif")
+    assert done.returncode != 0
+    assert error_lines(done)[0].endswith("choose RESOLUTION=native to process the image's own pixels, or "
+                                         "RESOLUTION=300.04 for the model's grid anyway, or a model trained on "
+                                         "such images")
+    mask = tmp_path / "mask.tif"
+    done = qgis_run(qgis, "segment", INPUT=qgis["image"], OUTPUT=mask, RESOLUTION=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with rasterio.open(mask) as written, rasterio.open(qgis["image"]) as source:
+        assert written.shape == (round(source.height / 2), round(source.width / 2))
+        assert written.bounds == pytest.approx(source.bounds)
+
+
+def test_pyqgis_loads_styled_outputs_cancel_leaves_nothing_and_an_error_is_reported_once(qgis, tmp_path):
+    one_band = first_band(qgis["image"], tmp_path / "one_band.tif")
+    done = subprocess.run([qgis["python"], SESSION, qgis["plugins"], qgis["image"], tmp_path, one_band],
+                          env=qgis["env"], capture_output=True, text=True, timeout=QGIS_TIMEOUT)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     card = load_checkpoint(choose_model(None).path).card
@@ -128,6 +169,11 @@ def test_pyqgis_loads_styled_outputs_and_cancel_leaves_nothing(qgis, tmp_path):
     assert not canceled["succeeded"]
     assert canceled["errors"] == ["canceled: segtile stopped and removed its unfinished outputs"]
     assert canceled["files"] == []  # no output and no temporary folder
+    failed = report["failed"]
+    assert not failed["succeeded"]
+    told = [line for line in failed["lines"] if "the image has 1 band" in line]
+    assert told == ["error: the model takes 3 bands (bands 1,2,3 of its card) but the image has 1 band: choose 3 with "
+                    "BANDS (e.g. BANDS=1,1,1) or use a model made for 1 band"]
 
 
 def qgis_run(qgis, algorithm: str, **parameters) -> subprocess.CompletedProcess:

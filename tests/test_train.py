@@ -31,6 +31,7 @@ from segtile.models.train import (
 )
 from segtile.normalise import Normalisation
 from segtile.sources import open_source
+from segtile.working_grid import choose_grid
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 from tests.test_pspnet import BASIC_BLOCKS, BOTTLENECK_BLOCKS, random_state_dict, torchvision_layout
 
@@ -77,7 +78,7 @@ def test_training_from_a_label_raster_writes_a_checkpoint_whose_card_is_filled_f
         pixels, valid = src.read().astype(np.float64) / 255, src.dataset_mask() > 0
     np.testing.assert_allclose(card.mean, pixels[:, valid].mean(axis=1), rtol=1e-5)
     np.testing.assert_allclose(card.std, pixels[:, valid].std(axis=1), rtol=1e-5)
-    assert (card.resolution, card.resolution_unit) == (30.0, "m")
+    assert (card.resolution, card.resolution_unit, card.resolution_range) == (30.0, "m", (30.0, 30.0))
     assert (card.tile_size, card.overlap, card.alignment) == (33, 9, 8)
     record = card.extra["training"]
     assert record["images"] == ["image.tif"] and record["labels"] == ["labels.tif"]
@@ -100,6 +101,22 @@ def test_the_card_records_scale_resolution_and_tiling_from_the_data():
     assert native_resolution(Georef()) == (None, None, {})
     assert suggested_tiling(256) == (257, 33) and suggested_tiling(473) == (473, 57)
     assert suggested_tiling(128) == (129, 17)
+
+
+def test_the_card_records_the_range_of_pixel_sizes_trained_for(tmp_path, scene):
+    """A model trained on images of 30 and 45 m pixels serves both on their own grids."""
+    image, labels = scene
+    pixels, label_array = blocks_scene(seed=1)
+    coarser = IMAGE_TRANSFORM * Affine.scale(1.5)
+    write_raster(tmp_path / "coarse.tif", pixels, transform=coarser, nodata=0)
+    write_raster(tmp_path / "coarse_labels.tif", label_array, transform=coarser)
+    out = tmp_path / "model.pt"
+    assert run("train", "--image", image, "--labels", labels, "--image", tmp_path / "coarse.tif", "--labels",
+               tmp_path / "coarse_labels.tif", "--classes", "dark,bright", "--out", out, "--epochs", "1",
+               "--steps-per-epoch", "1", "--val-fraction", "0", *TINY) == 0
+    card = load_checkpoint(out).card
+    assert (card.resolution, card.resolution_range) == (30.0, (30.0, 45.0))
+    assert choose_grid(open_source(tmp_path / "coarse.tif"), card)[1] == []  # 45 m runs on its own grid
 
 
 def test_training_from_a_geopackage_of_polygons(tmp_path, scene):

@@ -109,16 +109,16 @@ def test_pixel_sizes_the_image_cannot_give_are_refused(data_dir):
         at_pixel_size(open_source(data_dir / "rmnp-rgb.tif"), 30.0, "m")  # degrees: no metres
 
 
-def card(resolution=None, unit=None):
-    return ModelCard(classes=("a", "b"), resolution=resolution, resolution_unit=unit)
+def card(resolution=None, unit=None, served=None):
+    return ModelCard(classes=("a", "b"), resolution=resolution, resolution_unit=unit, resolution_range=served)
 
 
 def test_the_model_card_chooses_the_grid_and_says_so(data_dir):
-    source = open_source(data_dir / "landsat7.tif")
-    chosen, notes = choose_grid(source, card(300.0, "m"))
-    assert chosen.shape[1:] == (round(1917 / 10), round(2181 / 10))
-    assert notes == ["the image has 30 m pixels and the model was trained at 300 m: processing at 300 m "
-                     "(choose with --resolution (Python: resolution=))"]
+    source = open_source(data_dir / "landsat7.tif")  # 2181 x 1917 px of 30 m
+    chosen, notes = choose_grid(source, card(100.0, "m"))
+    assert chosen.shape[1:] == (round(1917 * 0.3), round(2181 * 0.3))
+    assert notes == ["the image has 30 m pixels and the model was trained at 100 m: processing at 100 m, "
+                     "654 x 575 px (--resolution native keeps the image's own pixels; Python: resolution='native')"]
     assert choose_grid(source, card(33.0, "m")) == (source, [])  # within 25 %: the image's own grid
     assert choose_grid(source, card()) == (source, [])
     assert choose_grid(source, card(300.0, "m"), resolution=30.0) == (source, [])
@@ -131,6 +131,88 @@ def test_the_model_card_chooses_the_grid_and_says_so(data_dir):
         "the model was trained on slides (0.5 µm pixels) and this image is a georeferenced raster (30 m pixels)")
     with pytest.raises(GridChoiceError, match="choose one of resolution and level"):
         choose_grid(source, card(), resolution=30.0, level=1)
+
+
+@pytest.mark.parametrize("model, size, how", [(300.0, "218 x 192 px", "10x coarser"),
+                                              (3.0, "21810 x 19170 px", "10x finer")])
+def test_a_grid_far_from_the_image_s_is_refused_unless_chosen(data_dir, model, size, how):
+    """Before, the model's grid was taken whatever it made of the image: the default 300 m model
+    gave a 2 x 2 mask of an aerial photo, a 67x up-sampled grid of a geostationary image."""
+    source = open_source(data_dir / "landsat7.tif")
+    with pytest.raises(GridChoiceError, match=(
+            rf"^the image has 30 m pixels and the model was trained at {model:g} m: on the model's grid it would be "
+            rf"{size} \({how} than the image's 2181 x 1917 px\); choose --resolution native to process the "
+            rf"image's own pixels, or --resolution {model:g} for the model's grid anyway \(Python: "
+            rf"resolution='native' or resolution={model:g}\), or a model trained on such images$")):
+        choose_grid(source, card(model, "m"))
+    assert choose_grid(source, card(model, "m"), resolution="native") == (source, [])
+    chosen, notes = choose_grid(source, card(model, "m"), resolution="model")
+    assert f"{chosen.width} x {chosen.height} px" == size
+    assert chosen.georef.pixel_size()[0] == pytest.approx(model, rel=1e-3)
+
+
+def test_up_sampling_beyond_twice_is_said_even_when_chosen(data_dir, pyramid):
+    """Before, a slide up-sampled 5x (--mpp 0.1 on a 0.5 µm slide) came with no note at all."""
+    slide = open_source(pyramid)
+    chosen, notes = choose_grid(slide, card(), mpp=0.1)
+    assert chosen.width == round(slide.width * 0.499 / 0.1)
+    assert notes == [f"the grid is up-sampled 4.99x from the image's ({chosen.width} x {chosen.height} px from "
+                     f"{slide.width} x {slide.height} px): the model sees no detail the image does not have, on "
+                     "24.9 times the pixels"]
+    assert choose_grid(slide, card(), mpp=0.3)[1] == []  # 1.7x: not worth a note
+    raster = open_source(data_dir / "landsat7.tif")
+    _, notes = choose_grid(raster, card(9.0, "m"))  # the card's choice, 3.3x finer
+    assert len(notes) == 2 and notes[1].startswith("the grid is up-sampled 3.33x")
+
+
+def test_native_keeps_any_image_on_its_own_grid(data_dir, pyramid):
+    slide = open_source(pyramid)
+    assert choose_grid(slide, card(0.1, "um"), mpp="native") == (slide, [])
+    assert choose_grid(slide, card(0.1, "um"), resolution="native") == (slide, [])
+    plain = open_source(np.zeros((3, 10, 10)))
+    assert choose_grid(plain, card(300.0, "m"), resolution="native") == (plain, [])
+
+
+@pytest.mark.parametrize("served, shape, noted", [
+    ((20.0, 40.0), (1917, 2181), False),  # 30 m inside: its own grid
+    ((26.0, 120.0), (1917, 2181), False),
+    ((60.0, 120.0), (958, 1090), True),  # the nearest end: 60 m
+    ((5.0, 12.0), (1917 * 30 // 12, 2181 * 30 // 12), True),  # 12 m: 2.5x finer
+])
+def test_a_card_s_range_of_resolutions_keeps_the_image_s_grid_inside_it(data_dir, served, shape, noted):
+    source = open_source(data_dir / "landsat7.tif")
+    chosen, notes = choose_grid(source, card(None, "m", served))
+    assert chosen.shape[1:] == pytest.approx(shape, abs=1)
+    assert bool(notes) == noted
+    if noted:
+        assert notes[0].startswith(f"the image has 30 m pixels and the model was trained at {served[0]:g}-"
+                                   f"{served[1]:g} m: processing at")
+    with pytest.raises(GridChoiceError, match=r"the model was trained at 0.5-2 m: on the model's grid it would be "
+                       r"32715 x 28755 px \(15x finer"):
+        choose_grid(source, card(1.0, "m", (0.5, 2.0)))
+
+
+def test_a_raster_in_degrees_runs_on_its_own_pixels_with_a_note_when_far_from_the_model(data_dir):
+    source = open_source(data_dir / "rmnp-rgb.tif")  # 0.0015 degrees, at 40.3 N
+    chosen, notes = choose_grid(source, card(300.0, "m"))
+    assert chosen is source
+    assert notes == ["the image's pixels are in degrees, about 127 x 167 m at its centre, and the model was "
+                     "trained at 300 m: it runs on the image's own pixels (segtile resamples only projected "
+                     "rasters: reproject it, e.g. with gdalwarp -t_srs and -tr, to match the model)"]
+    assert choose_grid(source, card(150.0, "m")) == (source, [])
+
+
+def test_grid_values_are_checked(data_dir):
+    source = open_source(data_dir / "landsat7.tif")
+    for value in ("nat", -1.0, float("nan"), True):
+        with pytest.raises(GridChoiceError, match=r"--resolution \(Python: resolution=\) takes a positive number "
+                           "of metres per pixel, 'native' .* or 'model'"):
+            choose_grid(source, card(), resolution=value)
+    with pytest.raises(GridChoiceError, match=r"^--resolution model: the model card gives no pixel size"):
+        choose_grid(source, card(), resolution="model")
+    with pytest.raises(GridChoiceError, match=r"^--mpp model: the model was trained at 0.5 µm and this image has "
+                       "30 m pixels: segtile cannot resample it to the model's grid; give native$"):
+        choose_grid(source, card(0.5, "um"), mpp="model")
 
 
 def test_outputs_land_on_the_grid_of_the_resolution_asked_for(tmp_path, data_dir):

@@ -11,10 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segtile.budget import DEFAULT_LIMIT, parse_size, plan_memory
-from segtile.cluster import current_client
+from segtile.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
+from segtile.cluster import current_client, task_threads
 from segtile.devices import check_device
 from segtile.errors import SegtileError
+from segtile.grid import check_stride
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import with_network_alignment
@@ -47,8 +48,8 @@ def segment(
     batch_size: int | None = None,
     device: str = "auto",
     bands: Sequence[int] | None = None,
-    resolution: float | None = None,
-    mpp: float | None = None,
+    resolution: float | str | None = None,
+    mpp: float | str | None = None,
     level: int | None = None,
     tissue: bool | None = None,
     tissue_threshold: float | None = None,
@@ -78,11 +79,15 @@ def segment(
             would not fit in ``memory_limit``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:i``.
         bands: 1-based band indices to read, in the model's order (default: the card's).
-        resolution: process a raster at this many metres per pixel (resampled window by window).
-        mpp: process a slide at this many µm per pixel.
+        resolution: process a raster at this many metres per pixel (resampled window by window);
+            ``"native"``: on the image's own grid; ``"model"``: on the model card's, however far
+            it is from the image's.
+        mpp: process a slide at this many µm per pixel (or ``"native"``, ``"model"``).
         level: process this pyramid level (0 is full resolution). With none of the three, an
-            image with a known pixel size is processed at the model card's (see
-            :mod:`segtile.working_grid`), else at full resolution.
+            image with a known pixel size is processed at the model card's pixel size or range,
+            unless that grid would be more than 8 times finer or coarser than the image's: then
+            :class:`~segtile.working_grid.GridChoiceError` says so before any work (see
+            :mod:`segtile.working_grid`). Up-sampling beyond 2 times is always said in a note.
         tissue: process only the tissue of a slide (found on a low-resolution level, see
             :mod:`segtile.tissue`); by default on for colour slides, off for other images.
         tissue_threshold: the colour saturation above which a pixel is tissue (default: Otsu's).
@@ -100,7 +105,8 @@ def segment(
             (rounded down to whole chunks); bounds memory on wide images at the cost of running
             the tiles on each stripe boundary twice. ``0``: the whole width at once.
         memory_limit: bytes (or ``"1.5G"``) the engine may hold; the sizes left ``None`` above
-            are chosen from it and the class count (see :mod:`segtile.budget`).
+            are chosen from it, the class count and the tiling, and a job that cannot be kept
+            within it is refused before any work (see :mod:`segtile.budget`).
         stitch_on_device: keep the tiles' weighted logits on the model's device and stitch the
             chunks there, so that only the products come back to the host (one byte per pixel
             for labels). ``None``: when the model runs on a CUDA device of this process (never
@@ -123,7 +129,6 @@ def segment(
     opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
     band_notes += _value_notes(opened, card)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
-    grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,
@@ -134,14 +139,19 @@ def segment(
         stitch_on_device=stitch_on_device,
     )
     options.validate()
+    check_stride(options.tile_size, options.overlap)  # as asked: fitting them to a small image may shrink the stride
     options = fit_to_image(options, grid.height, grid.width)
     limit = DEFAULT_LIMIT if memory_limit is None else memory_limit
+    limit = parse_size(limit) if isinstance(limit, str) else limit
+    check_plan_size(grid.height, grid.width, fewest_tasks(options, batch_size=batch_size, chunk_size=chunk_size,
+                                                          stripe_width=stripe_width), limit)  # counted, not built
     sizes = plan_memory(classes=card.num_classes, tile_size=options.tile_size, overlap=options.overlap,
-                        limit=parse_size(limit) if isinstance(limit, str) else limit,
-                        bytes_per_value=2 if precision == "fp16" else 4,
-                        batch_size=batch_size, chunk_size=chunk_size, stripe_width=stripe_width)
+                        threads=task_threads(), limit=limit, bytes_per_value=2 if precision == "fp16" else 4,
+                        batch_size=batch_size, chunk_size=chunk_size, stripe_width=stripe_width,
+                        shape=(grid.height, grid.width), alignment=options.alignment, bands=grid.count)
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
                       stripe_width=sizes.stripe_width)
+    grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
     notes = list(image.notes) + band_notes + notes + mask_notes + augmentation_notes
     for note in notes:

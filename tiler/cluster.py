@@ -4,12 +4,12 @@ interrupted run cleans up."""
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import dask
+import dask.system
 from dask.base import get_scheduler
 from distributed import Client, LocalCluster
 
@@ -30,6 +30,19 @@ def current_client() -> Client | None:
     return client if isinstance(client, Client) else None
 
 
+def task_threads() -> int:
+    """How many tasks run at once in one process, as Dask runs them: on a ``dask.distributed``
+    cluster, the most threads a worker of the current client has; else the local scheduler's
+    threads: Dask's ``num_workers`` setting, or the CPUs this process may use
+    (``dask.system.cpu_count``: its CPU affinity and cgroup quota, not the machine's count)."""
+    client = current_client()
+    if client is not None:
+        threads = client.nthreads()  # {worker address: threads}; empty before any worker joined
+        if threads:
+            return max(threads.values())
+    return dask.config.get("num_workers", None) or dask.system.cpu_count()
+
+
 @contextmanager
 def joined_threads() -> Iterator[None]:
     """Run the computes inside on a thread pool of this block's own (unless a ``dask.distributed``
@@ -38,7 +51,7 @@ def joined_threads() -> Iterator[None]:
     if current_client() is not None:
         yield
         return
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="segtile")
+    pool = ThreadPoolExecutor(max_workers=task_threads(), thread_name_prefix="segtile")
     try:
         with dask.config.set(pool=pool):
             yield
@@ -72,7 +85,7 @@ def local_cluster(*, workers: int | None = None, gpus: list[int] | None | str = 
     if gpus != "none":
         cluster = _gpu_cluster(gpus)
     else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, dask.system.cpu_count() // workers)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         yield client

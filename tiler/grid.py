@@ -24,6 +24,11 @@ from rasterio.windows import Window
 
 from segtile.errors import SegtileError
 
+MAX_RUNS_PER_AXIS = 8
+"""The most tiles a pixel may lie in along one axis (64 in all): a stride of at least an eighth of
+the tile. Beyond that the overlap multiplies the work (a stride of 8 px on 256 px tiles runs every
+pixel 1024 times) and the memory for nothing a blend of 64 tiles does not already give."""
+
 
 class GridError(SegtileError, ValueError):
     """Tile size or overlap are unusable."""
@@ -47,6 +52,18 @@ def check_tiling(tile_size: int, overlap: int) -> None:
         raise GridError(f"overlap must be a non-negative integer, got {overlap}")
     if overlap >= tile_size:
         raise GridError(f"overlap ({overlap}) must be smaller than the tile size ({tile_size})")
+
+
+def check_stride(tile_size: int, overlap: int) -> None:
+    """Raise :class:`GridError` unless tiles of ``tile_size`` overlapping by ``overlap`` (valid for
+    :func:`check_tiling`) step by at least ``tile_size / MAX_RUNS_PER_AXIS``: an overlap asked for
+    must not multiply the work (see :data:`MAX_RUNS_PER_AXIS`)."""
+    stride = tile_size - overlap
+    if stride * MAX_RUNS_PER_AXIS < tile_size:
+        most = tile_size - -(-tile_size // MAX_RUNS_PER_AXIS)
+        raise GridError(f"an overlap of {overlap} px on tiles of {tile_size} px leaves a stride of {stride} px: every "
+                        f"pixel would be run about {round((tile_size / stride) ** 2)} times; give an overlap of at "
+                        f"most {most} px (a stride of an eighth of the tile)")
 
 
 def aligned_tiling(tile_size: int, overlap: int, alignment: int) -> tuple[int, int]:
@@ -80,6 +97,13 @@ def tile_starts(length: int, tile_size: int, overlap: int, alignment: int = 1) -
     starts = list(range(0, last, stride))
     starts.append(last)
     return starts
+
+
+def tiles_along(length: int, tile_size: int, overlap: int, alignment: int = 1) -> int:
+    """How many tiles :func:`tile_starts` places along an axis of ``length`` pixels, counted
+    without listing them (a grid of any size)."""
+    last = -(-(length - tile_size) // alignment) * alignment
+    return 1 if last <= 0 else -(-last // (tile_size - overlap)) + 1
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
-from segtile.grid import GridError, Tile, aligned_tiling, check_tiling, is_integer, tile_grid
+from segtile.grid import GridError, Tile, aligned_tiling, check_tiling, is_integer, tile_grid, tiles_along
 from segtile.tta import Augmentation
+
+CHUNK_TASKS = 4
+"""Graph entries per output chunk: its stitch, the marker of its completion, and one per product
+asked for (labels, probabilities: the usual pair)."""
 
 
 @dataclass(frozen=True)
@@ -127,3 +131,20 @@ def tile_runs(height: int, width: int, options: TilingOptions, skip: frozenset[t
         used = {b for chunk, batches in needed.items() if chunk not in skip for b in batches}
         total += sum(len(stripe.batches[b]) for b in used)
     return total
+
+
+def count_tasks(height: int, width: int, options: TilingOptions) -> int:
+    """About how many tasks the graph of a ``height`` x ``width`` image has (:mod:`segtile.engine`:
+    a batch task per ``batch_size`` tile runs, tiles on a stripe boundary once per stripe; and
+    :data:`CHUNK_TASKS` per output chunk), counted without building anything, for a grid of
+    any size. An upper bound: it counts every tile column a stripe boundary may cross."""
+    rows = tiles_along(height, options.tile_size, options.overlap, options.alignment)
+    columns = tiles_along(width, options.tile_size, options.overlap, options.alignment)
+    chunk_columns = -(-width // options.chunk_size)
+    per_stripe = chunk_columns if options.stripe_width == 0 else max(1, options.stripe_width // options.chunk_size)
+    stripes = -(-chunk_columns // per_stripe)
+    # tile columns over a stripe boundary: tile / stride, and the last column, shifted inward
+    crossing = -(-options.tile_size // (options.tile_size - options.overlap)) + 1
+    runs = rows * min(columns * stripes, columns + (stripes - 1) * crossing)
+    batches = -(-runs // options.batch_size) + stripes
+    return batches + CHUNK_TASKS * -(-height // options.chunk_size) * chunk_columns

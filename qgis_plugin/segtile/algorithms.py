@@ -2,9 +2,11 @@
 
 Each algorithm runs one ``segtile`` subcommand through :mod:`.runner`: :class:`SegtileAlgorithm`
 turns the command's progress into the Processing feedback, Cancel into stopping it, its one-line
-error into a ``QgsProcessingException``, and gives every output QGIS loads the style segtile
-stored with it. A subclass only declares its parameters and builds its command line (and, for a
-command that reports figures on stdout, reads them in :meth:`SegtileAlgorithm.results`).
+error into a ``QgsProcessingException`` (which QGIS reports once in the algorithm's log), its
+messages into the parameters' names rather than the command's options, and gives every output
+QGIS loads the style segtile stored with it. A subclass only declares its parameters, which
+options they set, and builds its command line (and, for a command that reports figures on stdout,
+reads them in :meth:`SegtileAlgorithm.results`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
     NAME = ""  # the algorithm's id in the provider: segtile:NAME
     TITLE = ""  # its name in the Processing toolbox
     HELP = ""  # the help shown beside its dialog
+    PARAMETERS: dict[str, str] = {}  # segtile's option -> the parameter that sets it, for messages
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,7 +79,7 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters: dict, context, feedback) -> dict:  # noqa: N802 (QGIS's name)
         arguments, outputs = self.command(parameters, context)
-        outcome = run_segtile(arguments, feedback)
+        outcome = run_segtile(arguments, feedback, self.PARAMETERS)
         self._outputs = outputs
         return self.results(outputs, outcome, feedback)
 
@@ -140,19 +143,20 @@ class SegtileAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(parameter)
 
 
-def run_segtile(arguments: list[str], feedback) -> runner.Outcome:
-    """Run the recorded segtile with ``arguments``, reporting to ``feedback``; raise
+def run_segtile(arguments: list[str], feedback, parameters: dict[str, str]) -> runner.Outcome:
+    """Run the recorded segtile with ``arguments``, reporting to ``feedback`` with the options
+    named as the ``parameters`` (option -> parameter) that set them; raise
     ``QgsProcessingException`` with segtile's message when it fails or is cancelled."""
     try:
         command = [str(runner.recorded_executable(PLUGIN_FOLDER)), *arguments]
         feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
-        return runner.run(command, _listener(feedback))
+        return runner.run(command, _listener(feedback, parameters))
     except (runner.SegtileFailed, runner.Canceled) as exc:
-        raise QgsProcessingException(str(exc)) from None
+        raise QgsProcessingException(runner.in_terms_of(str(exc), parameters)) from None
 
 
-def _listener(feedback) -> runner.Listener:
-    """A :class:`runner.Listener` reporting to a ``QgsProcessingFeedback``."""
+def _listener(feedback, parameters: dict[str, str]) -> runner.Listener:
+    """A :class:`runner.Listener` reporting to a ``QgsProcessingFeedback``, in terms of ``parameters``."""
     stages = {"current": None}
 
     def progress(fraction: float, stage: str) -> None:
@@ -161,7 +165,9 @@ def _listener(feedback) -> runner.Listener:
             feedback.setProgressText(stage)
         feedback.setProgress(100.0 * fraction)
 
-    return runner.Listener(progress=progress, message=feedback.pushInfo, warning=feedback.pushWarning,
+    return runner.Listener(progress=progress,
+                           message=lambda text: feedback.pushInfo(runner.in_terms_of(text, parameters)),
+                           warning=lambda text: feedback.pushWarning(runner.in_terms_of(text, parameters)),
                            canceled=feedback.isCanceled)
 
 
@@ -219,8 +225,15 @@ class SegmentAlgorithm(SegtileAlgorithm):
         "and colours (mask.qml beside it).\n"
         "Polygons (optional): one polygon per region of a class, with class_id, class_name and "
         "area, styled by class (GeoPackage, Shapefile, GeoJSON or FlatGeobuf).\n"
+        "Resolution: the grid the model runs on. Empty: the model card's pixel size when both it and the "
+        "image's are known, unless that grid would be more than 8 times finer or coarser than the image's "
+        "(then the run stops and says so); 'native': the image's own pixels; 'model': the model card's "
+        "pixel size however far; or a number of metres per pixel. The mask is written on that grid.\n"
         "Bands, tile size and overlap default to the model card's. Outputs that exist are replaced."
     )
+    PARAMETERS = {"--model": "MODEL", "--bands": "BANDS", "--resolution": "RESOLUTION", "--mpp": "RESOLUTION",
+                  "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--batch-size": "BATCH_SIZE",
+                  "--memory-limit": "MEMORY_LIMIT", "--device": "DEVICE"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
@@ -229,6 +242,9 @@ class SegmentAlgorithm(SegtileAlgorithm):
             fileFilter="PyTorch models (*.pt *.pth *.ts);;All files (*.*)", optional=True))
         self.addParameter(QgsProcessingParameterString(
             "BANDS", "Bands to feed the model, e.g. 4,3,2", optional=True))
+        self.addParameter(QgsProcessingParameterString(
+            "RESOLUTION", "Resolution: empty (the model's, when close to the image's), native, model, or metres "
+            "per pixel", optional=True))
         self.advanced(
             QgsProcessingParameterNumber("TILE_SIZE", "Tile size in pixels (empty: the card's)",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True),
@@ -236,6 +252,8 @@ class SegmentAlgorithm(SegtileAlgorithm):
                                          type=QgsProcessingParameterNumber.Integer, minValue=0, optional=True),
             QgsProcessingParameterNumber("BATCH_SIZE", "Tiles per model call",
                                          type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=4),
+            QgsProcessingParameterString("MEMORY_LIMIT", "Memory the engine may hold, e.g. 1.5G (empty: 1.25G)",
+                                         optional=True),
             device_parameter(),
         )
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mask"))
@@ -250,8 +268,8 @@ class SegmentAlgorithm(SegtileAlgorithm):
                      "--progress", "json", "--overwrite",
                      "--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context)),
                      *self.device(parameters, context),
-                     *self.options(parameters, context, model="MODEL", bands="BANDS", tile_size="TILE_SIZE",
-                                   overlap="OVERLAP")]
+                     *self.options(parameters, context, model="MODEL", bands="BANDS", resolution="RESOLUTION",
+                                   tile_size="TILE_SIZE", overlap="OVERLAP", memory_limit="MEMORY_LIMIT")]
         return arguments, {"OUTPUT": mask, "POLYGONS": polygons}
 
 
@@ -274,6 +292,10 @@ class TrainAlgorithm(SegtileAlgorithm):
         "model is saved after every epoch: Cancel keeps the last one saved, which `segtile train "
         "--resume` continues."
     )
+    PARAMETERS = {"--image": "IMAGE", "--labels": "LABELS", "--classes": "CLASSES", "--epochs": "EPOCHS",
+                  "--class-field": "CLASS_FIELD", "--steps-per-epoch": "STEPS_PER_EPOCH", "--tile-size": "TILE_SIZE",
+                  "--batch-size": "BATCH_SIZE", "--layers": "LAYERS", "--width": "WIDTH", "--device": "DEVICE",
+                  "--out": "OUTPUT"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("IMAGE", "Training image"))
@@ -326,6 +348,7 @@ class EvaluateAlgorithm(SegtileAlgorithm):
         "polygons with a class field. Pixels that are nodata or 255 in either are not compared. "
         "The figures are the algorithm's outputs; the log shows them per class."
     )
+    PARAMETERS = {"--class-field": "CLASS_FIELD"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802 (QGIS's name)
         self.addParameter(QgsProcessingParameterRasterLayer("PREDICTION", "Predicted mask (a segtile mask)"))

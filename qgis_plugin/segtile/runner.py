@@ -10,6 +10,8 @@ Ctrl-C (it removes its unfinished outputs), and waits for it to finish cleaning 
 The subprocess gets QGIS's environment without ``PYTHONHOME`` and ``PYTHONPATH``: they point at
 QGIS's Python and would break the interpreter of the user's segtile installation.
 
+Messages shown in QGIS name QGIS's parameters, not the command's options (:func:`in_terms_of`).
+
 This module imports nothing from QGIS: segtile's own tests drive it against the real command.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +37,9 @@ POLL_SECONDS = 0.1  # how often cancellation is checked while segtile runs
 CLEAN_UP_SECONDS = 120  # how long a cancelled run may take to remove its outputs before it is killed
 EXIT_INTERRUPTED = (130, 143)  # segtile stopped by SIGINT or SIGTERM (128 + the signal)
 _MESSAGE_PREFIXES = {"segtile: error: ": "error", "segtile: failed: ": "error", "segtile: warning: ": "warning"}
+_PYTHON_ASIDE = re.compile(r"\s*\(Python: [^()]*\)|;\s*Python: [^()]*(?=\))")  # (Python: x=...), (...; Python: x=...)
+_OPTION_VALUE = r"(?:\d[\w.,:]*|native|model)"  # what follows an option in segtile's messages, when a value does
+_REPEATED_NAME = re.compile(r"\b([A-Z][A-Z_]+)(?:, \1\b)+")  # "RESOLUTION, RESOLUTION" once two options map to one
 
 
 class SegtileFailed(Exception):
@@ -172,6 +178,18 @@ class _Report:
         else:
             self.last_line = line
             self._listener.message(line)
+
+
+def in_terms_of(text: str, parameters: Mapping[str, str]) -> str:
+    """``text``, a message of segtile's, with the options it names written as the parameters
+    (``parameters``: option -> parameter name) that set them: ``--bands 1,1,1`` becomes
+    ``BANDS=1,1,1`` and ``--bands`` ``BANDS``; the Python spellings (``Python: bands=...``) are
+    left out. Options without a parameter stay as they are."""
+    text = _PYTHON_ASIDE.sub("", text)
+    for option, name in parameters.items():
+        pattern = rf"{re.escape(option)}(?![\w-])(?:[ =](?P<value>{_OPTION_VALUE})(?![\w-]))?"
+        text = re.sub(pattern, lambda match, name=name: name + (f"={match['value']}" if match["value"] else ""), text)
+    return _REPEATED_NAME.sub(r"\1", text)
 
 
 def _json_record(line: str) -> dict | None:

@@ -47,6 +47,25 @@ def finite_float(minimum: float = 0.0, *, strict: bool = False, below: float | N
     return parse
 
 
+def grid_size(unit: str) -> Callable[[str], float | str]:
+    """A type accepting a positive finite pixel size in ``unit``, or the name of a grid: ``native``
+    (the image's own) or ``model`` (the model card's), as :func:`segtile.working_grid.choose_grid`
+    takes them."""
+    size = finite_float(0.0, strict=True)
+    what = f"a positive number of {unit} per pixel, native or model"
+
+    def parse(text: str) -> float | str:
+        if text.strip().lower() in ("native", "model"):
+            return text.strip().lower()
+        try:
+            return size(text)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
 def band_list(text: str) -> list[int]:
     """``"3,2,1"`` -> ``[3, 2, 1]`` (1-based band indices)."""
     try:

@@ -9,6 +9,7 @@ from segtile.commands.arguments import (
     band_list,
     creation_option,
     finite_float,
+    grid_size,
     memory_size,
     name_list,
     non_negative_int,
@@ -41,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--tile-size", type=positive_int, metavar="N",
                         help="tile side in pixels (default: the model card's; at most the image's size)")
     parser.add_argument("--overlap", type=non_negative_int, metavar="N",
-                        help="pixels shared by neighbouring tiles (default: the model card's)")
+                        help="pixels shared by neighbouring tiles, at most 7/8 of the tile (default: the model card's)")
     parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="tiles per model call (default: 4, fewer for many-class models, see --memory-limit)")
     parser.add_argument("--blend", choices=BLENDS, default="gaussian",
@@ -53,10 +54,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--bands", type=band_list, metavar="3,2,1",
                         help="1-based input bands to feed the model, in order (default: the model card's)")
     grid = parser.add_mutually_exclusive_group()
-    grid.add_argument("--resolution", type=finite_float(0.0, strict=True), metavar="M",
-                      help="process a raster at M metres per pixel (default: the model card's, when both are known)")
-    grid.add_argument("--mpp", type=finite_float(0.0, strict=True), metavar="UM",
-                      help="process a slide at UM µm per pixel (default: the model card's, when both are known)")
+    grid.add_argument("--resolution", type=grid_size("metres"), metavar="M|native|model",
+                      help="process a raster at M metres per pixel; native: on its own pixels; model: at the "
+                      "model card's pixel size (default: the model card's when both are known, refused when "
+                      "more than 8x finer or coarser than the image's)")
+    grid.add_argument("--mpp", type=grid_size("µm"), metavar="UM|native|model",
+                      help="process a slide at UM µm per pixel; native, model: as for --resolution")
     grid.add_argument("--level", type=non_negative_int, metavar="L",
                       help="process pyramid level L of the image (0: full resolution)")
     tissue = parser.add_mutually_exclusive_group()
@@ -98,7 +101,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "0.5,0.75,1,1.25,1.5,1.75; default: 1)")
     parser.add_argument("--memory-limit", type=memory_size, metavar="SIZE",
                         help="memory the engine may hold, e.g. 1.5G or 800M; sizes the batches, chunks and "
-                        "stripes you leave open (default: 1.25G)")
+                        "stripes you leave open; a job that cannot fit is refused before any work (default: 1.25G)")
     parser.add_argument("--chunk-size", type=positive_int, metavar="N",
                         help="side of the output chunks stitched at once (default: 1024, smaller for many classes)")
     parser.add_argument("--stripe-width", type=non_negative_int, metavar="N",
