@@ -25,6 +25,7 @@ import rasterio.shutil
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetWriter
+from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 from segtile.errors import SegtileError, one_line
@@ -224,7 +225,23 @@ def _write_control_points(stage: DatasetWriter, georef: Georef) -> None:
     if georef.gcps:
         stage.gcps = (list(georef.gcps), georef.gcp_crs)
     if georef.rpcs is not None:
-        stage.rpcs = georef.rpcs
+        stage.update_tags(ns="RPC", **_rpc_metadata(georef.rpcs))
+        if georef.crs is not None and not _writes_transform(georef):
+            stage.crs = georef.crs  # the CRS an RPC image declares (WGS 84), as the input holds it
+
+
+def _rpc_metadata(rpcs: RPC) -> dict[str, str]:
+    """``rpcs`` as GDAL's RPC metadata domain holds them. rasterio's ``RPC.to_gdal`` (1.4) leaves
+    out an error field that is 0 (``ERR_RAND = 0.0``), which GDAL then writes as -1, unknown."""
+    fields = {**rpcs.to_gdal(), "ERR_BIAS": rpcs.err_bias, "ERR_RAND": rpcs.err_rand}
+    def text(value: Any) -> str:  # numpy's repr (np.float64(97.0)) is no number to GDAL
+        if isinstance(value, str):  # coefficients, already as GDAL lists them
+            return value
+        if isinstance(value, (list, tuple)):
+            return " ".join(repr(float(v)) for v in value)
+        return repr(float(value))
+
+    return {key: text(value) for key, value in fields.items() if value is not None}
 
 
 def _dataset_tags(georef: Georef, card: ModelCard) -> dict[str, str]:

@@ -116,7 +116,8 @@ class Placement:
         self.left_out = 0.0
         if geodetic is not None:
             lattice = _Lattice(_chain(self._map_points, _transformer(self.map_crs, geodetic)), *shape)
-            self.region = lattice.region()
+            exact = georef.placement == "transform" and self.map_crs.is_geographic
+            self.region = _between_the_poles(georef.transform, shape) if exact else lattice.region()
             self.left_out = 0.0 if self.region is None else 1 - self.region.area / (shape[0] * shape[1])
             if self.region is None or not self.region.is_empty:
                 centre = lattice.centre(self.map_crs.is_geographic)
@@ -205,8 +206,9 @@ def _geodetic_crs(crs: CRS | None) -> pyproj.CRS | None:
 def _transformer(source: CRS | pyproj.CRS, target: pyproj.CRS) -> Points:
     """Coordinates of ``source`` -> ``target`` (x before y: longitude first), infinite where
     they have none."""
-    transformer = pyproj.Transformer.from_crs(pyproj.CRS.from_user_input(
-        source.to_wkt() if isinstance(source, CRS) else source), target, always_xy=True)
+    # the horizontal part of a compound CRS (a vertical datum beside it): points come in 2-D
+    horizontal = pyproj.CRS.from_user_input(source.to_wkt() if isinstance(source, CRS) else source).to_2d()
+    transformer = pyproj.Transformer.from_crs(horizontal, target, always_xy=True)
 
     def transform(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(invalid="ignore"):
@@ -253,7 +255,7 @@ class _Lattice:
         self._rows = _ticks(height, self._step)
         x, y = np.meshgrid(self._cols.astype(np.float64), self._rows.astype(np.float64))
         self._lon, self._lat = to_lonlat(x.ravel(), y.ravel())
-        self._valid = (np.isfinite(self._lon) & np.isfinite(self._lat)).reshape(x.shape)
+        self._valid = _on_earth(self._lon, self._lat).reshape(x.shape)
 
     def centre(self, geographic: bool) -> tuple[float, float]:
         """Longitude and latitude of the image's middle. In a ``geographic`` CRS, the middle of
@@ -299,7 +301,7 @@ class _Lattice:
                       for x, y, w, h in zip(left, top, widths, heights)]
             lon, lat = self._to_lonlat(np.concatenate([mx.ravel() for mx, _ in meshes]),
                                        np.concatenate([my.ravel() for _, my in meshes]))
-            corners = np.split(np.isfinite(lon) & np.isfinite(lat), np.cumsum([mx.size for mx, _ in meshes])[:-1])
+            corners = np.split(_on_earth(lon, lat), np.cumsum([mx.size for mx, _ in meshes])[:-1])
             packed = np.zeros((self._step, len(group) * slot), dtype=bool)
             for k, (valid, (mx, _)) in enumerate(zip(corners, meshes)):
                 valid = valid.reshape(mx.shape)
@@ -310,6 +312,29 @@ class _Lattice:
                 cell = (shapely.bounds(polygons)[:, 0] // slot).astype(int)
                 pieces.append(_translated(polygons, left[cell] - cell * slot, top[cell]))
         return pieces
+
+
+def _on_earth(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Where a longitude and latitude (degrees) are a place on the Earth: finite, and no latitude
+    beyond a pole (a CRS declared geographic over coordinates that are not passes them through)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90)
+
+
+def _between_the_poles(transform: Affine, shape: tuple[int, int]) -> shapely.Geometry | None:
+    """The part of a ``shape`` grid placed by ``transform`` in a geographic CRS that lies between
+    the poles, in pixel coordinates (exact: an affine transform maps the band of latitudes onto a
+    band of pixels); ``None`` when that is the whole grid. Global grids whose pixel centres lie on
+    the poles reach half a pixel beyond them."""
+    height, width = shape
+    grid = shapely.box(0, 0, width, height)
+    corners = np.array(grid.exterior.coords)
+    longitudes = (transform * corners.T)[0]
+    reach = float(np.abs(longitudes).max()) + 360
+    band = shapely.box(-reach, -90, reach, 90)
+    in_pixels = shapely.transform(band, _pairs(lambda x, y: ~transform * (x, y)))
+    inside = shapely.intersection(grid, in_pixels)
+    return None if shapely.equals(inside, grid) else inside
 
 
 def _ticks(size: int, step: int) -> np.ndarray:
