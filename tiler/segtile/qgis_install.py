@@ -1,7 +1,7 @@
 """Install segtile's QGIS plugin into a QGIS profile, and record which ``segtile`` it runs.
 
 The plugin's files are package data (``segtile.qgis_plugin``, the repository's
-``qgis_plugin/segtile/``), read with :mod:`importlib.resources`, so a wheel installs them too.
+``tiler/segtile/qgis_plugin/``), read with :mod:`importlib.resources`, so a wheel installs them too.
 The plugin runs in QGIS's own Python, where segtile is not installed: it runs the ``segtile``
 executable of this installation in a subprocess, by the absolute path written here into the
 installed plugin (``install.json``).

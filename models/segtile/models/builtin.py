@@ -1,6 +1,6 @@
 """Models installed with segtile, and the one ``segtile IMAGE --out mask.tif`` uses by default.
 
-The demo models live in ``models/demo/`` (package data, so they install with segtile); each is
+The demo models live in ``models/segtile/models/demo/`` (package data, so they install with segtile); each is
 known by its file's stem (``--model landsat_rgb_psp18``). With no ``--model``, segtile uses
 ``$SEGTILE_MODEL`` when it is set, else :data:`DEFAULT_MODEL`.
 """
