@@ -12,8 +12,11 @@ from typing import Any
 
 _PUBLIC = {
     "segment": "segtile.api",
-    "SegmentError": "segtile.api",
     "Segmentation": "segtile.result",
+    "open_source": "segtile.sources",
+    "SegtileError": "segtile.errors",
+    "SegmentError": "segtile.errors",
+    "ResolutionWarning": "segtile.errors",
 }
 
 __all__ = sorted(_PUBLIC)

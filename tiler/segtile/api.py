@@ -14,7 +14,7 @@ import torch
 from segtile.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
 from segtile.cluster import current_client, task_threads
 from segtile.devices import check_device
-from segtile.errors import SegtileError
+from segtile.errors import ResolutionWarning, SegmentError
 from segtile.grid import check_stride
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
@@ -32,10 +32,6 @@ FROM_CARD = "card"  # ``tta``'s default: the augmentation the model card suggest
 _NUMBERED_BAND = re.compile(r"^band \d+$")  # a band name that only numbers it (segtile's default)
 # a card's value scale -> the integer type whose maximum it is: the images the model was trained on
 _TRAINED_TYPES = {float(np.iinfo(t).max): np.dtype(t) for t in (np.uint8, np.uint16)}
-
-
-class SegmentError(SegtileError, ValueError):
-    """The arguments of :func:`segment` do not fit together."""
 
 
 def segment(
@@ -176,12 +172,6 @@ def _augmentation(card: ModelCard, tta: str | None, scales: Sequence[float]) -> 
     scales = tuple(float(s) for s in scales)
     check_augmentation(tta, scales)
     return Augmentation(tta, scales, card.alignment), notes
-
-
-class ResolutionWarning(UserWarning):
-    """The job runs otherwise than its arguments alone say, as the model card or the image
-    suggests: at another pixel size than the image's own, on some of its bands, on a slide's
-    tissue only, or with test-time augmentation (each in a note, also in ``result.notes``)."""
 
 
 def _fit_bands(source: Source, card: ModelCard, chosen: bool) -> tuple[Source, list[str]]:

@@ -13,17 +13,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from segtile.errors import SegtileError
+from segtile.errors import BlendError
 
 BLENDS = ("gaussian", "cosine", "linear", "constant")
 
 # The gaussian's standard deviation as a fraction of the tile size (as in most sliding-window
 # inference code: it keeps the edge weight near exp(-8) of the centre's).
 GAUSSIAN_SIGMA_SCALE = 0.125
-
-
-class BlendError(SegtileError, ValueError):
-    """Unknown blend name."""
 
 
 def check_blend(blend: str) -> None:

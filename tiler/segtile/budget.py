@@ -41,7 +41,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from segtile.errors import SegtileError
+from segtile.errors import BudgetError
 from segtile.grid import tiles_along
 from segtile.plan import TilingOptions, count_tasks
 
@@ -63,10 +63,6 @@ RUNNING_TASK_BYTES = 4 * 2**10
 stripe's tasks; a Dask consumer computing the whole result at once (``result.labels.compute()``)
 holds it for every task."""
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-class BudgetError(SegtileError, ValueError):
-    """A memory limit that cannot be read, or a job that cannot be run within it."""
 
 
 def parse_size(text: str) -> int:

@@ -13,7 +13,7 @@ import dask.system
 from dask.base import get_scheduler
 from distributed import Client, LocalCluster
 
-from segtile.errors import SegtileError
+from segtile.errors import ClusterError
 
 
 def active_client(collection: Any) -> Client | None:
@@ -57,10 +57,6 @@ def joined_threads() -> Iterator[None]:
             yield
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class ClusterError(SegtileError, ValueError):
-    """A cluster that cannot be started or reached as asked."""
 
 
 def parse_gpus(text: str) -> list[int] | None:

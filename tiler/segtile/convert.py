@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from segtile.errors import SegtileError
+from segtile.errors import ConvertError
 from segtile.models import LoadedModel, load_checkpoint, save_checkpoint
 from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, ONNX_SUFFIX
 from segtile.models.onnx_export import check_export_dependencies, export_onnx
@@ -25,10 +25,6 @@ from segtile.models.semseg import convert_semseg, semseg_dataset
 from segtile.writers.atomic import atomic_output, check_output
 
 SOURCE_FORMATS = ("segtile", "semseg")
-
-
-class ConvertError(SegtileError, ValueError):
-    """The conversion asked for cannot be done (options that do not fit together)."""
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, *, source_format: str = "segtile",

@@ -12,17 +12,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from segtile.errors import SegtileError
+from segtile.errors import DeviceError
 
 if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-class DeviceError(SegtileError, ValueError):
-    """The device or precision asked for cannot be used."""
 
 
 def check_device(device: str, precision: str = "fp32", *, here: bool = True) -> None:

@@ -21,14 +21,10 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from segtile.errors import SegtileError, root_cause_line
+from segtile.errors import EvalError, root_cause_line
 from segtile.labels import IGNORE, cell_window, cells, open_labels
 from segtile.metrics import Scores, confusion_matrix, scores
 from segtile.sources import Source, open_source
-
-
-class EvalError(SegtileError, ValueError):
-    """The prediction and the ground truth cannot be compared."""
 
 
 @dataclass(frozen=True)

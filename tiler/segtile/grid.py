@@ -22,16 +22,12 @@ from numbers import Integral, Real
 
 from rasterio.windows import Window
 
-from segtile.errors import SegtileError
+from segtile.errors import GridError
 
 MAX_RUNS_PER_AXIS = 8
 """The most tiles a pixel may lie in along one axis (64 in all): a stride of at least an eighth of
 the tile. Beyond that the overlap multiplies the work (a stride of 8 px on 256 px tiles runs every
 pixel 1024 times) and the memory for nothing a blend of 64 tiles does not already give."""
-
-
-class GridError(SegtileError, ValueError):
-    """Tile size or overlap are unusable."""
 
 
 def is_integer(value: object) -> bool:

@@ -46,7 +46,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from segtile.errors import SegtileError, one_line, root_cause_line
+from segtile.errors import LabelError, one_line, root_cause_line
 from segtile.paths import refuse_sequential
 from segtile.sources.base import Source
 from segtile.sources.files import check_tiff_file_complete, is_tiff
@@ -61,10 +61,6 @@ MAX_CLASSES = IGNORE
 CLASS_FIELDS = ("class_name", "classification", "class", "label")
 """The fields searched, in this order, for a feature's class when none is named: ``class_name``
 (segtile's own polygons), ``classification`` (QuPath), then the common ``class`` and ``label``."""
-
-
-class LabelError(SegtileError, ValueError):
-    """Labels that cannot be read, placed on the image's grid, or mapped to the classes."""
 
 
 class LabelSource(ABC):

@@ -28,16 +28,12 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 
-from segtile.errors import SegtileError
+from segtile.errors import PersistError
 from segtile.workstore import WorkStore, computed_store
 from segtile.writers.outputs import Layers
 
 if TYPE_CHECKING:
     from segtile.result import Segmentation
-
-
-class PersistError(SegtileError, ValueError):
-    """A persisted result is asked for what it does not keep, or cannot be stored there."""
 
 
 class Stored:

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
-from segtile.grid import GridError, Tile, aligned_tiling, check_tiling, is_integer, tile_grid, tiles_along
+from segtile.errors import GridError
+from segtile.grid import Tile, aligned_tiling, check_tiling, is_integer, tile_grid, tiles_along
 from segtile.tta import Augmentation
 
 CHUNK_TASKS = 4

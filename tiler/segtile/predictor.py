@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from segtile.devices import check_precision, resolve_device
-from segtile.errors import SegtileError, one_line
+from segtile.errors import ModelError, one_line
 from segtile.models import ModelCard
 from segtile.models.borrowed import copy_on_device, eval_mode, is_on_device
 from segtile.normalise import Normalisation, normalise_
@@ -56,10 +56,6 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 
 _BORROWED_LOCK = threading.Lock()  # held while a caller's module runs a batch (see Predictor)
-
-
-class ModelError(SegtileError):
-    """The network failed on a batch, or returned something that is not logits for its card."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import imagecodecs
 import numpy as np
 
-from segtile.errors import SegtileError
+from segtile.errors import PreviewError
 from segtile.models.card import ModelCard
 from segtile.plan import fit_to_image
 from segtile.sources import MemorySource
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
     from segtile.result import Segmentation
 
 STRETCH = (2, 98)  # percentiles of each band mapped to black and white (QGIS's default cut)
-
-
-class PreviewError(SegtileError, ValueError):
-    """The preview's arguments are out of range."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,16 +20,12 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from segtile.errors import SegtileError
+from segtile.errors import QgisInstallError
 from segtile.qgis_plugin.runner import INSTALL_RECORD
 
 PLUGIN = "segtile"  # the plugin's folder name, and its name for `qgis_process plugins enable`
 _PROFILE_PLUGINS = Path("QGIS", "QGIS3", "profiles", "default", "python", "plugins")
 _NOT_INSTALLED = ("__pycache__",)
-
-
-class QgisInstallError(SegtileError, ValueError):
-    """The plugin cannot be installed or removed there."""
 
 
 @dataclass(frozen=True)

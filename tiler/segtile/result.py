@@ -15,6 +15,7 @@ import dask.array as da
 from rasterio.crs import CRS
 
 from segtile.engine import build_products, label_dtype, run_token
+from segtile.errors import OutputError
 from segtile.georef import Georef
 from segtile.models import ModelCard
 from segtile.persist import Stored, persist
@@ -23,7 +24,6 @@ from segtile.predictor import ModelSpec
 from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
-from segtile.writers.atomic import OutputError
 from segtile.writers.outputs import Layers, WriteOptions, output_kind, write_outputs
 
 

@@ -48,12 +48,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segtile.errors import NotAWorkStoreError, OutputError, WorkStoreBusyError
 from segtile.owner import Claim, Held
 from segtile.result import Segmentation
 from segtile.sources.files import is_remote
 from segtile.version import version
 from segtile.workstore import DONE, OWNER, WorkStore, is_work_store
-from segtile.writers.atomic import OutputError, write_failure
+from segtile.writers.atomic import write_failure
 
 SUFFIX = ".segtile-work"
 SAMPLE = 2**16  # bytes in each block of a fingerprint
@@ -71,14 +72,6 @@ LEFT_OUT = {"batch_size": "rounding", "device": "rounding", "stitch_on_device": 
             "stripe_width": "memory", "memory_limit": "memory (the sizes it chooses are in the tiling)"}
 """Options of :func:`segtile.segment` not in the identity, and why: they change no pixel beyond
 floating-point rounding, or only how much memory the run takes."""
-
-
-class WorkStoreBusyError(OutputError):
-    """Another live run is using the work store of these outputs."""
-
-
-class NotAWorkStoreError(OutputError):
-    """A folder stands where the work store goes, and segtile cannot prove it is one of its own."""
 
 
 def work_folder(first_output: Path) -> Path:

@@ -13,15 +13,14 @@ from typing import Any, ContextManager, Iterator
 from segtile.api import segment
 from segtile.cluster import local_cluster, parse_gpus
 from segtile.devices import check_device
-from segtile.errors import SegtileError
+from segtile.errors import ModelError, OutputError, RunError
 from segtile.grid import check_tiling
 from segtile.models.builtin import choose_model
-from segtile.predictor import ModelError
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
 from segtile.resume import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.sources import open_source
-from segtile.writers.atomic import OutputError, recover_leftovers
+from segtile.writers.atomic import recover_leftovers
 from segtile.writers.outputs import (
     WriteOptions,
     placement_notes,
@@ -31,10 +30,6 @@ from segtile.writers.outputs import (
 )
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
-
-
-class RunError(SegtileError, ValueError):
-    """The command line asks for something that cannot be done."""
 
 
 def run_segment(args: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ import rasterio.features
 from affine import Affine
 from rasterio.windows import Window
 
-from segtile.errors import SegtileError
+from segtile.errors import TissueError
 from segtile.grid import is_real
 from segtile.labels import IGNORE, AreaSource, open_area
 from segtile.sources import open_source
@@ -39,10 +39,6 @@ THRESHOLD_RANGE = (0.04, 0.15)
 SPECK_UM2 = 10_000  # 0.01 mm²: a tenth of a millimetre square
 SPECK_SHARE = 0.01  # ... and never more than this share of the slide
 MARGIN = 2
-
-
-class TissueError(SegtileError, ValueError):
-    """Tissue detection asked of an image it cannot work on."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from segtile.devices import check_device, resolve_device
+from segtile.errors import TrainError
 from segtile.interrupt import Interrupted
 from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
@@ -25,7 +26,7 @@ from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state
 from segtile.models.datacard import card_from_data
 from segtile.models.resnet import resnet_depth
 from segtile.models.sampling import TrainingData
-from segtile.models.train import EpochResult, TrainError, TrainingState, TrainOptions, epoch_line, train
+from segtile.models.train import EpochResult, TrainingState, TrainOptions, epoch_line, train
 from segtile.sources import Source, open_source
 from segtile.writers.atomic import atomic_output, check_output
 

@@ -18,14 +18,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from segtile.errors import SegtileError
+from segtile.errors import AugmentationError
 
 MODES = ("flip", "d4")
 Forward = Callable[[torch.Tensor], torch.Tensor]
-
-
-class AugmentationError(SegtileError, ValueError):
-    """An unknown augmentation or scale."""
 
 
 def check_augmentation(mode: str | None, scales: Sequence[float]) -> None:

@@ -29,7 +29,7 @@ from numbers import Real
 
 import pyproj
 
-from segtile.errors import SegtileError
+from segtile.errors import GridChoiceError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.sources import Source
@@ -48,10 +48,6 @@ photo, or a 1.3 Gpx grid up-sampled 67 times from a 20 km geostationary image.""
 NOTED_UPSAMPLING = 2.0  # up-sampling beyond this factor is always said
 UNITS = {"m": "m", "um": "µm"}
 KINDS_OF_IMAGE = {"m": ("georeferenced rasters", "a georeferenced raster"), "um": ("slides", "a slide")}
-
-
-class GridChoiceError(SegtileError, ValueError):
-    """The grid options contradict each other, or the grid they leave would be absurd."""
 
 
 def choose_grid(source: Source, card: ModelCard, *, resolution: float | str | None = None,

@@ -41,7 +41,8 @@ from dask.highlevelgraph import HighLevelGraph
 
 from segtile.cluster import joined_threads
 from segtile.durable import fsync_folder, temporary_name, write_durably
-from segtile.writers.atomic import OutputError, write_failure
+from segtile.errors import OutputError
+from segtile.writers.atomic import write_failure
 from segtile.writers.geotiff import PROBABILITY_SCALE
 from segtile.writers.outputs import Layers
 from segtile.writers.zarr_store import regular_chunks

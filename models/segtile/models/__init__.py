@@ -1,8 +1,8 @@
 """Networks and checkpoints for segtile: PSPNet, ResNet backbones, model cards, training."""
 
-from segtile.models.card import CardError, ModelCard, default_card
+from segtile.errors import ArchitectureError, CardError, CheckpointError
+from segtile.models.card import ModelCard, default_card
 from segtile.models.checkpoint import (
-    CheckpointError,
     LoadedModel,
     load_checkpoint,
     load_model,
@@ -12,7 +12,7 @@ from segtile.models.checkpoint import (
     save_torchscript,
 )
 from segtile.models.pspnet import PSPNet
-from segtile.models.resnet import ArchitectureError, load_torchvision_backbone
+from segtile.models.resnet import load_torchvision_backbone
 
 __all__ = [
     "ArchitectureError",

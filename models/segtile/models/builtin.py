@@ -11,15 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from segtile.errors import SegtileError
+from segtile.errors import ModelNotFoundError
 
 FOLDER = Path(__file__).resolve().parent / "demo"
 DEFAULT_MODEL = "landsat_rgb_psp18"
 ENVIRONMENT_VARIABLE = "SEGTILE_MODEL"
-
-
-class ModelNotFoundError(SegtileError, ValueError):
-    """A ``--model`` that is neither a file nor the name of an installed model."""
 
 
 @dataclass(frozen=True)

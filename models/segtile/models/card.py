@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from segtile.errors import SegtileError
+from segtile.errors import CardError
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -24,10 +24,6 @@ _DEFAULT_COLOURS = (
 
 
 TTA_MODES = (None, "flip", "d4")
-
-
-class CardError(SegtileError, ValueError):
-    """A model card is missing fields or its fields disagree with each other."""
 
 
 @dataclass(frozen=True)

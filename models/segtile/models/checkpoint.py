@@ -26,9 +26,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from segtile.errors import SegtileError, one_line
+from segtile.errors import CardError, CheckpointError, one_line
 from segtile.models.borrowed import eval_mode
-from segtile.models.card import CardError, ModelCard, default_card
+from segtile.models.card import ModelCard, default_card
 from segtile.models.pspnet import PSPNet
 from segtile.paths import refuse_sequential
 
@@ -45,10 +45,6 @@ ARCHITECTURES: dict[str, type[PSPNet]] = {"pspnet": PSPNet}
 # reference PSPNet requires), and the band counts tried after the first convolution's.
 _PROBE_SIZES = (65, 64)
 _PROBE_BANDS = (3, 1)
-
-
-class CheckpointError(SegtileError, ValueError):
-    """A file is not a usable checkpoint: missing, unreadable, of another kind, or inconsistent."""
 
 
 @dataclass(frozen=True)

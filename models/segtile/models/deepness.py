@@ -29,7 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from segtile.models.card import CardError, ModelCard
+from segtile.errors import CardError
+from segtile.models.card import ModelCard
 
 SEGMENTATION = "Segmentor"
 KEYS = ("model_type", "class_names", "names", "resolution", "tile_size", "tiles_overlap",

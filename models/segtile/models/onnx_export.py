@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtile.errors import one_line
+from segtile.errors import OnnxError, one_line
 from segtile.models.card import ModelCard
-from segtile.models.onnx_runtime import CARD_KEY, INSTALL_HINT, OnnxError, onnxruntime
+from segtile.models.onnx_runtime import CARD_KEY, INSTALL_HINT, onnxruntime
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtile.errors import SegtileError, one_line
+from segtile.errors import OnnxError, one_line
 from segtile.models.card import ModelCard, default_card
 from segtile.models.checkpoint import check_card_fits
 from segtile.models.deepness import deepness_model, is_deepness
@@ -34,11 +34,6 @@ from segtile.models.deepness import deepness_model, is_deepness
 CARD_KEY = "segtile_card"  # metadata_props key of a segtile card (ModelCard JSON)
 INSTALL_HINT = "pip install 'segtile[onnx]'"
 _FLOAT = "tensor(float)"
-
-
-class OnnxError(SegtileError, ValueError):
-    """An ONNX file cannot be run or written: onnxruntime or onnx missing, or a model segtile
-    cannot drive (several inputs, an input that is not float32 NCHW, tiles of the wrong size)."""
 
 
 @dataclass(frozen=True)

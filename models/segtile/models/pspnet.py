@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segtile.models.resnet import ArchitectureError, dilated_resnet, scaled_channels
+from segtile.errors import ArchitectureError
+from segtile.models.resnet import dilated_resnet, scaled_channels
 
 ZOOM_FACTORS = (1, 2, 4, 8)
 

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from segtile.errors import SegtileError
+from segtile.errors import ArchitectureError
 
 # depth -> (block kind, blocks per stage), as in the ResNet paper.
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -37,10 +37,6 @@ RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 # torchvision / semseg ImageNet ResNet stem names -> positions inside ``layer0``.
 _STEM_KEYS = {"conv1": "layer0.0", "bn1": "layer0.1", "conv2": "layer0.3",
               "bn2": "layer0.4", "conv3": "layer0.6", "bn3": "layer0.7"}
-
-
-class ArchitectureError(SegtileError, ValueError):
-    """A network was asked for with options it does not have (depth, width, bins...)."""
 
 
 def scaled_channels(channels: int, width: float) -> int:

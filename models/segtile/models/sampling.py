@@ -24,7 +24,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from segtile.engine import read_tile
-from segtile.errors import SegtileError
+from segtile.errors import SamplingError
 from segtile.grid import Tile
 from segtile.labels import IGNORE, LabelSource, cell_window, cells
 from segtile.sources import Source
@@ -39,10 +39,6 @@ LABELLED_TRIES = 10
 """Windows drawn for one sample until one holds a labelled pixel (the last one is kept anyway)."""
 
 _WHOLE_TILE_EDGES = (True, True, True, True)
-
-
-class SamplingError(SegtileError, ValueError):
-    """The images and labels leave nothing to train or validate on."""
 
 
 @dataclass(frozen=True)

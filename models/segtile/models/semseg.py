@@ -25,8 +25,9 @@ from typing import Any, Mapping
 
 import torch
 
+from segtile.errors import CheckpointError
 from segtile.models.card import ModelCard
-from segtile.models.checkpoint import CheckpointError, LoadedModel, architecture, load_reference_state_dict
+from segtile.models.checkpoint import LoadedModel, architecture, load_reference_state_dict
 from segtile.models.pspnet import PSPNet
 from segtile.models.semseg_datasets import DATASETS, SemsegDataset
 

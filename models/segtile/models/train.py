@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from segtile.errors import SegtileError
+from segtile.errors import TrainError
 from segtile.labels import IGNORE
 from segtile.metrics import confusion_matrix, scores
 from segtile.models.augment import colour_jitter_, flip_and_rotate, jitter_parameters
@@ -48,10 +48,6 @@ WEIGHT_DECAY = 1e-4
 AUX_WEIGHT = 0.4
 HEAD_LR_FACTOR = 10.0
 _BACKBONE = ("layer0", "layer1", "layer2", "layer3", "layer4")
-
-
-class TrainError(SegtileError, ValueError):
-    """The training data or options do not fit together."""
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def creation_option(text: str) -> tuple[str, str]:
 
 def memory_size(text: str) -> int:
     """``"1.5G"`` -> bytes (see :func:`segtile.budget.parse_size`)."""
-    from segtile.budget import BudgetError, parse_size
+    from segtile.budget import parse_size
+    from segtile.errors import BudgetError
 
     try:
         return parse_size(text)

@@ -1,6 +1,7 @@
 """Sources: open a path or an array as a lazy, windowed, georeferenced image."""
 
-from segtile.sources.base import Source, SourceError
+from segtile.errors import SourceError
+from segtile.sources.base import Source
 from segtile.sources.memory import MemorySource
 from segtile.sources.open import open_source
 from segtile.sources.openslide import OpenSlideSource

@@ -8,12 +8,8 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from segtile.errors import SegtileError
+from segtile.errors import SourceError
 from segtile.georef import Georef
-
-
-class SourceError(SegtileError, ValueError):
-    """A source cannot be opened or read (missing, unreadable, bad band selection...)."""
 
 
 class Source(ABC):

@@ -11,9 +11,8 @@ import rasterio
 import tifffile
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from segtile.errors import root_cause_line
+from segtile.errors import SourceError, root_cause_line
 from segtile.paths import refuse_sequential
-from segtile.sources.base import SourceError
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys

@@ -12,8 +12,9 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
+from segtile.errors import SourceError
 from segtile.georef import Georef
-from segtile.sources.base import Source, SourceError
+from segtile.sources.base import Source
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 BANDS_LAST = (1, 3, 4)

@@ -20,9 +20,9 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from segtile.errors import root_cause_line
+from segtile.errors import SourceError, root_cause_line
 from segtile.georef import Georef
-from segtile.sources.base import Source, SourceError
+from segtile.sources.base import Source
 from segtile.sources.files import check_local_file, is_tiff
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds

@@ -19,8 +19,8 @@ from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from segtile.errors import root_cause_line
-from segtile.sources.base import Source, SourceError
+from segtile.errors import SourceError, root_cause_line
+from segtile.sources.base import Source
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.raster import RasterSource, _open_dataset, _rasterio_window
 from segtile.sources.selection import band_positions, compose_bands

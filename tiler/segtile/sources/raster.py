@@ -20,9 +20,9 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from segtile.errors import root_cause_line
+from segtile.errors import SourceError, root_cause_line
 from segtile.georef import Georef
-from segtile.sources.base import Source, SourceError
+from segtile.sources.base import Source
 from segtile.sources.files import (
     check_local_file,
     check_tiff_file_complete,

@@ -26,7 +26,8 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from segtile.sources.base import Source, SourceError
+from segtile.errors import SourceError
+from segtile.sources.base import Source
 from segtile.sources.selection import window_bounds
 
 # reproject needs a CRS; both grids are in level-0 pixel units of one image, so any CRS will do

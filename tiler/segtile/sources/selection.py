@@ -7,7 +7,7 @@ from typing import Sequence
 
 from rasterio.windows import Window
 
-from segtile.sources.base import SourceError
+from segtile.errors import SourceError
 
 
 def band_positions(bands: Sequence[int] | None, count: int) -> tuple[int, ...]:

@@ -15,9 +15,9 @@ from affine import Affine
 from rasterio.windows import Window
 from tifffile.tifffile import svs_description_metadata
 
-from segtile.errors import root_cause_line
+from segtile.errors import SourceError, root_cause_line
 from segtile.georef import Georef
-from segtile.sources.base import Source, SourceError
+from segtile.sources.base import Source
 from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff, tagged_pixel_size
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.selection import band_positions, compose_bands, window_bounds

@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Iterator
 
 from segtile.durable import fsync_folder, temporary_name, write_durably
-from segtile.errors import SegtileError, root_cause_line
+from segtile.errors import LeftoverWarning, OutputError, OutputExistsError, root_cause_line
 from segtile.owner import Claim, Held, Owner
 
 _REPLACED = ".replaced"  # inside a temporary folder: the old files moved aside while committing
@@ -52,19 +52,6 @@ _JOURNAL = ".segtile-commit"  # inside a temporary folder: the moves of its comm
 _BOOKKEEPING = {_REPLACED, _OWNER, _JOURNAL, temporary_name(Path(_OWNER)).name, temporary_name(Path(_JOURNAL)).name}
 _UNDO_TRIES = 3  # an undo cut short by another Ctrl-C is run again: each of its steps can be
 FULL_DISK_BYTES = 16 * 2**20  # a write that failed with less free than this failed for want of room
-
-
-class OutputError(SegtileError, ValueError):
-    """An output cannot be written there (missing or read-only folder, named twice...)."""
-
-
-class OutputExistsError(OutputError):
-    """The output exists and overwriting was not asked for."""
-
-
-class LeftoverWarning(UserWarning):
-    """What a run that died left beside an output was cleaned up, or its commit finished or undone
-    (the message says which; the ``segtile`` command prints it as a note)."""
 
 
 @dataclass

@@ -22,16 +22,12 @@ from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
 from segtile.cluster import active_client, joined_threads
-from segtile.errors import SegtileError
+from segtile.errors import WriterInputError
 from segtile.models.card import ModelCard
 
 Key = tuple[slice, ...]
 Advance = Callable[[int], None]
 """Called with 1 after each chunk is written, under the write lock (a tqdm bar's ``update``)."""
-
-
-class WriterInputError(SegtileError, ValueError):
-    """The arrays handed to a writer do not fit the model card or each other."""
 
 
 class _ChunkTarget:

@@ -28,11 +28,11 @@ from rasterio.io import DatasetWriter
 from rasterio.rpc import RPC
 from rasterio.windows import Window
 
-from segtile.errors import SegtileError, one_line
+from segtile.errors import CreationOptionError, WriterInputError, one_line
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, as_probabilities, store_chunks
+from segtile.writers.blocks import Advance, Key, as_labels, as_probabilities, store_chunks
 from segtile.writers.legend import colour_table, legend_sidecars, write_legend_sidecars
 
 BLOCK_SIZE = 512
@@ -50,10 +50,6 @@ def probabilities_path_for(mask_path: str | PathLike) -> Path:
     """The probabilities' file beside a mask: ``mask.tif`` -> ``mask.probabilities.tif``."""
     mask_path = Path(mask_path)
     return mask_path.with_name(f"{mask_path.stem}.probabilities{mask_path.suffix}")
-
-
-class CreationOptionError(SegtileError, ValueError):
-    """A GDAL creation option the COG driver does not take, or a value it refuses."""
 
 
 def check_creation_options(options: Mapping[str, str]) -> None:

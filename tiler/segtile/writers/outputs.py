@@ -28,22 +28,16 @@ import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
 from segtile.cluster import current_client
+from segtile.errors import ClippedWarning, CreationOptionError, OutputError, WriterInputError
 from segtile.georef import Georef
 from segtile.grid import is_real
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
-from segtile.writers.atomic import OutputError, OutputSet, check_output, disk_full, write_failure
-from segtile.writers.blocks import Advance, WriterInputError
-from segtile.writers.geotiff import (
-    CreationOptionError,
-    check_creation_options,
-    probabilities_path_for,
-    write_mask,
-    write_probabilities,
-)
+from segtile.writers.atomic import OutputSet, check_output, disk_full, write_failure
+from segtile.writers.blocks import Advance
+from segtile.writers.geotiff import check_creation_options, probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import legend_sidecars
 from segtile.writers.ome_zarr import write_ome_zarr
-from segtile.writers.placement import ClippedWarning
 from segtile.writers.qupath import DEFAULT_OBJECTS, check_object_type, write_qupath_geojson
 from segtile.writers.vector import class_indices, polygon_placement, polygon_sidecars, write_polygons
 from segtile.writers.zarr_store import check_zarr_format, write_zarr

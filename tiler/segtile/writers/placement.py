@@ -45,8 +45,8 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, TransformWarning
 from rasterio.transform import GCPTransformer, RPCTransformer
 
+from segtile.errors import PlacementError
 from segtile.georef import WGS84, Georef
-from segtile.writers.blocks import WriterInputError
 
 DENSIFY = 8.0
 """Longest pixel edge, in pixels, carried through a non-affine mapping as one straight segment."""
@@ -55,15 +55,6 @@ LATTICE = 512
 POINTS_AT_ONCE = 1 << 20  # pixel corners transformed in one call while refining
 
 Points = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class PlacementError(WriterInputError):
-    """An output cannot hold the image's polygons where they are (no pixel has the geographic
-    coordinates it needs)."""
-
-
-class ClippedWarning(UserWarning):
-    """A polygon output leaves out the part of the image that has no geographic coordinates."""
 
 
 class Placed(NamedTuple):

@@ -29,10 +29,11 @@ from typing import Any, Sequence, TextIO
 
 import shapely
 
+from segtile.errors import WriterInputError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Advance, WriterInputError, as_labels
+from segtile.writers.blocks import Advance, as_labels
 from segtile.writers.legend import rgb
 from segtile.writers.placement import Placement
 from segtile.writers.vector import Batch, RegionBatches, class_indices, stream_regions, without_classes

@@ -31,12 +31,13 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import mapping, shape
 
+from segtile.errors import PlacementError, UnknownClassError, VectorFormatError
 from segtile.georef import WGS84, Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import Advance, Key, WriterInputError, as_labels, store_chunks
+from segtile.writers.blocks import Advance, Key, as_labels, store_chunks
 from segtile.writers.legend import polygon_style_sidecars, write_polygon_style
-from segtile.writers.placement import Placement, PlacementError
+from segtile.writers.placement import Placement
 from segtile.writers.seams import Region, SeamMerger, polygonise_chunk
 
 DRIVERS = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".shp": "ESRI Shapefile", ".geojson": "GeoJSON"}
@@ -46,14 +47,6 @@ reads without a warning on every open; the 1.4 pyogrio's GDAL writes adds nothin
 FIELDS = ["class_id", "class_name", "area"]
 AREA_M2 = "area_m2"  # the field of areas on the ellipsoid, after FIELDS when the map CRS has one
 BATCH_SIZE = 20_000  # regions per write call
-
-
-class VectorFormatError(WriterInputError):
-    """The output's extension names no polygon format segtile writes."""
-
-
-class UnknownClassError(WriterInputError):
-    """A class to leave out is not one of the model card's classes."""
 
 
 def vector_driver(path: str | PathLike) -> str:

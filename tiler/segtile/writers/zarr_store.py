@@ -51,18 +51,14 @@ from rasterio.crs import CRS
 from rasterio.rpc import RPC
 
 from segtile.cluster import joined_threads
-from segtile.errors import SegtileError
+from segtile.errors import WriterInputError, ZarrStoreError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import WriterInputError, as_labels, as_probabilities
+from segtile.writers.blocks import as_labels, as_probabilities
 
 ZARR_FORMATS = (2, 3)
 GRID_MAPPING = "spatial_ref"
-
-
-class ZarrStoreError(SegtileError, ValueError):
-    """A Zarr store is not one segtile wrote (no labels array or no model card)."""
 
 
 def check_zarr_format(zarr_format: int) -> None:
