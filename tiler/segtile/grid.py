@@ -18,26 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
-from numbers import Integral, Real
 
 from rasterio.windows import Window
 
+from segtile.checks import is_integer
 from segtile.errors import GridError
 
 MAX_RUNS_PER_AXIS = 8
 """The most tiles a pixel may lie in along one axis (64 in all): a stride of at least an eighth of
 the tile. Beyond that the overlap multiplies the work (a stride of 8 px on 256 px tiles runs every
 pixel 1024 times) and the memory for nothing a blend of 64 tiles does not already give."""
-
-
-def is_integer(value: object) -> bool:
-    """An integer of any integer type (numpy's too), but not a bool or a float like ``512.0``."""
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def is_real(value: object) -> bool:
-    """A real number of any type (numpy's too; NaN and infinities included), but not a bool."""
-    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def check_tiling(tile_size: int, overlap: int) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from segtile.blend import check_blend
+from segtile.checks import is_integer
 from segtile.errors import GridError
-from segtile.grid import Tile, aligned_tiling, check_tiling, is_integer, tile_grid, tiles_along
+from segtile.grid import Tile, aligned_tiling, check_tiling, tile_grid, tiles_along
 from segtile.tta import Augmentation
 
 CHUNK_TASKS = 4

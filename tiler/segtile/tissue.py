@@ -25,8 +25,8 @@ import rasterio.features
 from affine import Affine
 from rasterio.windows import Window
 
+from segtile.checks import is_real
 from segtile.errors import TissueError
-from segtile.grid import is_real
 from segtile.labels import IGNORE, AreaSource, open_area
 from segtile.sources import open_source
 from segtile.sources.base import Source

@@ -27,10 +27,10 @@ from typing import ContextManager, Iterator
 import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
+from segtile.checks import is_real
 from segtile.cluster import current_client
 from segtile.errors import ClippedWarning, CreationOptionError, OutputError, WriterInputError
 from segtile.georef import Georef
-from segtile.grid import is_real
 from segtile.models.card import ModelCard
 from segtile.progress import Progress
 from segtile.writers.atomic import OutputSet, check_output, disk_full, write_failure
