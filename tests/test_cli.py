@@ -15,9 +15,9 @@ import shapely
 import torch
 
 from segtile.cli import main
-from segtile.grid import tile_grid
 from segtile.models import ModelCard, save_torchscript
-from segtile.plan import TilingOptions, tile_runs
+from segtile.tiling.grid import tile_grid
+from segtile.tiling.plan import TilingOptions, tile_runs
 from tests.conftest import whole_image_logits
 
 

@@ -8,7 +8,7 @@ import torch
 from affine import Affine
 
 from segtile import segment
-from segtile.blend import BLENDS
+from segtile.tiling.blend import BLENDS
 from tests.conftest import whole_image_logits
 
 

@@ -4,25 +4,18 @@
 >>> result = segment("aerial.tif", "model.pt")      # lazy: nothing has run yet
 >>> result.to_geotiff("mask.tif")                   # runs, chunk by chunk
 
-The public names are imported on first use, so ``import segtile.grid`` stays light (no torch).
+The public names are imported on first use, so ``import segtile.tiling.grid`` stays light (no
+torch). The package's rooms, in the order work flows through them: ``sources`` (open anything as
+a Source), ``tiling`` (tiles, blends, the plan), ``inference`` (the network on a batch),
+``engine`` (the Dask graph), ``store`` (the work store), ``writers`` (outputs); ``training`` and
+``cli`` on top, ``models`` (networks, cards, checkpoints) beside them all.
 """
 
-from importlib import import_module
-from typing import Any
+from segtile.lazy import lazy_exports
 
-_PUBLIC = {
-    "segment": "segtile.api",
-    "Segmentation": "segtile.result",
-    "open_source": "segtile.sources",
-    "SegtileError": "segtile.errors",
-    "SegmentError": "segtile.errors",
-    "ResolutionWarning": "segtile.errors",
-}
-
-__all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'segtile' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, {
+    "segtile.api": ("segment",),
+    "segtile.result": ("Segmentation",),
+    "segtile.sources": ("open_source",),
+    "segtile.errors": ("SegtileError", "SegmentError", "ResolutionWarning"),
+})

@@ -11,24 +11,23 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segtile.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
 from segtile.cluster import current_client, task_threads
 from segtile.devices import check_device
 from segtile.errors import ResolutionWarning, SegmentError
-from segtile.grid import check_stride
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import with_network_alignment
-from segtile.plan import TilingOptions, fit_to_image
 from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
 from segtile.sources.palette import COLOURS, in_colour
+from segtile.tiling.augmentation import FROM_CARD, Augmentation, check_augmentation
+from segtile.tiling.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
+from segtile.tiling.grid import check_stride
+from segtile.tiling.plan import TilingOptions, fit_to_image
 from segtile.tissue import with_masks
-from segtile.tta import Augmentation, check_augmentation
 from segtile.working_grid import choose_grid
 
-FROM_CARD = "card"  # ``tta``'s default: the augmentation the model card suggests, if any
 _NUMBERED_BAND = re.compile(r"^band \d+$")  # a band name that only numbers it (segtile's default)
 # a card's value scale -> the integer type whose maximum it is: the images the model was trained on
 _TRAINED_TYPES = {float(np.iinfo(t).max): np.dtype(t) for t in (np.uint8, np.uint16)}
@@ -102,7 +101,7 @@ def segment(
             the tiles on each stripe boundary twice. ``0``: the whole width at once.
         memory_limit: bytes (or ``"1.5G"``) the engine may hold; the sizes left ``None`` above
             are chosen from it, the class count and the tiling, and a job that cannot be kept
-            within it is refused before any work (see :mod:`segtile.budget`).
+            within it is refused before any work (see :mod:`segtile.tiling.budget`).
         stitch_on_device: keep the tiles' weighted logits on the model's device and stitch the
             chunks there, so that only the products come back to the host (one byte per pixel
             for labels). ``None``: when the model runs on a CUDA device of this process (never

@@ -2,7 +2,7 @@
 
 Three kinds of task, all small and picklable:
 
-* one ``batch`` task per group of ``batch_size`` tiles of a stripe (:mod:`segtile.plan`): reads
+* one ``batch`` task per group of ``batch_size`` tiles of a stripe (:mod:`segtile.tiling.plan`): reads
   the tiles (padding those that run past the image), runs the predictor and returns each tile's
   weighted logits, pixel-major ``(h, w, classes)`` as the network's channels-last output comes,
   and its weights, set to zero on invalid pixels and where the logits were not finite; tiles
@@ -28,7 +28,7 @@ current therefore makes each batch task wait for the marker of the last chunk of
 holds less). Dask frees a batch as soon as the chunks that need it are done, so memory is
 bounded by the batches in flight, the band of batches one tile row high and one stripe wide
 that straddles the current chunk row, and the chunks being stitched, whatever the image size;
-:func:`segtile.budget.plan_memory` sizes stripes, chunks and batches to the class count so that
+:func:`segtile.tiling.budget.plan_memory` sizes stripes, chunks and batches to the class count so that
 bound holds for 2 classes and for 150.
 
 Chunks already computed by an interrupted run (``skip``) get no task at all: the chain of markers
@@ -47,16 +47,16 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from segtile.blend import tile_weight
 from segtile.cluster import current_client
 from segtile.devices import resolve_device
 from segtile.events import TileCounts, report
-from segtile.grid import Tile
 from segtile.interrupt import stop_if_asked
 from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
-from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
 from segtile.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
+from segtile.tiling.blend import tile_weight
+from segtile.tiling.grid import Tile
+from segtile.tiling.plan import TilingOptions, batches_per_chunk, plan_stripes
 
 PRODUCTS = ("labels", "probabilities", "logits")
 BATCH_PREFIX = "segtile-batch-"
@@ -92,7 +92,7 @@ def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None
     """The tile's pixels ``(bands, T, T)`` and validity ``(T, T)`` (``None``: all valid).
 
     Pixels that are not finite (NaN, infinite) are invalid, whatever the source says. A tile
-    running past the image (see :mod:`segtile.grid`) is padded by reflection; the padding is
+    running past the image (see :mod:`segtile.tiling.grid`) is padded by reflection; the padding is
     marked invalid so it never counts.
     """
     window = tile.window

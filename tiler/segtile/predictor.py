@@ -21,8 +21,9 @@ from segtile.errors import ModelError, one_line
 from segtile.models import ModelCard
 from segtile.models.borrowed import copy_on_device, eval_mode, is_on_device
 from segtile.normalise import Normalisation, normalise_
-from segtile.tta import NONE as NO_AUGMENTATION
-from segtile.tta import Augmentation
+from segtile.tiling.augmentation import NONE as NO_AUGMENTATION
+from segtile.tiling.augmentation import Augmentation
+from segtile.tta import augmented
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class Predictor:
             weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
             x = self._prepared(self._to_device(pixels), None if all_valid else weight[..., 0])
             with self._lock, eval_mode(self.module) if self.borrowed else nullcontext():
-                logits = self.augmentation(self._network, x)
+                logits = augmented(self.augmentation, self._network, x)
             logits = logits.permute(0, 2, 3, 1)
             if logits.dtype != torch.float32:
                 logits = logits.float()

@@ -29,9 +29,9 @@ import numpy as np
 
 from segtile.errors import PreviewError
 from segtile.models.card import ModelCard
-from segtile.plan import fit_to_image
 from segtile.sources import MemorySource
 from segtile.sources.overview import coarse_source, read_whole
+from segtile.tiling.plan import fit_to_image
 from segtile.writers.legend import rgb_palette
 
 if TYPE_CHECKING:

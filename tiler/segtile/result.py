@@ -19,11 +19,11 @@ from segtile.errors import OutputError
 from segtile.georef import Georef
 from segtile.models import ModelCard
 from segtile.persist import Stored, persist
-from segtile.plan import TilingOptions, stripe_chunk_columns, tile_runs
 from segtile.predictor import ModelSpec
 from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
+from segtile.tiling.plan import TilingOptions, stripe_chunk_columns, tile_runs
 from segtile.writers.outputs import Layers, WriteOptions, output_kind, write_outputs
 
 
@@ -117,7 +117,7 @@ class Segmentation:
 
     @property
     def column_groups(self) -> tuple[range, ...]:
-        """The chunk columns of each stripe of the engine (:mod:`segtile.plan`): computing them one
+        """The chunk columns of each stripe of the engine (:mod:`segtile.tiling.plan`): computing them one
         stripe after another bounds the memory on any scheduler; none for a persisted result."""
         if self.stored is not None:
             return ()

@@ -14,12 +14,12 @@ from segtile.api import segment
 from segtile.cluster import local_cluster, parse_gpus
 from segtile.devices import check_device
 from segtile.errors import ModelError, OutputError, RunError
-from segtile.grid import check_tiling
 from segtile.models.builtin import choose_model
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
 from segtile.resume import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.sources import open_source
+from segtile.tiling.grid import check_tiling
 from segtile.writers.atomic import recover_leftovers
 from segtile.writers.outputs import (
     WriteOptions,

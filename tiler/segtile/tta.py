@@ -8,70 +8,43 @@ tile, turned into probabilities, and averaged; the batch's result is the log of 
 so the tiler's blending and stitching, and its memory, are the same as without augmentation
 (softmax of the stitched log-probabilities gives back averaged probabilities). A network that
 sees each pixel alone gives the same labels with or without flips.
+
+Which copies are asked for is an :class:`~segtile.tiling.augmentation.Augmentation` (options
+without torch); this module runs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from segtile.errors import AugmentationError
+from segtile.tiling.augmentation import MODES, NONE, Augmentation, check_augmentation
 
-MODES = ("flip", "d4")
+__all__ = ["MODES", "NONE", "Augmentation", "AugmentationError", "augmented", "check_augmentation"]
+
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def check_augmentation(mode: str | None, scales: Sequence[float]) -> None:
-    """Raise :class:`AugmentationError` for an unknown mode or a scale that is not positive."""
-    if mode is not None and mode not in MODES:
-        raise AugmentationError(f"unknown test-time augmentation {mode!r}: choose {', '.join(MODES)} or none")
-    if not scales or any(not 0 < scale <= 8 for scale in scales):
-        raise AugmentationError(f"scales must be positive and at most 8, got {list(scales)}")
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Which copies of a batch the network sees: ``mode`` (``None``, ``"flip"``, ``"d4"``) at
-    each of ``scales``; ``alignment`` keeps rescaled tiles at ``k * alignment + 1`` pixels."""
-
-    mode: str | None = None
-    scales: tuple[float, ...] = (1.0,)
-    alignment: int = 1
-
-    @property
-    def active(self) -> bool:
-        return self.mode is not None or self.scales != (1.0,)
-
-    @property
-    def copies(self) -> int:
-        """How many times the network runs per batch."""
-        return {None: 1, "flip": 2, "d4": 8}[self.mode] * len(self.scales)
-
-    def __call__(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
-        """Log of the mean probabilities of ``forward`` over the augmented copies of ``x``
-        ``(N, bands, h, w)``; ``forward(x)`` itself when nothing is asked for."""
-        if not self.active:
-            return forward(x)
-        size = x.shape[-2:]
-        total = None
-        for scale in self.scales:
-            scaled = x if scale == 1.0 else F.interpolate(x, size=self._scaled_size(size, scale), mode="bilinear",
-                                                           align_corners=True)
-            for transform, inverse in _transforms(self.mode):
-                logits = inverse(forward(transform(scaled)))
-                if scale != 1.0:
-                    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
-                probabilities = torch.softmax(logits.float(), dim=1)
-                total = probabilities if total is None else total.add_(probabilities)
-        return torch.log(total.div_(self.copies).clamp_min_(torch.finfo(torch.float32).tiny))
-
-    def _scaled_size(self, size: torch.Size, scale: float) -> tuple[int, int]:
-        """``size`` times ``scale``, kept at ``k * alignment + 1`` pixels (at least one step)."""
-        step = self.alignment
-        return tuple(max(1, round((length - 1) * scale / step)) * step + 1 for length in size)
+def augmented(augmentation: Augmentation, forward: Forward, x: torch.Tensor) -> torch.Tensor:
+    """Log of the mean probabilities of ``forward`` over the copies of ``x`` ``(N, bands, h, w)``
+    that ``augmentation`` asks for; ``forward(x)`` itself when it asks for none."""
+    if not augmentation.active:
+        return forward(x)
+    size = x.shape[-2:]
+    total = None
+    for scale in augmentation.scales:
+        scaled = x if scale == 1.0 else F.interpolate(x, size=augmentation.scaled_size(size, scale), mode="bilinear",
+                                                       align_corners=True)
+        for transform, inverse in _transforms(augmentation.mode):
+            logits = inverse(forward(transform(scaled)))
+            if scale != 1.0:
+                logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=True)
+            probabilities = torch.softmax(logits.float(), dim=1)
+            total = probabilities if total is None else total.add_(probabilities)
+    return torch.log(total.div_(augmentation.copies).clamp_min_(torch.finfo(torch.float32).tiny))
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -98,7 +71,3 @@ def _rotation(turns: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _then(first: Callable, second: Callable) -> Callable:
     return lambda t: second(first(t))
-
-
-NONE = Augmentation()
-"""No augmentation: the network runs once on each batch as it is."""

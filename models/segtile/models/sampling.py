@@ -25,9 +25,9 @@ from rasterio.windows import Window
 
 from segtile.engine import read_tile
 from segtile.errors import SamplingError
-from segtile.grid import Tile
 from segtile.labels import IGNORE, LabelSource, cell_window, cells
 from segtile.sources import Source
+from segtile.tiling.grid import Tile
 
 MAX_VAL_WINDOWS = 256
 """Validation windows scored after each epoch, at most (a fixed random subset of the held-out blocks)."""

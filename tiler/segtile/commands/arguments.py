@@ -108,9 +108,9 @@ def creation_option(text: str) -> tuple[str, str]:
 
 
 def memory_size(text: str) -> int:
-    """``"1.5G"`` -> bytes (see :func:`segtile.budget.parse_size`)."""
-    from segtile.budget import parse_size
+    """``"1.5G"`` -> bytes (see :func:`segtile.tiling.budget.parse_size`)."""
     from segtile.errors import BudgetError
+    from segtile.tiling.budget import parse_size
 
     try:
         return parse_size(text)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from segtile.blend import BLENDS
 from segtile.commands.arguments import (
     band_list,
     creation_option,
@@ -17,8 +16,8 @@ from segtile.commands.arguments import (
     scale_list,
 )
 from segtile.devices import PRECISIONS
-
-FROM_CARD = "card"  # --tta's default: the model card's suggestion (segtile.api.FROM_CARD)
+from segtile.tiling.augmentation import FROM_CARD
+from segtile.tiling.blend import BLENDS
 
 DESCRIPTION = (
     "Segment an image too large for memory with a PSPNet, tile by tile. The format of each output "

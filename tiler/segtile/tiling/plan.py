@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from segtile.blend import check_blend
 from segtile.checks import is_integer
 from segtile.errors import GridError
-from segtile.grid import Tile, aligned_tiling, check_tiling, tile_grid, tiles_along
-from segtile.tta import Augmentation
+from segtile.tiling.augmentation import Augmentation
+from segtile.tiling.blend import check_blend
+from segtile.tiling.grid import Tile, aligned_tiling, check_tiling, tile_grid, tiles_along
 
 CHUNK_TASKS = 4
 """Graph entries per output chunk: its stitch, the marker of its completion, and one per product
@@ -45,7 +45,7 @@ class TilingOptions:
     stitch_on_device: bool | None = None
 
     def validate(self) -> None:
-        """Raise :class:`~segtile.grid.GridError` for sizes that are not whole and positive."""
+        """Raise :class:`~segtile.tiling.grid.GridError` for sizes that are not whole and positive."""
         check_tiling(self.tile_size, self.overlap)
         check_blend(self.blend)
         for name in ("batch_size", "chunk_size", "alignment"):
@@ -60,7 +60,7 @@ class TilingOptions:
 
 def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptions:
     """``options`` with tiles of the size the network's ``alignment`` wants (see
-    :func:`segtile.grid.aligned_tiling`), no larger than needed to cover the image's longer side
+    :func:`segtile.tiling.grid.aligned_tiling`), no larger than needed to cover the image's longer side
     (a tile of 100000 px on a small image would allocate gigabytes for one padded tile), and an
     overlap below the tile."""
     alignment = options.alignment

@@ -32,7 +32,7 @@ refuses jobs whose graph alone would take more than half the limit (chunks of a 
 of absurd size).
 
 The price of narrower stripes is the tiles on their boundaries, run once per stripe (see
-:mod:`segtile.plan`). The figures this was checked against are in docs/performance.md.
+:mod:`segtile.tiling.plan`). The figures this was checked against are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import re
 from dataclasses import dataclass, replace
 
 from segtile.errors import BudgetError
-from segtile.grid import tiles_along
-from segtile.plan import TilingOptions, count_tasks
+from segtile.tiling.grid import tiles_along
+from segtile.tiling.plan import TilingOptions, count_tasks
 
 DEFAULT_LIMIT = 1280 * 2**20
 """The engine's share; the interpreter, torch and the model come on top (about 400 MiB with torch's
