@@ -222,7 +222,7 @@ def test_networks_that_cannot_run_channels_last_run_in_the_plain_layout(pointwis
 
 
 def test_a_process_keeps_only_the_latest_predictors(pointwise_model):
-    from segtile import predictor
+    from segtile.inference import predictor
 
     model = pointwise_model(bands=3, classes=2)
     for seed in range(4):

@@ -14,6 +14,7 @@ from rasterio.windows import Window
 from segtile.api import segment
 from segtile.cli import main
 from segtile.georef import Georef
+from segtile.inference.normalise import Normalisation
 from segtile.labels import IGNORE, open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, save_checkpoint
 from segtile.models.checkpoint import read_training_state
@@ -29,7 +30,6 @@ from segtile.models.train import (
     segmentation_loss,
     train,
 )
-from segtile.normalise import Normalisation
 from segtile.sources import open_source
 from segtile.working_grid import choose_grid
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from segtile.cluster import current_client, task_threads
-from segtile.devices import check_device
 from segtile.errors import ResolutionWarning, SegmentError
+from segtile.inference.devices import check_device
+from segtile.inference.predictor import ModelSpec
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import with_network_alignment
-from segtile.predictor import ModelSpec
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
 from segtile.sources.palette import COLOURS, in_colour
@@ -91,7 +91,7 @@ def segment(
             reprojected from theirs (slides: level-0 pixel coordinates). Pixels outside are
             nodata in every output.
         precision: ``fp32``, ``fp16`` (CUDA) or ``bf16`` autocast.
-        tta: test-time augmentation, ``"flip"`` or ``"d4"`` (see :mod:`segtile.tta`), ``None``
+        tta: test-time augmentation, ``"flip"`` or ``"d4"`` (see :mod:`segtile.inference.tta`), ``None``
             for none; by default the one the model card suggests, if any.
         scales: run each tile at these scales too (the paper's multi-scale test:
             ``(0.5, 0.75, 1, 1.25, 1.5, 1.75)``), averaging probabilities.

@@ -48,11 +48,11 @@ from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
 from segtile.cluster import current_client
-from segtile.devices import resolve_device
 from segtile.events import TileCounts, report
+from segtile.inference.devices import resolve_device
+from segtile.inference.predictor import ModelSpec, get_predictor
 from segtile.interrupt import stop_if_asked
 from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
-from segtile.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
 from segtile.tiling.blend import tile_weight
 from segtile.tiling.grid import Tile

@@ -17,9 +17,9 @@ from rasterio.crs import CRS
 from segtile.engine import build_products, label_dtype, run_token
 from segtile.errors import OutputError
 from segtile.georef import Georef
+from segtile.inference.predictor import ModelSpec
 from segtile.models import ModelCard
 from segtile.persist import Stored, persist
-from segtile.predictor import ModelSpec
 from segtile.preview import Preview, preview
 from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source

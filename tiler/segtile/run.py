@@ -12,8 +12,8 @@ from typing import Any, ContextManager, Iterator
 
 from segtile.api import segment
 from segtile.cluster import local_cluster, parse_gpus
-from segtile.devices import check_device
 from segtile.errors import ModelError, OutputError, RunError
+from segtile.inference.devices import check_device
 from segtile.models.builtin import choose_model
 from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from segtile.devices import check_device, resolve_device
 from segtile.errors import TrainError
+from segtile.inference.devices import check_device, resolve_device
 from segtile.interrupt import Interrupted
 from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint

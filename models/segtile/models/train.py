@@ -10,7 +10,7 @@ As in the PSPNet paper and its reference implementation (hszhao/semseg):
 
 Windows come from :class:`~segtile.models.sampling.TrainingData`; they are flipped, turned by
 multiples of 90° and lightly colour-jittered (:mod:`segtile.models.augment`), and normalised by
-:func:`segtile.normalise.normalise_`, the function the tiler feeds the network with at inference.
+:func:`segtile.inference.normalise.normalise_`, the function the tiler feeds the network with at inference.
 After each epoch the held-out windows are scored (mIoU, :mod:`segtile.metrics`), and
 ``on_epoch`` gets the :class:`TrainingState` a run resumes from: the optimiser's state, the
 step, and the random state (the windows of step ``s`` are drawn from ``(seed, s)``; the torch
@@ -33,13 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from segtile.errors import TrainError
+from segtile.inference.normalise import Normalisation, normalise_
 from segtile.labels import IGNORE
 from segtile.metrics import confusion_matrix, scores
 from segtile.models.augment import colour_jitter_, flip_and_rotate, jitter_parameters
 from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
 from segtile.models.sampling import TrainingData
-from segtile.normalise import Normalisation, normalise_
 from segtile.progress import Progress
 
 POLY_POWER = 0.9
@@ -170,7 +170,7 @@ def default_steps_per_epoch(data: TrainingData, batch_size: int) -> int:
 def network_input(pixels: np.ndarray, valid: np.ndarray, normalisation: Normalisation, device: torch.device,
                   jitter: np.ndarray | None = None) -> torch.Tensor:
     """The tensor the network trains on: raw ``pixels`` normalised by the tiler's own
-    :func:`~segtile.normalise.normalise_` (0 where not ``valid``), then colour-jittered."""
+    :func:`~segtile.inference.normalise.normalise_` (0 where not ``valid``), then colour-jittered."""
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(device)
     mask = torch.from_numpy(valid).to(device)
     normalise_(x, normalisation, mask)

@@ -15,7 +15,7 @@ from segtile.commands.arguments import (
     positive_int,
     scale_list,
 )
-from segtile.devices import PRECISIONS
+from segtile.inference.devices import PRECISIONS
 from segtile.tiling.augmentation import FROM_CARD
 from segtile.tiling.blend import BLENDS
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from segtile.devices import check_precision, resolve_device
 from segtile.errors import ModelError, one_line
+from segtile.inference.devices import check_precision, resolve_device
+from segtile.inference.normalise import Normalisation, normalise_
+from segtile.inference.tta import augmented
 from segtile.models import ModelCard
 from segtile.models.borrowed import copy_on_device, eval_mode, is_on_device
-from segtile.normalise import Normalisation, normalise_
 from segtile.tiling.augmentation import NONE as NO_AUGMENTATION
 from segtile.tiling.augmentation import Augmentation
-from segtile.tta import augmented
 
 
 @dataclass(frozen=True)
