@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segtile.cluster import current_client, task_threads
+from segtile.engine.cluster import current_client, task_threads
 from segtile.errors import ResolutionWarning, SegmentError
 from segtile.inference.devices import check_device
 from segtile.inference.predictor import ModelSpec

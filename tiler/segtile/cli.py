@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence, TextIO
 
-from segtile.interrupt import STOP, Interrupted
+from segtile.engine.interrupt import STOP, Interrupted
 from segtile.version import version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

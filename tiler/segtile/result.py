@@ -14,14 +14,14 @@ from typing import ContextManager
 import dask.array as da
 from rasterio.crs import CRS
 
-from segtile.engine import build_products, label_dtype, run_token
+from segtile.engine.graph import build_products, label_dtype, run_token
+from segtile.engine.progress import Progress, TileTally, tile_progress
 from segtile.errors import OutputError
 from segtile.georef import Georef
 from segtile.inference.predictor import ModelSpec
 from segtile.models import ModelCard
 from segtile.persist import Stored, persist
 from segtile.preview import Preview, preview
-from segtile.progress import Progress, TileTally, tile_progress
 from segtile.sources import Source
 from segtile.tiling.plan import TilingOptions, stripe_chunk_columns, tile_runs
 from segtile.writers.outputs import Layers, WriteOptions, output_kind, write_outputs
@@ -79,7 +79,7 @@ class Segmentation:
     def products(self, *names: str, skip: frozenset[tuple[int, int]] = frozenset()) -> dict[str, da.Array]:
         """Several of ``labels``, ``probabilities`` and ``logits`` from one pass: computed together
         (one ``dask.compute``, one ``da.store``), each chunk is stitched once. Chunks in ``skip``
-        are left out (they were computed before; see :mod:`segtile.engine`). A persisted result
+        are left out (they were computed before; see :mod:`segtile.engine.graph`). A persisted result
         reads them from its store."""
         if self.stored is not None:
             return self.stored.products(names)

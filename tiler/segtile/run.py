@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, ContextManager, Iterator
 
 from segtile.api import segment
-from segtile.cluster import local_cluster, parse_gpus
+from segtile.engine.cluster import local_cluster, parse_gpus
+from segtile.engine.progress import Progress, TileTally
 from segtile.errors import ModelError, OutputError, RunError
 from segtile.inference.devices import check_device
 from segtile.models.builtin import choose_model
-from segtile.progress import Progress, TileTally
 from segtile.result import Segmentation
 from segtile.resume import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.sources import open_source

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from segtile.engine.interrupt import Interrupted
 from segtile.errors import TrainError
 from segtile.inference.devices import check_device, resolve_device
-from segtile.interrupt import Interrupted
 from segtile.labels import open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
 from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state

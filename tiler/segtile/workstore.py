@@ -39,8 +39,8 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from segtile.cluster import joined_threads
 from segtile.durable import fsync_folder, temporary_name, write_durably
+from segtile.engine.cluster import joined_threads
 from segtile.errors import OutputError
 from segtile.writers.atomic import write_failure
 from segtile.writers.geotiff import PROBABILITY_SCALE

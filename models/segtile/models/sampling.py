@@ -7,7 +7,7 @@ windows are random ``tile_size`` squares that overlap a training block and touch
 block, so no pixel of a validation window is ever seen in training. Validation windows are the
 held-out blocks themselves (at most :data:`MAX_VAL_WINDOWS`, a fixed random subset beyond).
 
-Pixels are read exactly as the tiler reads a tile (:func:`segtile.engine.read_tile`: windowed
+Pixels are read exactly as the tiler reads a tile (:func:`segtile.engine.graph.read_tile`: windowed
 reads, non-finite pixels invalid, padding past the image edge marked invalid), and labels
 through a :class:`~segtile.labels.LabelSource`. Nothing holds a whole image.
 
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
-from segtile.engine import read_tile
+from segtile.engine.graph import read_tile
 from segtile.errors import SamplingError
 from segtile.labels import IGNORE, LabelSource, cell_window, cells
 from segtile.sources import Source

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from segtile.engine.progress import Progress
 from segtile.errors import TrainError
 from segtile.inference.normalise import Normalisation, normalise_
 from segtile.labels import IGNORE
@@ -40,7 +41,6 @@ from segtile.models.augment import colour_jitter_, flip_and_rotate, jitter_param
 from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
 from segtile.models.sampling import TrainingData
-from segtile.progress import Progress
 
 POLY_POWER = 0.9
 MOMENTUM = 0.9
@@ -224,7 +224,7 @@ def train(model: nn.Module, data: TrainingData, card: ModelCard, options: TrainO
         state: a saved state to resume from (its step, optimiser and torch random state).
         on_epoch: called after each epoch with its result and the state to save.
         progress: on stderr: ``"bar"``, a progress bar over the steps (with the loss) and a line
-            per epoch; ``"json"``, the steps as JSON progress records (:mod:`segtile.progress`)
+            per epoch; ``"json"``, the steps as JSON progress records (:mod:`segtile.engine.progress`)
             and a line per epoch; ``"none"``.
 
     Returns:

@@ -133,7 +133,7 @@ class Predictor:
         ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
         normalised, whatever they hold: NaN included); ``all_valid`` says there are none.
         ``on_device`` keeps the weighted logits and the weights on the device, as tensors of
-        their own, for a stitcher that sums them there (:mod:`segtile.engine`).
+        their own, for a stitcher that sums them there (:mod:`segtile.engine.graph`).
 
         The weighted logits come back pixel-major, ``(B, h, w, classes)``: the layout a
         channels-last network gives, so no copy reorders them, and the one the stitcher sums.

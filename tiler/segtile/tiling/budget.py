@@ -127,7 +127,7 @@ def plan_memory(*, classes: int, tile_size: int, overlap: int, threads: int, lim
     Args:
         classes: the model's class count.
         tile_size, overlap, alignment: the tiling (after fitting it to the image and the network).
-        threads: tasks running at once in a process (:func:`segtile.cluster.task_threads`).
+        threads: tasks running at once in a process (:func:`segtile.engine.cluster.task_threads`).
         bytes_per_value: of the weighted logits held per tile (4, or 2 in a half precision run).
         shape: the image's ``(height, width)`` (``None``: larger than any stripe).
         bands: the bands the model reads.

@@ -136,7 +136,7 @@ def tile_runs(height: int, width: int, options: TilingOptions, skip: frozenset[t
 
 
 def count_tasks(height: int, width: int, options: TilingOptions) -> int:
-    """About how many tasks the graph of a ``height`` x ``width`` image has (:mod:`segtile.engine`:
+    """About how many tasks the graph of a ``height`` x ``width`` image has (:mod:`segtile.engine.graph`:
     a batch task per ``batch_size`` tile runs, tiles on a stripe boundary once per stripe; and
     :data:`CHUNK_TASKS` per output chunk), counted without building anything, for a grid of
     any size. An upper bound: it counts every tile column a stripe boundary may cross."""

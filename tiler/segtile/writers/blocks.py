@@ -21,7 +21,7 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from segtile.cluster import active_client, joined_threads
+from segtile.engine.cluster import active_client, joined_threads
 from segtile.errors import WriterInputError
 from segtile.models.card import ModelCard
 

@@ -48,7 +48,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from segtile.cluster import joined_threads
+from segtile.engine.cluster import joined_threads
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination

@@ -28,11 +28,11 @@ import dask.array as da
 from pyogrio.errors import DataLayerError, DataSourceError
 
 from segtile.checks import is_real
-from segtile.cluster import current_client
+from segtile.engine.cluster import current_client
+from segtile.engine.progress import Progress
 from segtile.errors import ClippedWarning, CreationOptionError, OutputError, WriterInputError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
-from segtile.progress import Progress
 from segtile.writers.atomic import OutputSet, check_output, disk_full, write_failure
 from segtile.writers.blocks import Advance
 from segtile.writers.geotiff import check_creation_options, probabilities_path_for, write_mask, write_probabilities

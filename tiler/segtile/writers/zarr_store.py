@@ -50,7 +50,7 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.rpc import RPC
 
-from segtile.cluster import joined_threads
+from segtile.engine.cluster import joined_threads
 from segtile.errors import WriterInputError, ZarrStoreError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard

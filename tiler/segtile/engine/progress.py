@@ -12,7 +12,7 @@ JSON object per line, for a program driving segtile (the QGIS plugin)::
 printed at most every 0.2 s per stage, and always at a stage's start and end. ``mode="none"``
 prints nothing.
 
-The tiles come from the batch tasks themselves (:mod:`segtile.events`), under a topic named after
+The tiles come from the batch tasks themselves (:mod:`segtile.engine.events`), under a topic named after
 the run's batch tasks, on the local scheduler and on a ``dask.distributed`` cluster alike.
 """
 
@@ -29,9 +29,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from segtile.cluster import current_client
-from segtile.engine import BATCH_PREFIX
-from segtile.events import TileCounts, listen
+from segtile.engine.cluster import current_client
+from segtile.engine.events import TileCounts, listen
+from segtile.engine.graph import BATCH_PREFIX
 
 MODES = ("bar", "json", "none")
 _JSON_INTERVAL = 0.2  # seconds between two JSON lines of one stage

@@ -47,12 +47,12 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from segtile.cluster import current_client
-from segtile.events import TileCounts, report
+from segtile.engine.cluster import current_client
+from segtile.engine.events import TileCounts, report
+from segtile.engine.heap import keep_large_arrays_off_the_heap, release_free_memory
+from segtile.engine.interrupt import stop_if_asked
 from segtile.inference.devices import resolve_device
 from segtile.inference.predictor import ModelSpec, get_predictor
-from segtile.interrupt import stop_if_asked
-from segtile.memory import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.sources import Source
 from segtile.tiling.blend import tile_weight
 from segtile.tiling.grid import Tile
@@ -124,7 +124,7 @@ def _valid_count(valid: np.ndarray | None, size: int) -> int:
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
               progress_topic: str, on_device: bool = False, _after: None = None) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
-    The tile counts are then reported under ``progress_topic`` (:mod:`segtile.events`).
+    The tile counts are then reported under ``progress_topic`` (:mod:`segtile.engine.events`).
     ``on_device`` keeps the results on the model's device (tensors) for :func:`stitch_chunk` to
     sum there. ``_after`` is the marker of the stitched chunk the batch waits for (its data is
     nothing)."""
