@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from segtile import resume, segment
+from segtile import segment
 from segtile.cli import build_parser, command_parser, with_command
 from segtile.models import ModelCard, save_torchscript
-from segtile.resume import claim_work_folder, prepare_work, run_identity
 from segtile.run import segment_settings
+from segtile.store import identity as resume
+from segtile.store.identity import claim_work_folder, prepare_work, run_identity
 from segtile.writers.outputs import WriteOptions, output_kind, probability_precision
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 

@@ -7,7 +7,7 @@ import zarr
 
 from segtile.georef import Georef
 from segtile.models import ModelCard
-from segtile.workstore import stage
+from segtile.store.staging import stage
 from segtile.writers.outputs import Layers
 
 CARD = ModelCard(classes=tuple(f"c{i}" for i in range(150)))

@@ -20,11 +20,12 @@ from segtile.errors import OutputError
 from segtile.georef import Georef
 from segtile.inference.predictor import ModelSpec
 from segtile.models import ModelCard
-from segtile.persist import Stored, persist
 from segtile.preview import Preview, preview
 from segtile.sources import Source
+from segtile.store.persist import Stored, persist
+from segtile.store.staging import write_outputs
 from segtile.tiling.plan import TilingOptions, stripe_chunk_columns, tile_runs
-from segtile.writers.outputs import Layers, WriteOptions, output_kind, write_outputs
+from segtile.writers.outputs import Layers, WriteOptions, output_kind
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +146,7 @@ class Segmentation:
         ``.labels``, ``.probabilities`` and writers never run the model again. Its ``.logits``
         are not kept. A temporary store is removed by :meth:`close` (or leaving a ``with``
         block), or when neither the result nor an array taken from it is in use any more;
-        a store at ``path`` is kept (see :mod:`segtile.persist`).
+        a store at ``path`` is kept (see :mod:`segtile.store.persist`).
 
         Wrap it in :meth:`progress` for a progress bar. To write several outputs in one pass
         without keeping anything, :meth:`write` does the same inside."""
@@ -215,7 +216,7 @@ class Segmentation:
         the input. ``creation_options`` are GDAL's for GeoTIFF outputs (the COG driver's, e.g.
         ``{"COMPRESS": "ZSTD"}``), checked before any work; ``zarr_format`` the version of Zarr
         stores (3, or 2 for GDAL before 3.8). ``progress``, ``computing`` and
-        ``stage`` are those of :func:`segtile.writers.outputs.write_outputs` (a persisted result
+        ``stage`` are those of :func:`segtile.store.staging.write_outputs` (a persisted result
         is never staged again). Returns the paths written.
         """
         options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,

@@ -17,17 +17,12 @@ from segtile.errors import ModelError, OutputError, RunError
 from segtile.inference.devices import check_device
 from segtile.models.builtin import choose_model
 from segtile.result import Segmentation
-from segtile.resume import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.sources import open_source
+from segtile.store.identity import Work, claim_work_folder, prepare_work, run_identity, work_folder
+from segtile.store.staging import write_outputs
 from segtile.tiling.grid import check_tiling
 from segtile.writers.atomic import recover_leftovers
-from segtile.writers.outputs import (
-    WriteOptions,
-    placement_notes,
-    plan_outputs,
-    probability_precision,
-    write_outputs,
-)
+from segtile.writers.outputs import WriteOptions, placement_notes, plan_outputs, probability_precision
 
 INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
 

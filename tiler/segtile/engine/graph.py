@@ -64,7 +64,7 @@ BATCH_LEAD_ROWS = 1
 """On a ``dask.distributed`` cluster, how many chunk rows a stripe's batches may run ahead of its
 stitching (see the module docstring). One: at 30000 px, 1.8x the threaded run's memory per
 worker with two, 1.5x with one, 0.85x with one and the stripes computed one after another
-(``segtile.workstore.WorkStore.fill``) against 1.9x without either (docs/performance.md)."""
+(``segtile.store.workstore.WorkStore.fill``) against 1.9x without either (docs/performance.md)."""
 
 
 Array = np.ndarray | torch.Tensor  # a tile result: in host memory, or on the model's device

@@ -17,7 +17,7 @@ A commit is made recoverable, whatever cuts it short (an error, a second Ctrl-C,
 cut): before the first move, each temporary folder gets a journal (``.segtile-commit``) of the
 moves planned, written durably, and the old files stay in ``.replaced/`` until the final folders
 are whole again. Each temporary folder also holds an owner file (``.segtile-owner``, see
-:mod:`segtile.owner`), locked while its process runs. :func:`recover_leftovers`, which the next
+:mod:`segtile.writers.owner`), locked while its process runs. :func:`recover_leftovers`, which the next
 run for the same output calls before anything else, cleans what a run that died left: a folder
 without journal (killed while writing) is removed; a commit that had moved every file is
 finished (the replaced files removed); one cut short before is undone (the new files taken back,
@@ -42,9 +42,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator
 
-from segtile.durable import fsync_folder, temporary_name, write_durably
 from segtile.errors import LeftoverWarning, OutputError, OutputExistsError, root_cause_line
-from segtile.owner import Claim, Held, Owner
+from segtile.writers.durable import fsync_folder, temporary_name, write_durably
+from segtile.writers.owner import Claim, Held, Owner
 
 _REPLACED = ".replaced"  # inside a temporary folder: the old files moved aside while committing
 _OWNER = ".segtile-owner"  # inside a temporary folder: the process writing into it

@@ -1,39 +1,28 @@
-"""The table of output kinds, and several outputs written together from one inference pass.
+"""The table of output kinds, and the checks of a set of outputs before any work.
 
 Each kind of output is one row of :data:`OUTPUT_KINDS`: the extensions it answers to (for any
 input, or for slides only: a slide's ``.zarr`` is OME-Zarr and its ``.geojson`` QuPath's), every
 file it writes (so that a sidecar in the way counts as the output existing), whether it is a
 folder, whether it writes probabilities, and its writer. Writers take arrays and metadata
-(:class:`Layers`), never the lazy result object.
-
-One output is written straight from the arrays given. Several outputs (or a mask with its
-probabilities) first materialise what they need into a scratch Zarr store beside the outputs,
-in one pass (:mod:`segtile.workstore`): the labels, and the probabilities only when an output
-writes them, at the precision that output keeps. Every output is then written from that
-store, under a temporary name, and all appear together only when the last is complete.
+(:class:`Layers`), never the lazy result object. Several outputs are written together from one
+inference pass by :func:`segtile.store.staging.write_outputs`, through a scratch work store.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ContextManager, Iterator
 
 import dask.array as da
-from pyogrio.errors import DataLayerError, DataSourceError
 
 from segtile.checks import is_real
-from segtile.engine.cluster import current_client
-from segtile.engine.progress import Progress
-from segtile.errors import ClippedWarning, CreationOptionError, OutputError, WriterInputError
+from segtile.errors import CreationOptionError, OutputError, WriterInputError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
-from segtile.writers.atomic import OutputSet, check_output, disk_full, write_failure
+from segtile.writers.atomic import check_output
 from segtile.writers.blocks import Advance
 from segtile.writers.geotiff import check_creation_options, probabilities_path_for, write_mask, write_probabilities
 from segtile.writers.legend import legend_sidecars
@@ -55,7 +44,7 @@ class Layers:
         card: the model card (classes, colours).
         nodata: the label of pixels that were not segmented.
         column_groups: ranges of chunk columns best computed one after another (the engine's
-            stripes, see :func:`segtile.workstore.WorkStore.fill`); empty: all at once.
+            stripes, see :func:`segtile.store.workstore.WorkStore.fill`); empty: all at once.
     """
 
     labels: da.Array
@@ -301,72 +290,6 @@ def placement_notes(planned: Sequence[PlannedOutput], georef: Georef, shape: tup
                if clipped else []) + ([f"area_m2 in {', '.join(counted)} counts only those parts"] if counted else [])
     return [f"{share:.1%} of the image has no geographic coordinates (longitude and latitude) in its CRS: "
             f"{'; '.join(effects)}"]
-
-
-def write_outputs(layers: Layers, paths: Sequence[str | os.PathLike], options: WriteOptions = WriteOptions(), *,
-                  overwrite: bool = False, protected: Iterable[str | os.PathLike] = (),
-                  progress: Progress | None = None, computing: Callable[[], ContextManager] = nullcontext,
-                  stage: bool | None = None) -> list[Path]:
-    """Write ``layers`` to every path in ``paths`` (see the module docstring); return the paths.
-
-    Args:
-        layers: the arrays; ``layers.probabilities`` is needed only when ``options.probabilities``.
-        protected: paths no output may replace, even with ``overwrite`` (the input image).
-        progress: shows a stage ``writing NAME`` per output (none by default).
-        computing: a context manager entered around the pass that computes the layers (the
-            staging, or the first output's writing): where a caller counts the tiles run.
-        stage: compute the layers into a scratch store first; by default when they would
-            otherwise be computed more than once, or a ``dask.distributed`` client runs the work.
-
-    Raises:
-        SegtileError: an option that cannot apply (:meth:`WriteOptions.check`) or an output that
-            cannot be written (:func:`plan_outputs`, :func:`placement_notes`), before any work.
-
-    Warns:
-        ClippedWarning: a polygon output leaves out the part of the image that has no
-            geographic coordinates (:func:`placement_notes`).
-    """
-    from segtile.workstore import staged
-
-    if not paths:
-        raise OutputError("name at least one output to write (e.g. mask.tif, regions.gpkg, labels.zarr)")
-    options.check(layers.card)
-    planned = plan_outputs(paths, options, overwrite=overwrite, protected=protected, slide=layers.georef.is_slide)
-    for note in placement_notes(planned, layers.georef, layers.labels.shape):
-        warnings.warn(note, ClippedWarning, stacklevel=2)
-    precision = probability_precision([p.kind for p in planned], options)
-    passes = sum(2 if p.kind.separate_probabilities and precision else 1 for p in planned)
-    progress = progress or Progress("none")
-    with OutputSet(overwrite=overwrite) as outputs:
-        targets = [outputs.add(p.path, files=p.files[1:], directory=p.kind.directory, protected=protected)
-                   for p in planned]
-        # on a cluster the workers compute into the store and only what is read back travels
-        enabled = (passes > 1 or current_client() is not None) if stage is None else stage
-        with staged(layers, planned[0].path.parent, precision, enabled=enabled, computing=computing) as ready:
-            for index, (target, output) in enumerate(zip(targets, planned)):
-                units = math.prod(ready.labels.numblocks) * (2 if output.kind.separate_probabilities and precision
-                                                            else 1) + 1
-                first_pass = computing() if index == 0 and not enabled else nullcontext()
-                with progress.stage(f"writing {output.path.name}", units) as advance, first_pass, \
-                        _write_errors(output.path):
-                    output.kind.write(target, ready, options, advance)
-                    advance(1)  # the last step: overviews, a layer's index
-    return [p.path for p in planned]
-
-
-@contextmanager
-def _write_errors(path: Path) -> Iterator[None]:
-    """Failures to write a file (a full disk, a file size limit, a lost mount), whichever library
-    meets them (GDAL through rasterio, OGR through pyogrio, zarr), as one :class:`OutputError`
-    naming the output."""
-    try:
-        yield
-    except (OSError, DataSourceError, DataLayerError) as exc:
-        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
-    except Exception as exc:  # GDAL's own words for a write cut short ("IO error writing tag data")
-        if not disk_full(path.parent):
-            raise
-        raise OutputError(f"cannot write {path}: {write_failure(exc, path.parent)}") from exc
 
 
 def probability_precision(kinds: Sequence[OutputKind], options: WriteOptions) -> str | None:

@@ -1,11 +1,11 @@
 """Resuming an interrupted run: which work store belongs to which run, and which run may use it.
 
 Every run of the ``segtile`` command keeps its finished chunks in a work store beside its first
-output (``.NAME.segtile-work``, :mod:`segtile.workstore`), and removes it once every output is in
+output (``.NAME.segtile-work``, :mod:`segtile.store.workstore`), and removes it once every output is in
 place. A run that dies leaves it behind.
 
 **One run at a time.** A run claims the folder before any work (:func:`claim_work_folder`): it
-holds its ``owner`` file locked (:mod:`segtile.owner`) until it ends, so a second run for the
+holds its ``owner`` file locked (:mod:`segtile.writers.owner`) until it ends, so a second run for the
 same outputs is refused in one line naming the first, never mixed into its store. A folder of
 that name that segtile cannot prove its own (by its layout and records) is never emptied: the
 run is refused.
@@ -46,15 +46,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segtile.errors import NotAWorkStoreError, OutputError, WorkStoreBusyError
-from segtile.owner import Claim, Held
-from segtile.result import Segmentation
 from segtile.sources.files import is_remote
+from segtile.store.workstore import DONE, OWNER, WorkStore, is_work_store
 from segtile.version import version
-from segtile.workstore import DONE, OWNER, WorkStore, is_work_store
 from segtile.writers.atomic import write_failure
+from segtile.writers.owner import Claim, Held
+
+if TYPE_CHECKING:
+    from segtile.result import Segmentation
 
 SUFFIX = ".segtile-work"
 SAMPLE = 2**16  # bytes in each block of a fingerprint

@@ -24,14 +24,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import suppress
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -39,10 +38,10 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from segtile.durable import fsync_folder, temporary_name, write_durably
 from segtile.engine.cluster import joined_threads
 from segtile.errors import OutputError
 from segtile.writers.atomic import write_failure
+from segtile.writers.durable import fsync_folder, temporary_name, write_durably
 from segtile.writers.geotiff import PROBABILITY_SCALE
 from segtile.writers.outputs import Layers
 from segtile.writers.zarr_store import regular_chunks
@@ -76,7 +75,7 @@ class WorkStore:
         of ``classes`` at ``precision``, ``"float32"`` or ``"uint8"``, unless ``None``).
 
         Without ``identity``, in a new folder. With one (the command's resumable store), in the
-        folder the run claimed (:func:`segtile.resume.claim_work_folder`), durably.
+        folder the run claimed (:func:`segtile.store.identity.claim_work_folder`), durably.
 
         Raises:
             FileExistsError: ``folder`` exists (without ``identity``).
@@ -305,11 +304,6 @@ def _from_bytes(stored: np.ndarray, labels: np.ndarray, nodata: int) -> np.ndarr
     return probabilities
 
 
-def stage(layers: Layers, folder: Path, precision: str | None) -> Layers:
-    """Compute ``layers`` into a new store in ``folder``; return them read back from it."""
-    return computed_store(layers, folder, precision).layers(layers)
-
-
 def computed_store(layers: Layers, folder: Path, precision: str | None) -> WorkStore:
     """A new store in ``folder`` holding ``layers`` computed: the labels, and the probabilities
     at ``precision`` (``"float32"`` or ``"uint8"``; ``None``: not kept)."""
@@ -320,18 +314,3 @@ def computed_store(layers: Layers, folder: Path, precision: str | None) -> WorkS
     work = WorkStore.create(folder, labels, layers.nodata, layers.card.num_classes, precision)
     work.fill(arrays, column_groups=layers.column_groups)
     return work
-
-
-@contextmanager
-def staged(layers: Layers, folder: Path, precision: str | None, enabled: bool = True,
-           computing: Callable[[], ContextManager] = nullcontext) -> Iterator[Layers]:
-    """``layers`` computed once into a scratch store in ``folder`` (removed on leaving), read
-    back lazily; with ``precision`` (``"float32"`` or ``"uint8"``) the probabilities too.
-    ``computing()`` is entered around the computing. Without ``enabled``, ``layers`` as they are."""
-    if not enabled:
-        yield layers
-        return
-    with tempfile.TemporaryDirectory(prefix=".segtile-pass-", dir=folder) as scratch:
-        with computing():
-            ready = stage(layers, Path(scratch) / "work", precision)
-        yield ready

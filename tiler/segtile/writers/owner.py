@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from segtile.durable import temporary_name
+from segtile.writers.durable import temporary_name
 
 _HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK}  # "locked by someone else"
 _WINDOWS_LOCK_OFFSET = 2**20  # Windows locks bytes for reading too: lock one far past the record

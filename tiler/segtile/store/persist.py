@@ -3,7 +3,7 @@
 A lazy segmentation runs the network every time it is computed: writing a GeoTIFF, then
 polygons, then looking at ``labels`` runs it three times. :func:`persist` computes the labels
 (and, on request, the probabilities, as float32) once, chunk by chunk, into a work store
-(:mod:`segtile.workstore`, a Zarr store), and :class:`Stored` hands them back as dask arrays
+(:mod:`segtile.store.workstore`, a Zarr store), and :class:`Stored` hands them back as dask arrays
 read from it, so every later writer and computation reads the disk instead of running the model.
 
 Where the store lives, and for how long:
@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 
 from segtile.errors import PersistError
-from segtile.workstore import WorkStore, computed_store
+from segtile.store.workstore import WorkStore, computed_store
 from segtile.writers.outputs import Layers
 
 if TYPE_CHECKING:
