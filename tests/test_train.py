@@ -15,7 +15,6 @@ from segtile.api import segment
 from segtile.cli import main
 from segtile.georef import Georef
 from segtile.inference.normalise import Normalisation
-from segtile.labels import IGNORE, open_labels
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, save_checkpoint
 from segtile.models.checkpoint import read_training_state
 from segtile.models.datacard import card_from_data, native_resolution, suggested_tiling, value_scale
@@ -31,7 +30,8 @@ from segtile.models.train import (
     train,
 )
 from segtile.sources import open_source
-from segtile.working_grid import choose_grid
+from segtile.sources.labels import IGNORE, open_labels
+from segtile.sources.working_grid import choose_grid
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 from tests.test_pspnet import BASIC_BLOCKS, BOTTLENECK_BLOCKS, random_state_dict, torchvision_layout
 

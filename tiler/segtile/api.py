@@ -21,12 +21,12 @@ from segtile.models.checkpoint import with_network_alignment
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
 from segtile.sources.palette import COLOURS, in_colour
+from segtile.sources.tissue import with_masks
+from segtile.sources.working_grid import choose_grid
 from segtile.tiling.augmentation import FROM_CARD, Augmentation, check_augmentation
 from segtile.tiling.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
 from segtile.tiling.grid import check_stride
 from segtile.tiling.plan import TilingOptions, fit_to_image
-from segtile.tissue import with_masks
-from segtile.working_grid import choose_grid
 
 _NUMBERED_BAND = re.compile(r"^band \d+$")  # a band name that only numbers it (segtile's default)
 # a card's value scale -> the integer type whose maximum it is: the images the model was trained on
@@ -81,10 +81,10 @@ def segment(
         level: process this pyramid level (0 is full resolution). With none of the three, an
             image with a known pixel size is processed at the model card's pixel size or range,
             unless that grid would be more than 8 times finer or coarser than the image's: then
-            :class:`~segtile.working_grid.GridChoiceError` says so before any work (see
-            :mod:`segtile.working_grid`). Up-sampling beyond 2 times is always said in a note.
+            :class:`~segtile.sources.working_grid.GridChoiceError` says so before any work (see
+            :mod:`segtile.sources.working_grid`). Up-sampling beyond 2 times is always said in a note.
         tissue: process only the tissue of a slide (found on a low-resolution level, see
-            :mod:`segtile.tissue`); by default on for colour slides, off for other images.
+            :mod:`segtile.sources.tissue`); by default on for colour slides, off for other images.
         tissue_threshold: the colour saturation above which a pixel is tissue (default: Otsu's).
         mask: process only the area of interest in this file: polygons (GeoPackage, GeoJSON,
             QuPath GeoJSON...) or a raster mask (its non-zero pixels), in the image's CRS or

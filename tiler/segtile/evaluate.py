@@ -2,7 +2,7 @@
 
 The prediction is any single-band raster of class indices (a segtile mask GeoTIFF, say) read in
 windows of ``chunk_size``; the ground truth is read on the prediction's grid through
-:func:`segtile.labels.open_labels`, so it may be a label raster (reprojected when on another grid)
+:func:`segtile.sources.labels.open_labels`, so it may be a label raster (reprojected when on another grid)
 or polygons, rasterised as for training. A pixel is compared when the prediction is valid there
 (not its nodata, not 255) and the truth labels it (not its nodata, not 255). Only a confusion
 matrix is kept from chunk to chunk; the metrics (:mod:`segtile.metrics`) come from it at the end.
@@ -22,9 +22,9 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from segtile.errors import EvalError, root_cause_line
-from segtile.labels import IGNORE, cell_window, cells, open_labels
 from segtile.metrics import Scores, confusion_matrix, scores
 from segtile.sources import Source, open_source
+from segtile.sources.labels import IGNORE, cell_window, cells, open_labels
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def evaluate(prediction: str | os.PathLike, truth: str | os.PathLike, *, classes
 
     Args:
         prediction: a single-band raster of class indices.
-        truth: a label raster or a polygon file (see :mod:`segtile.labels`).
+        truth: a label raster or a polygon file (see :mod:`segtile.sources.labels`).
         classes: the class names in index order; default: those the prediction carries
             (segtile masks: ``CLASS_NAMES`` of band 1, or the ``SEGTILE_CARD`` tag).
         class_field: for polygon ground truth, the field holding class names.

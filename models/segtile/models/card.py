@@ -43,7 +43,7 @@ class ModelCard:
         resolution_range: ``(smallest, largest)`` pixel sizes, in ``resolution_unit``, the network
             serves as they are (a network trained on images of several pixel sizes, or with scale
             augmentation); ``None``: only ``resolution``. Images inside it run on their own grid
-            (see :mod:`segtile.working_grid`).
+            (see :mod:`segtile.sources.working_grid`).
         tile_size, overlap: suggested tiling for inference.
         alignment: the network's logits line up pixel for pixel from one tile to the next only
             when tiles start at multiples of ``alignment`` pixels and are ``k * alignment + 1``

@@ -9,7 +9,7 @@ held-out blocks themselves (at most :data:`MAX_VAL_WINDOWS`, a fixed random subs
 
 Pixels are read exactly as the tiler reads a tile (:func:`segtile.engine.graph.read_tile`: windowed
 reads, non-finite pixels invalid, padding past the image edge marked invalid), and labels
-through a :class:`~segtile.labels.LabelSource`. Nothing holds a whole image.
+through a :class:`~segtile.sources.labels.LabelSource`. Nothing holds a whole image.
 
 The windows of step ``s`` are drawn from a generator seeded with ``(seed, s)``, so a run resumed
 at step ``s`` draws what the uninterrupted run would have.
@@ -25,8 +25,8 @@ from rasterio.windows import Window
 
 from segtile.engine.graph import read_tile
 from segtile.errors import SamplingError
-from segtile.labels import IGNORE, LabelSource, cell_window, cells
 from segtile.sources import Source
+from segtile.sources.labels import IGNORE, LabelSource, cell_window, cells
 from segtile.tiling.grid import Tile
 
 MAX_VAL_WINDOWS = 256

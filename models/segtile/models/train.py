@@ -35,12 +35,12 @@ from tqdm import tqdm
 from segtile.engine.progress import Progress
 from segtile.errors import TrainError
 from segtile.inference.normalise import Normalisation, normalise_
-from segtile.labels import IGNORE
 from segtile.metrics import confusion_matrix, scores
 from segtile.models.augment import colour_jitter_, flip_and_rotate, jitter_parameters
 from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
 from segtile.models.sampling import TrainingData
+from segtile.sources.labels import IGNORE
 
 POLY_POWER = 0.9
 MOMENTUM = 0.9

@@ -49,7 +49,7 @@ def finite_float(minimum: float = 0.0, *, strict: bool = False, below: float | N
 
 def grid_size(unit: str) -> Callable[[str], float | str]:
     """A type accepting a positive finite pixel size in ``unit``, or the name of a grid: ``native``
-    (the image's own) or ``model`` (the model card's), as :func:`segtile.working_grid.choose_grid`
+    (the image's own) or ``model`` (the model card's), as :func:`segtile.sources.working_grid.choose_grid`
     takes them."""
     size = finite_float(0.0, strict=True)
     what = f"a positive number of {unit} per pixel, native or model"

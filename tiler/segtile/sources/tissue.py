@@ -27,9 +27,9 @@ from rasterio.windows import Window
 
 from segtile.checks import is_real
 from segtile.errors import TissueError
-from segtile.labels import IGNORE, AreaSource, open_area
 from segtile.sources import open_source
 from segtile.sources.base import Source
+from segtile.sources.labels import IGNORE, AreaSource, open_area
 from segtile.sources.masked import MaskedSource
 from segtile.sources.overview import coarse_source, read_whole
 from segtile.sources.resample import at_level
