@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from segtile.api import segment
-from segtile.evaluate import evaluate
 from segtile.models import load_checkpoint
+from segtile.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "models" / "segtile" / "models" / "demo"

@@ -9,7 +9,7 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
 
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
 The ``training`` entry (optimiser state, step, random state, history: see
-``segtile.models.train.TrainingState``) is written by ``segtile train`` and ignored by inference.
+``segtile.training.loop.TrainingState``) is written by ``segtile train`` and ignored by inference.
 A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
 an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
 """

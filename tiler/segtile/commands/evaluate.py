@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     """Evaluate and print the report (or JSON) on stdout."""
     import json
 
-    from segtile.evaluate import as_json, evaluate, report
+    from segtile.training.evaluate import as_json, evaluate, report
 
     evaluation = evaluate(args.prediction, args.truth, classes=args.classes, class_field=args.class_field,
                           chunk_size=args.chunk_size, progress=not args.quiet)

@@ -66,6 +66,6 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Check every option, then train and write ``args.out``."""
-    from segtile.training import run_train
+    from segtile.training.runner import run_train
 
     run_train(args)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from segtile.models.sampling import Sample
+from segtile.training.sampling import Sample
 
 JITTER = 0.1
 

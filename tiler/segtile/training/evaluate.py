@@ -5,7 +5,7 @@ windows of ``chunk_size``; the ground truth is read on the prediction's grid thr
 :func:`segtile.sources.labels.open_labels`, so it may be a label raster (reprojected when on another grid)
 or polygons, rasterised as for training. A pixel is compared when the prediction is valid there
 (not its nodata, not 255) and the truth labels it (not its nodata, not 255). Only a confusion
-matrix is kept from chunk to chunk; the metrics (:mod:`segtile.metrics`) come from it at the end.
+matrix is kept from chunk to chunk; the metrics (:mod:`segtile.training.metrics`) come from it at the end.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from segtile.errors import EvalError, root_cause_line
-from segtile.metrics import Scores, confusion_matrix, scores
 from segtile.sources import Source, open_source
 from segtile.sources.labels import IGNORE, cell_window, cells, open_labels
+from segtile.training.metrics import Scores, confusion_matrix, scores
 
 
 @dataclass(frozen=True)

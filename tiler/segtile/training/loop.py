@@ -8,10 +8,10 @@ As in the PSPNet paper and its reference implementation (hszhao/semseg):
   10 times faster than the backbone (the reference's ``base_lr * 10`` groups);
 * the "poly" schedule: at step ``s`` of ``S``, ``lr = base_lr * (1 - s / S) ** 0.9``.
 
-Windows come from :class:`~segtile.models.sampling.TrainingData`; they are flipped, turned by
-multiples of 90° and lightly colour-jittered (:mod:`segtile.models.augment`), and normalised by
+Windows come from :class:`~segtile.training.sampling.TrainingData`; they are flipped, turned by
+multiples of 90° and lightly colour-jittered (:mod:`segtile.training.augment`), and normalised by
 :func:`segtile.inference.normalise.normalise_`, the function the tiler feeds the network with at inference.
-After each epoch the held-out windows are scored (mIoU, :mod:`segtile.metrics`), and
+After each epoch the held-out windows are scored (mIoU, :mod:`segtile.training.metrics`), and
 ``on_epoch`` gets the :class:`TrainingState` a run resumes from: the optimiser's state, the
 step, and the random state (the windows of step ``s`` are drawn from ``(seed, s)``; the torch
 generator, which drives dropout, is saved), so a resumed run continues the uninterrupted one.
@@ -35,12 +35,12 @@ from tqdm import tqdm
 from segtile.engine.progress import Progress
 from segtile.errors import TrainError
 from segtile.inference.normalise import Normalisation, normalise_
-from segtile.metrics import confusion_matrix, scores
-from segtile.models.augment import colour_jitter_, flip_and_rotate, jitter_parameters
 from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
-from segtile.models.sampling import TrainingData
 from segtile.sources.labels import IGNORE
+from segtile.training.augment import colour_jitter_, flip_and_rotate, jitter_parameters
+from segtile.training.metrics import confusion_matrix, scores
+from segtile.training.sampling import TrainingData
 
 POLY_POWER = 0.9
 MOMENTUM = 0.9

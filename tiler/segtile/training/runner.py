@@ -22,12 +22,12 @@ from segtile.errors import TrainError
 from segtile.inference.devices import check_device, resolve_device
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, load_torchvision_backbone, save_checkpoint
 from segtile.models.checkpoint import CHECKPOINT_SUFFIXES, read_training_state
-from segtile.models.datacard import card_from_data
 from segtile.models.resnet import resnet_depth
-from segtile.models.sampling import TrainingData
-from segtile.models.train import EpochResult, TrainingState, TrainOptions, epoch_line, train
 from segtile.sources import Source, open_source
 from segtile.sources.labels import open_labels
+from segtile.training.datacard import card_from_data
+from segtile.training.loop import EpochResult, TrainingState, TrainOptions, epoch_line, train
+from segtile.training.sampling import TrainingData
 from segtile.writers.atomic import atomic_output, check_output
 
 DEFAULTS = {"layers": 18, "width": 1.0, "epochs": 20, "tile_size": 256, "batch_size": 8, "lr": 0.01,

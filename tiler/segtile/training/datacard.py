@@ -31,7 +31,7 @@ import numpy as np
 
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
-from segtile.models.sampling import TrainingData
+from segtile.training.sampling import TrainingData
 
 STATISTICS_WINDOWS = 64
 PSPNET_ALIGNMENT = 8
