@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from segtile.cli import main
-from segtile.qgis_install import default_plugins_dir, plugin_files, segtile_executable
+from segtile.cli.qgis_install import default_plugins_dir, plugin_files, segtile_executable
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SOURCE = REPO / "tiler" / "segtile" / "qgis_plugin"

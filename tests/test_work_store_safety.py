@@ -16,8 +16,8 @@ import torch
 
 from segtile import segment
 from segtile.cli import build_parser, main, with_command
+from segtile.cli.segment_run import segment_settings
 from segtile.models import ModelCard, save_torchscript
-from segtile.run import segment_settings
 from segtile.store.identity import claim_work_folder, prepare_work, run_identity, work_folder
 
 IMAGE = Path(__file__).resolve().parents[1] / "examples" / "data" / "rmnp-rgb.tif"  # 485 x 373

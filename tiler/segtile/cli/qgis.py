@@ -28,8 +28,8 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Install or remove the plugin, and say what was done."""
+    from segtile.cli.qgis_install import PLUGIN, default_plugins_dir, install, uninstall
     from segtile.errors import QgisInstallError
-    from segtile.qgis_install import PLUGIN, default_plugins_dir, install, uninstall
 
     plugins_dir = args.plugins_dir or default_plugins_dir()
     if args.action == "uninstall":

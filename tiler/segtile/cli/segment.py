@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from segtile.commands.arguments import (
+from segtile.cli.arguments import (
     band_list,
     creation_option,
     finite_float,
@@ -130,6 +130,6 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Check every option, then segment ``args.input`` and write every ``--out``."""
-    from segtile.run import run_segment
+    from segtile.cli.segment_run import run_segment
 
     run_segment(args)

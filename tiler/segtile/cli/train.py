@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from segtile.commands.arguments import band_list, finite_float, name_list, non_negative_int, positive_int
+from segtile.cli.arguments import band_list, finite_float, name_list, non_negative_int, positive_int
 
 DESCRIPTION = (
     "Train a PSPNet on images of any size with their labels: a label raster (class indices, 255 = "

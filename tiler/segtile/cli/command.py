@@ -31,7 +31,7 @@ from segtile.version import version
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
 COMMANDS = ("segment", "train", "eval", "convert", "qgis")
-_MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is commands/evaluate.py
+_MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is cli/evaluate.py
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segtile {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        importlib.import_module(f"segtile.commands.{_MODULES.get(name, name)}").register(commands)
+        importlib.import_module(f"segtile.cli.{_MODULES.get(name, name)}").register(commands)
     return parser
 
 
@@ -215,6 +215,3 @@ def _c_stderr_to_devnull() -> Iterator[TextIO]:
         os.dup2(saved, 2)
         os.close(saved)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,7 +73,7 @@ def segtile_executable() -> Path:
 def plugin_files(executable: Path) -> dict[str, bytes]:
     """Every file of the installed plugin, by its path relative to the plugin's folder: the
     package's files and the record of ``executable``."""
-    from segtile.cli import version
+    from segtile.version import version
 
     files = _tree(resources.files("segtile.qgis_plugin"))
     record = {"segtile": str(executable), "version": version()}

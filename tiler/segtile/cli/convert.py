@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Check every option, convert ``args.source`` and write ``args.out``."""
-    from segtile.convert import convert
+    from segtile.cli.convert_run import convert
 
     out = convert(args.source, args.out, source_format=args.source_format, dataset=args.dataset,
                   overwrite=args.overwrite)

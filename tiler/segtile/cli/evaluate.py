@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from segtile.commands.arguments import name_list, positive_int
+from segtile.cli.arguments import name_list, positive_int
 
 DESCRIPTION = (
     "Compare a predicted mask with ground truth, chunk by chunk (any size), as the reference PSPNet "
