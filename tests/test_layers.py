@@ -6,6 +6,7 @@ import-linter cannot merge from an editable install; the contracts are checked o
 a wheel installs it: models/ inside segtile/.
 """
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -59,6 +60,15 @@ def test_an_import_against_the_layers_breaks_its_contract(site, module, line, co
     assert done.returncode == 1
     broken = done.stdout.split("Broken contracts", 1)[-1]
     assert contract in broken, done.stdout
+
+
+@pytest.mark.parametrize("room", ["segtile", "segtile.sources", "segtile.tiling", "segtile.inference", "segtile.engine",
+                                  "segtile.store", "segtile.writers", "segtile.training", "segtile.cli",
+                                  "segtile.models", "segtile.qgis_plugin"])
+def test_every_public_name_of_a_room_is_there(room):
+    package = importlib.import_module(room)
+    assert package.__all__
+    assert [name for name in package.__all__ if not hasattr(package, name)] == []
 
 
 def test_the_command_parser_imports_nothing_heavy():

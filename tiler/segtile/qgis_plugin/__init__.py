@@ -5,6 +5,8 @@ QGIS calls :func:`classFactory`. Nothing here imports QGIS when the package is i
 ``segtile qgis install`` can read the plugin's files from a Python without QGIS.
 """
 
+__all__ = ["classFactory"]
+
 
 def classFactory(iface):  # noqa: N802 (the name QGIS looks for)
     """The plugin object QGIS starts; ``iface`` is ``None`` under ``qgis_process``."""
