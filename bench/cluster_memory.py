@@ -51,7 +51,7 @@ def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list
     and after the run."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("segtile.engine"))
+        client.run(lambda: __import__("segtile.engine.graph"))
         before = list(client.run(peak_rss_mib).values())
         start = time.perf_counter()
         result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")

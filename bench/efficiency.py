@@ -38,9 +38,9 @@ import torch
 
 from bench.make_mosaic import make_mosaic
 from segtile import segment
-from segtile.grid import tile_grid
+from segtile.inference.predictor import autocast
 from segtile.models import PSPNet
-from segtile.predictor import autocast
+from segtile.tiling.grid import tile_grid
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -29,7 +29,7 @@ from dask.callbacks import Callback
 
 from bench.workloads import pointwise_model
 from segtile import segment
-from segtile.engine import BATCH_PREFIX
+from segtile.engine.graph import BATCH_PREFIX
 
 
 class HeldBatches(Callback):

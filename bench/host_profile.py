@@ -52,7 +52,8 @@ STAGES = [
 
 def instrument(totals: collections.Counter) -> None:
     """Wrap each stage so that its calls add their wall time to ``totals``."""
-    from segtile import engine, predictor
+    from segtile.engine import graph as engine
+    from segtile.inference import predictor
     from segtile.sources import raster
 
     owners = {"engine": engine, "Predictor": predictor.Predictor, "RasterSource": raster.RasterSource}

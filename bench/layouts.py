@@ -1,7 +1,7 @@
 """What a network's memory layout costs on the CPU, by thread count: plain or channels-last, oneDNN
 on or off, for narrow networks (a few channels, the engine-bound benchmark's 1x1 convolution) and
 a small 3x3 one, on a batch of 4 tiles of 512 px. segtile runs every network channels-last
-(``tiler/predictor.py``); this shows where that costs and where it pays, in one process, the
+(``tiler/segtile/inference/predictor.py``); this shows where that costs and where it pays, in one process, the
 configurations interleaved within each round.
 
     python -m bench.layouts              # torch threads 1 and 2, 3 rounds

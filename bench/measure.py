@@ -37,7 +37,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse in one line, before any run, a device or precision this machine cannot use."""
-    from segtile.devices import DeviceError, check_device
+    from segtile.inference.devices import DeviceError, check_device
 
     try:
         check_device(args.device, args.precision)

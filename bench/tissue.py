@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.make_slide import DEFAULT_SOURCE, read_source, write_slide
 from segtile.sources import open_source
-from segtile.tissue import detect_tissue
+from segtile.sources.tissue import detect_tissue
 
 OUT = Path(__file__).resolve().parent / "out"
 

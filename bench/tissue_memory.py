@@ -1,6 +1,6 @@
 """Peak memory of tissue detection on a slide without a pyramid (a flat, single-level OME-TIFF).
 
-A slide with no level under ``segtile.tissue.OVERVIEW`` (4096) px a side has its overview
+A slide with no level under ``segtile.sources.tissue.OVERVIEW`` (4096) px a side has its overview
 resampled from level 0, window by window; segtile once read that level whole, as float32, to find
 the tissue (4.95 GiB for 14000² px). The slide is the real Aperio region
 ``examples/data/cmu_small_region.svs`` mirror-tiled to ``size`` x ``size`` (``bench/make_slide.py``),

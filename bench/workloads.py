@@ -81,7 +81,7 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
 
 def tissue_detection(args: argparse.Namespace) -> dict:
     """segtile's tissue detection alone, on a slide opened with its slide reader."""
-    from segtile.tissue import detect_tissue
+    from segtile.sources.tissue import detect_tissue
 
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Write the label rasters the demo models in models/demo were trained and evaluated on.
+"""Write the label rasters the demo models in models/segtile/models/demo were trained and evaluated on.
 
 Run from the repository root:  python examples/make_demo_labels.py
 It writes, into examples/data, for each demo a training label raster and a held-out one (the

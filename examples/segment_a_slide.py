@@ -10,7 +10,7 @@ outputs are on the slide's grid, with polygons as QuPath objects in level-0 pixe
 
 Be clear about the model: segtile ships no model trained on H&E. The closest demo model,
 ``nuclei_psp18``, was trained on one fluorescence image (``examples/data/nuclei_img2d.tif``: one
-channel, nuclei bright on a dark background, about 24 px across; see models/demo/README.md). On
+channel, nuclei bright on a dark background, about 24 px across; see models/segtile/models/demo/README.md). On
 an H&E slide nuclei are dark purple on pink, in three channels. So this example hands the model
 what it knows: the hematoxylin channel of the slide (colour deconvolution with Ruifrok and
 Johnston's H&E stain vectors), in which nuclei are bright like a nuclear stain, at 0.25 µm/px,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segtile.blend import BLENDS, BlendError, profile, tile_weight
+from segtile.tiling.blend import BLENDS, BlendError, profile, tile_weight
 
 
 @pytest.mark.parametrize("blend", BLENDS)

@@ -3,7 +3,7 @@ kept when they fit; jobs that cannot fit, and plans of absurd size, refused."""
 
 import pytest
 
-from segtile.budget import (
+from segtile.tiling.budget import (
     DEFAULT_LIMIT,
     TASK_BYTES,
     BudgetError,
@@ -15,7 +15,7 @@ from segtile.budget import (
     plan_memory,
     tile_result_bytes,
 )
-from segtile.plan import TilingOptions, batches_per_chunk, plan_stripes
+from segtile.tiling.plan import TilingOptions, batches_per_chunk, plan_stripes
 
 
 def walked_held_tiles(tile: int, overlap: int, chunk: int, stripe: int, batch: int) -> int:

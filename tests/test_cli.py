@@ -15,9 +15,9 @@ import shapely
 import torch
 
 from segtile.cli import main
-from segtile.grid import tile_grid
 from segtile.models import ModelCard, save_torchscript
-from segtile.plan import TilingOptions, tile_runs
+from segtile.tiling.grid import tile_grid
+from segtile.tiling.plan import TilingOptions, tile_runs
 from tests.conftest import whole_image_logits
 
 
@@ -188,7 +188,7 @@ def test_console_script_reports_without_traceback(tmp_path):
 
 
 def test_exit_status_follows_whose_fault_it_is(capsys):
-    from segtile.cli import report
+    from segtile.cli.command import report
     from segtile.sources import SourceError
 
     assert report(SourceError("cannot open x.tif: damaged")) == 2
@@ -207,7 +207,7 @@ class SignalsItselfWhenCollected:
 
 
 def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again():
-    from segtile.cli import _signals_as_interrupts
+    from segtile.cli.command import _signals_as_interrupts
 
     with _signals_as_interrupts() as received:
         with pytest.raises(KeyboardInterrupt):

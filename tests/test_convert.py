@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from segtile.cli import main
-from segtile.commands.convert import DATASETS as CLI_DATASETS
-from segtile.convert import convert
+from segtile.cli.convert import DATASETS as CLI_DATASETS
+from segtile.cli.convert_run import convert
 from segtile.models import CheckpointError, ModelCard, PSPNet, load_checkpoint, save_checkpoint, save_torchscript
 from segtile.models.semseg import semseg_architecture
 from segtile.models.semseg_datasets import DATASETS

@@ -1,4 +1,4 @@
-"""The demo models in models/demo: small enough to ship, cards that say what they are, and the
+"""The demo models in models/segtile/models/demo: small enough to ship, cards that say what they are, and the
 held-out mIoU their README reports, measured again here as `segtile eval` measures it."""
 
 import re
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from segtile.api import segment
-from segtile.evaluate import evaluate
 from segtile.models import load_checkpoint
+from segtile.training.evaluate import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "models" / "demo"
+DEMO = REPO / "models" / "segtile" / "models" / "demo"
 DATA = REPO / "examples" / "data"
 
 # model, image, held-out ground truth, classes, resolution and unit, lowest acceptable held-out mIoU
@@ -23,9 +23,9 @@ MODELS = {
 
 
 def reported_miou(name: str) -> float:
-    """The held-out mIoU models/demo/README.md reports for ``name`` (its figures table)."""
+    """The held-out mIoU models/segtile/models/demo/README.md reports for ``name`` (its figures table)."""
     match = re.search(rf"^\| `{re.escape(name)}` \| ([0-9.]+) \|", (DEMO / "README.md").read_text(), re.M)
-    assert match, f"models/demo/README.md reports no held-out mIoU for {name}"
+    assert match, f"models/segtile/models/demo/README.md reports no held-out mIoU for {name}"
     return float(match.group(1))
 
 

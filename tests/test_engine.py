@@ -8,7 +8,7 @@ import torch
 from affine import Affine
 
 from segtile import segment
-from segtile.blend import BLENDS
+from segtile.tiling.blend import BLENDS
 from tests.conftest import whole_image_logits
 
 
@@ -222,7 +222,7 @@ def test_networks_that_cannot_run_channels_last_run_in_the_plain_layout(pointwis
 
 
 def test_a_process_keeps_only_the_latest_predictors(pointwise_model):
-    from segtile import predictor
+    from segtile.inference import predictor
 
     model = pointwise_model(bands=3, classes=2)
     for seed in range(4):
@@ -314,7 +314,7 @@ def batch_markers(result, chunk: int) -> list[tuple[int, int, tuple]]:
     the stitch markers it waits for."""
     from dask.core import get_dependencies
 
-    from segtile.engine import BATCH_PREFIX
+    from segtile.engine.graph import BATCH_PREFIX
 
     graph = dict(result.labels.__dask_graph__())
     return [(key[1], graph[key][3][0].window.row_off // chunk,
@@ -329,7 +329,7 @@ def test_on_a_cluster_no_batch_starts_before_the_chunk_row_above_it_is_stitched(
     scheduler, which orders better without, none does."""
     from distributed import Client
 
-    from segtile.engine import BATCH_LEAD_ROWS
+    from segtile.engine.graph import BATCH_LEAD_ROWS
 
     def segmented():
         return segment(random_image(3, 200, 150), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,
@@ -373,7 +373,7 @@ def test_results_stitched_on_the_device_are_those_stitched_on_the_host(pointwise
 def test_results_stay_on_the_device_only_when_the_model_runs_on_a_gpu_of_this_process(pointwise_model):
     from distributed import Client
 
-    from segtile.engine import BATCH_PREFIX, stitches_on_device
+    from segtile.engine.graph import BATCH_PREFIX, stitches_on_device
 
     def kept_on_device(**kwargs) -> bool:
         result = segment(random_image(3, 40, 40), pointwise_model(bands=3, classes=2), tile_size=32, overlap=8,

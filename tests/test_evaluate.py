@@ -9,8 +9,8 @@ import rasterio
 
 from segtile.cli import main
 from segtile.errors import SegtileError
-from segtile.evaluate import EvalError, evaluate, prediction_classes
-from segtile.metrics import confusion_matrix, scores
+from segtile.training.evaluate import EvalError, evaluate, prediction_classes
+from segtile.training.metrics import confusion_matrix, scores
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 
 CLASSES = ("a", "b", "c")

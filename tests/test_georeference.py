@@ -30,9 +30,9 @@ from shapely.geometry import mapping
 from segtile import segment
 from segtile.cli import main
 from segtile.georef import Georef
-from segtile.labels import LabelError
 from segtile.models import ModelCard, save_torchscript
 from segtile.sources import RasterSource, open_source
+from segtile.sources.labels import LabelError
 from segtile.writers import outputs as writer_outputs
 from segtile.writers import placement
 from tests.conftest import whole_image_logits

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import GridError, aligned_tiling, check_stride, check_tiling, tile_grid, tile_starts
-from segtile.plan import TilingOptions, fit_to_image
+from segtile.tiling.grid import GridError, aligned_tiling, check_stride, check_tiling, tile_grid, tile_starts
+from segtile.tiling.plan import TilingOptions, fit_to_image
 
 
 @st.composite

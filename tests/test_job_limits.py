@@ -14,9 +14,9 @@ import rasterio
 import torch
 
 from segtile import segment
-from segtile.budget import plan_memory
 from segtile.cli import main
 from segtile.models import LoadedModel, ModelCard, save_torchscript
+from segtile.tiling.budget import plan_memory
 
 MANY_CLASSES = ModelCard(classes=tuple(f"c{i}" for i in range(150)), tile_size=513, overlap=65)
 

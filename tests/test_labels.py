@@ -12,8 +12,8 @@ import shapely.geometry
 from affine import Affine
 from rasterio.windows import Window
 
-from segtile.labels import IGNORE, LabelError, PolygonLabels, RasterLabels, open_labels
 from segtile.sources import open_source
+from segtile.sources.labels import IGNORE, LabelError, PolygonLabels, RasterLabels, open_labels
 from tests.geodata import IMAGE_TRANSFORM, UTM, pixel_box, write_polygons, write_raster
 
 CLASSES = ("water", "land", "cloud")

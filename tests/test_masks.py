@@ -14,13 +14,13 @@ from rasterio.windows import Window
 
 from segtile import segment
 from segtile.cli import main
-from segtile.labels import LabelError
 from segtile.models import LoadedModel, ModelCard, save_torchscript
 from segtile.sources import open_source
+from segtile.sources.labels import LabelError
 from segtile.sources.masked import MaskedSource
 from segtile.sources.overview import coarse_source
 from segtile.sources.slide import SlideSource
-from segtile.tissue import TissueError, detect_tissue, otsu_threshold
+from segtile.sources.tissue import TissueError, detect_tissue, otsu_threshold
 
 
 class Counting(torch.nn.Module):
@@ -177,7 +177,7 @@ def test_regions_smaller_than_a_speck_keep_their_tissue(tmp_path, data_dir, row,
 
 def test_a_slide_without_a_small_level_is_read_in_windows_onto_a_small_overview(data_dir, monkeypatch):
     import segtile.sources.overview as overview
-    import segtile.tissue as tissue
+    import segtile.sources.tissue as tissue
 
     slide = data_dir / "cmu_small_region.svs"  # one level, 2220 x 2967
     full = detect_tissue(open_source(slide), open_source(slide))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segtile import memory
+from segtile.engine import heap as memory
 
 pytestmark = pytest.mark.skipif(memory._GLIBC is None, reason="the heap trim is glibc's")
 

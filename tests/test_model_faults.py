@@ -8,8 +8,8 @@ import torch
 from segtile import segment
 from segtile.api import ResolutionWarning
 from segtile.errors import SegtileError
+from segtile.inference.predictor import ModelError
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, save_torchscript
-from segtile.predictor import ModelError
 from segtile.sources import MemorySource
 
 

@@ -11,10 +11,10 @@ import torch
 
 from segtile import segment
 from segtile.cli import main
+from segtile.inference.predictor import ModelError
 from segtile.models import CardError, ModelCard, PSPNet, load_checkpoint, save_checkpoint
 from segtile.models.onnx_export import export_onnx
 from segtile.models.onnx_runtime import CARD_KEY, OnnxError, execution_providers
-from segtile.predictor import ModelError
 from tests.test_pspnet import randomise_batch_norms
 
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")

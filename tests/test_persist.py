@@ -9,7 +9,7 @@ import rasterio
 import zarr
 
 from segtile import segment
-from segtile.persist import PersistError
+from segtile.store.persist import PersistError
 from tests.test_engine import random_image
 
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segtile.grid import tile_grid, tile_starts, tiles_along
-from segtile.plan import (
+from segtile.tiling.grid import tile_grid, tile_starts, tiles_along
+from segtile.tiling.plan import (
     CHUNK_TASKS,
     TilingOptions,
     batches_per_chunk,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from segtile import segment
-from segtile.events import listen, report
+from segtile.engine.events import listen, report
 
 
 def image(height: int, width: int) -> np.ndarray:

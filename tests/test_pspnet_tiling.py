@@ -7,9 +7,9 @@ import rasterio
 import torch
 
 from segtile import segment
+from segtile.inference.normalise import Normalisation, normalise_
 from segtile.models import LoadedModel, PSPNet, load_checkpoint
 from segtile.models.builtin import DEFAULT_MODEL, builtin_models
-from segtile.normalise import Normalisation, normalise_
 
 
 def test_pspnet_checkpoints_and_networks_carry_their_alignment():

@@ -20,9 +20,9 @@ import pytest
 import rasterio
 import shapely
 
+from segtile.cli.qgis_install import segtile_executable
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import load_checkpoint
-from segtile.qgis_install import segtile_executable
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "bahamas_rgb.tif"
 SESSION = Path(__file__).resolve().parent / "qgis_session.py"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from segtile.cli import main
-from segtile.qgis_install import default_plugins_dir, plugin_files, segtile_executable
+from segtile.cli.qgis_install import default_plugins_dir, plugin_files, segtile_executable
 
 REPO = Path(__file__).resolve().parents[1]
-PLUGIN_SOURCE = REPO / "qgis_plugin" / "segtile"
+PLUGIN_SOURCE = REPO / "tiler" / "segtile" / "qgis_plugin"
 
 
 def run(*args) -> int:
@@ -106,7 +106,7 @@ def test_the_plugin_is_package_data(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for name in ("tiler", "models", "qgis_plugin"):
+    for name in ("tiler", "models"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(tmp_path),

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from segtile.qgis_install import segtile_executable
+from segtile.cli.qgis_install import segtile_executable
 from segtile.qgis_plugin import runner
 
 

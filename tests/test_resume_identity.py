@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from segtile import resume, segment
+from segtile import segment
 from segtile.cli import build_parser, command_parser, with_command
+from segtile.cli.segment_run import segment_settings
 from segtile.models import ModelCard, save_torchscript
-from segtile.resume import claim_work_folder, prepare_work, run_identity
-from segtile.run import segment_settings
+from segtile.store import identity as resume
+from segtile.store.identity import claim_work_folder, prepare_work, run_identity
 from segtile.writers.outputs import WriteOptions, output_kind, probability_precision
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 
@@ -201,7 +202,7 @@ def test_a_mask_whose_content_or_sidecar_changed_is_another_mask(tmp_path, files
 
 def test_the_external_data_of_an_onnx_model_is_part_of_the_model(tmp_path, files):
     onnx = pytest.importorskip("onnx")
-    from segtile.convert import convert
+    from segtile.cli.convert_run import convert
 
     exported = tmp_path / "exported.onnx"
     convert(files["model"], exported)

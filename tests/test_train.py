@@ -14,13 +14,15 @@ from rasterio.windows import Window
 from segtile.api import segment
 from segtile.cli import main
 from segtile.georef import Georef
-from segtile.labels import IGNORE, open_labels
+from segtile.inference.normalise import Normalisation
 from segtile.models import LoadedModel, ModelCard, PSPNet, load_checkpoint, save_checkpoint
 from segtile.models.checkpoint import read_training_state
-from segtile.models.datacard import card_from_data, native_resolution, suggested_tiling, value_scale
 from segtile.models.resnet import resnet_depth
-from segtile.models.sampling import SamplingError, TrainingData
-from segtile.models.train import (
+from segtile.sources import open_source
+from segtile.sources.labels import IGNORE, open_labels
+from segtile.sources.working_grid import choose_grid
+from segtile.training.datacard import card_from_data, native_resolution, suggested_tiling, value_scale
+from segtile.training.loop import (
     TrainError,
     TrainOptions,
     make_optimizer,
@@ -29,9 +31,7 @@ from segtile.models.train import (
     segmentation_loss,
     train,
 )
-from segtile.normalise import Normalisation
-from segtile.sources import open_source
-from segtile.working_grid import choose_grid
+from segtile.training.sampling import SamplingError, TrainingData
 from tests.geodata import IMAGE_TRANSFORM, pixel_box, write_polygons, write_raster
 from tests.test_pspnet import BASIC_BLOCKS, BOTTLENECK_BLOCKS, random_state_dict, torchvision_layout
 
@@ -181,9 +181,9 @@ def test_a_run_interrupted_and_resumed_ends_as_the_uninterrupted_run(tmp_path, s
 
 def test_ctrl_c_after_an_epoch_says_which_epoch_the_output_holds(tmp_path, scene, capsys, monkeypatch):
     """The interruption lands after the first epoch is saved (a real run, stopped there)."""
-    import segtile.training
+    import segtile.training.runner
 
-    real_train = segtile.training.train
+    real_train = segtile.training.runner.train
 
     def stopped_after_the_first_epoch(*args, on_epoch, **kwargs):
         def save_then_stop(result, state):
@@ -192,7 +192,7 @@ def test_ctrl_c_after_an_epoch_says_which_epoch_the_output_holds(tmp_path, scene
 
         return real_train(*args, on_epoch=save_then_stop, **kwargs)
 
-    monkeypatch.setattr(segtile.training, "train", stopped_after_the_first_epoch)
+    monkeypatch.setattr(segtile.training.runner, "train", stopped_after_the_first_epoch)
     image, labels = scene
     out = tmp_path / "part.pt"
     assert run("train", "--image", image, "--labels", labels, "--classes", "dark,bright", "--out", out,

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from segtile import segment
+from segtile.inference.tta import AugmentationError
 from segtile.models import LoadedModel, ModelCard
-from segtile.tta import AugmentationError
 from tests.conftest import whole_image_logits
 
 

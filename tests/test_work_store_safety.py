@@ -16,9 +16,9 @@ import torch
 
 from segtile import segment
 from segtile.cli import build_parser, main, with_command
+from segtile.cli.segment_run import segment_settings
 from segtile.models import ModelCard, save_torchscript
-from segtile.resume import claim_work_folder, prepare_work, run_identity, work_folder
-from segtile.run import segment_settings
+from segtile.store.identity import claim_work_folder, prepare_work, run_identity, work_folder
 
 IMAGE = Path(__file__).resolve().parents[1] / "examples" / "data" / "rmnp-rgb.tif"  # 485 x 373
 OPTIONS = ("--chunk-size", "128")  # 4 x 3 chunks
@@ -146,7 +146,7 @@ def test_a_second_run_for_the_same_outputs_is_refused_while_the_first_runs(tmp_p
 HOLD_THE_STORE = """
 import sys, time
 from pathlib import Path
-from segtile.resume import claim_work_folder
+from segtile.store.identity import claim_work_folder
 with claim_work_folder(Path(sys.argv[1])):
     print("holding", flush=True)
     time.sleep(60)

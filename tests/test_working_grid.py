@@ -15,7 +15,7 @@ from segtile import segment
 from segtile.models import LoadedModel, ModelCard
 from segtile.sources import SourceError, open_source
 from segtile.sources.resample import ResampledSource, at_level, at_pixel_size
-from segtile.working_grid import GridChoiceError, choose_grid
+from segtile.sources.working_grid import GridChoiceError, choose_grid
 
 
 def whole_image_average(path, shape):

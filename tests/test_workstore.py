@@ -7,7 +7,7 @@ import zarr
 
 from segtile.georef import Georef
 from segtile.models import ModelCard
-from segtile.workstore import stage
+from segtile.store.staging import stage
 from segtile.writers.outputs import Layers
 
 CARD = ModelCard(classes=tuple(f"c{i}" for i in range(150)))
@@ -49,7 +49,8 @@ def test_probabilities_kept_as_floats_for_float_outputs(tmp_path):
 def test_a_store_is_filled_one_stripe_after_another(tmp_path, pointwise_model, monkeypatch):
     """Given every stripe at once, a distributed scheduler works on all of them together and holds
     each one's band of batch results; the store is filled stripe by stripe instead."""
-    from segtile import engine, segment
+    from segtile import segment
+    from segtile.engine import graph as engine
 
     stripes_stitched = []
 

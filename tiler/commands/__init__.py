@@ -1,1 +1,0 @@
-"""The subcommands of the ``segtile`` command, one module each (see :mod:`segtile.cli`)."""
