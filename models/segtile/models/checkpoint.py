@@ -30,7 +30,7 @@ from segtile.errors import CardError, CheckpointError, one_line
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import ModelCard, default_card
 from segtile.models.pspnet import PSPNet
-from segtile.paths import refuse_sequential
+from segtile.errors import refuse_sequential
 
 FORMAT = "segtile-checkpoint"
 VERSION = 1

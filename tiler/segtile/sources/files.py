@@ -12,7 +12,7 @@ import tifffile
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from segtile.errors import SourceError, root_cause_line
-from segtile.paths import refuse_sequential
+from segtile.errors import refuse_sequential
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
@@ -44,7 +44,7 @@ def is_connection_string(path: str) -> bool:
 
 def check_local_file(path: str) -> None:
     """Raise :class:`SourceError` when ``path`` is missing, empty, or a FIFO, socket or character
-    device (:func:`~segtile.paths.refuse_sequential`); directories are let through: GDAL reads
+    device (:func:`~segtile.errors.refuse_sequential`); directories are let through: GDAL reads
     some, such as Zarr stores."""
     if not os.path.exists(path):
         raise SourceError(f"input not found: {path}")
