@@ -37,9 +37,10 @@ def is_remote(path: str) -> bool:
 
 def is_connection_string(path: str) -> bool:
     """Whether ``path`` names no local file but a dataset inside one in a GDAL driver's syntax
-    (``NETCDF:"f.nc":var``, the subdataset names ``gdalinfo`` lists): GDAL resolves it, so no
-    local checks."""
-    return not os.path.exists(path) and _CONNECTION_STRING.match(path) is not None
+    (``NETCDF:"f.nc":var``, the subdataset names ``gdalinfo`` lists), or describes one in XML
+    given in place of a path (a VRT's, or a mosaic's tile index: :mod:`segtile.sources.mosaic`):
+    GDAL resolves it, so no local checks."""
+    return not os.path.exists(path) and (_CONNECTION_STRING.match(path) is not None or path.startswith("<"))
 
 
 def check_local_file(path: str) -> None:
