@@ -40,6 +40,7 @@ from segtile.errors import SourceError, root_cause_line
 from segtile.sources.base import Source
 from segtile.sources.files import check_local_file, is_remote
 from segtile.sources.raster import RasterSource
+from segtile.sources.remote import check_range_requests, is_url, vsi_path
 from segtile.sources.selection import compose_bands
 
 _SNAP = 1e-6  # a bound within this fraction of a pixel of a grid line lies on it (floating-point sums)
@@ -167,6 +168,9 @@ def _input_path(path: str | os.PathLike[str]) -> str:
     """``path`` as GDAL opens it: a local file by its absolute path (checked: it exists, is not
     empty), anything GDAL resolves itself (``/vsicurl/``, a URL) as given."""
     path = os.fspath(path)
+    if is_url(path):
+        check_range_requests(path)
+        return vsi_path(path)  # GTI opens its tiles by GDAL paths
     if is_remote(path):
         return path
     check_local_file(path)
