@@ -14,9 +14,11 @@ from rasterio.windows import Window
 
 from segtile import segment
 from segtile.sources import RasterSource, SlideSource, SourceError, open_source
+from segtile.sources.mosaic import open_mosaic
 from segtile.sources.remote import BLOCK_SIZE
 from segtile.store.identity import fingerprint
 from tests.servers import http_server, s3_server
+from tests.test_sources_mosaic import cut_tiles
 
 BUCKET = "scenes"
 
@@ -160,3 +162,17 @@ def test_an_object_in_s3_is_identified_by_its_etag(s3, data_dir):
     assert fingerprint(f"/vsis3/{BUCKET}/bahamas_rgb.tif")["etag"] == before["etag"]
     s3.upload_file(str(data_dir / "landsat7.tif"), BUCKET, "bahamas_rgb.tif")  # replaced
     assert fingerprint(uri)["etag"] != before["etag"]
+
+
+def test_a_mosaic_of_tiles_over_http_is_the_mosaic_of_the_local_tiles(tmp_path, data_dir):
+    tiles = cut_tiles(data_dir / "bahamas_rgb.tif", tmp_path)
+    with http_server(tmp_path) as server:
+        remote = open_mosaic([server.url(path.name) for path in tiles])
+        local = open_mosaic(tiles)
+        assert remote.files == () and remote.georef == local.georef and remote.shape == local.shape
+        window = Window(0, 0, local.width, local.height)
+        remote_pixels, remote_valid = remote.read_with_valid(window)
+        local_pixels, local_valid = local.read_with_valid(window)
+        np.testing.assert_array_equal(remote_pixels, local_pixels)
+        np.testing.assert_array_equal(remote_valid, local_valid)
+        remote.close()
