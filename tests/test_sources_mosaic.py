@@ -190,9 +190,20 @@ def test_inputs_that_cannot_form_one_image_are_refused_in_one_line(data_dir, tmp
         (bands3, with_nodata): "nodata 0",
         (bands3, tmp_path / "missing.tif"): "input not found",
         (): "at least one input",
-        (data_dir / "nuclei_img2d.tif",): "no CRS and geotransform",
+        (data_dir / "nuclei_img2d.tif",): "not placed by a CRS and a geotransform",
     }
     for inputs, words in cases.items():
         with pytest.raises(SourceError, match=words) as caught:
             open_mosaic(list(inputs))
         assert "\n" not in str(caught.value)
+
+
+def test_an_input_lost_after_opening_fails_its_reads_in_one_line_naming_the_mosaic(data_dir, tmp_path):
+    tiles = cut_tiles(data_dir / "bahamas_rgb.tif", tmp_path)
+    mosaic = open_mosaic(tiles)
+    tiles[3].unlink()
+    with pytest.raises(SourceError) as caught:
+        mosaic.read(Window(mosaic.width - 10, mosaic.height - 10, 10, 10))
+    message = str(caught.value)
+    assert "\n" not in message and "GDALTileIndexDataset" not in message
+    assert message.startswith("cannot read the mosaic of 4 inputs") and "tile_1_1.tif" in message

@@ -20,8 +20,10 @@ transform and a CRS.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ from segtile.sources.raster import RasterSource
 from segtile.sources.remote import check_range_requests, is_url, vsi_path
 from segtile.sources.selection import compose_bands
 
+_RASTERIO_ERRORS = logging.getLogger("rasterio._err")
+_GDAL_FAILURE = "GDAL signalled an error"  # how rasterio reports a GDAL failure it does not raise
 _SNAP = 1e-6  # a bound within this fraction of a pixel of a grid line lies on it (floating-point sums)
 
 
@@ -115,7 +119,8 @@ class MosaicSource(Source):
         footprints = [_footprint(item, grid_crs) for item in described]
         transform, width, height = _grid(footprints, pixel, described[0] if described[0].crs == grid_crs else None)
         self.index = _tile_index(described, footprints, grid_crs, transform, width, height)
-        self._mosaic = RasterSource(self.index, bands=bands)
+        with self._named():
+            self._mosaic = RasterSource(self.index, bands=bands)
         self.shape = self._mosaic.shape
         self.dtype = self._mosaic.dtype
         self.band_names = self._mosaic.band_names
@@ -140,12 +145,18 @@ class MosaicSource(Source):
 
     @contextmanager
     def _named(self) -> Iterator[None]:
-        """Re-raise a :class:`SourceError` of the mosaic's reads with the mosaic's name in place
-        of the index's XML text (which GDAL's messages quote as the dataset's name)."""
-        try:
-            yield
-        except SourceError as exc:
-            raise SourceError(str(exc).replace(self.index, self.name)) from None
+        """Raise GDAL's failures while the block opens or reads the mosaic as one
+        :class:`SourceError` naming the mosaic (not the index's XML text, which GDAL's messages
+        quote as the dataset's name): those GDAL raises, and those it only reports, such as an
+        input it can no longer open (GDAL 3.10's tile index then reads the others and returns
+        success, OSGeo/gdal#13212)."""
+        with _reported_failures() as failures:
+            try:
+                yield
+            except SourceError as exc:
+                raise SourceError(str(exc).replace(self.index, self.name)) from None
+        if failures:
+            raise SourceError(f"cannot read {self.name}: {failures[0]}")
 
     def select_bands(self, bands: Sequence[int]) -> MosaicSource:
         return MosaicSource(self.inputs, crs=self._crs, resolution=self._resolution,
@@ -154,6 +165,31 @@ class MosaicSource(Source):
     def close(self) -> None:
         self._mosaic.close()
 
+
+class _ThreadFailures(logging.Handler):
+    """The messages of the GDAL failures rasterio reports (and does not raise) in one thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread and str(record.msg).startswith(_GDAL_FAILURE):
+            self.messages.append(str(record.args[1]) if isinstance(record.args, tuple) else record.getMessage())
+
+
+@contextmanager
+def _reported_failures() -> Iterator[list[str]]:
+    """The messages of the GDAL failures rasterio reports in this thread while the block runs."""
+    if _RASTERIO_ERRORS.getEffectiveLevel() > logging.INFO:
+        _RASTERIO_ERRORS.setLevel(logging.INFO)  # rasterio reports them at INFO: let them be made
+    handler = _ThreadFailures()
+    _RASTERIO_ERRORS.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        _RASTERIO_ERRORS.removeHandler(handler)
 
 
 def _check_gdal_has_gti() -> None:
@@ -166,7 +202,8 @@ def _check_gdal_has_gti() -> None:
 
 def _input_path(path: str | os.PathLike[str]) -> str:
     """``path`` as GDAL opens it: a local file by its absolute path (checked: it exists, is not
-    empty), anything GDAL resolves itself (``/vsicurl/``, a URL) as given."""
+    empty), a URL by its GDAL path (``/vsicurl/``, ``/vsis3/``...; a web server checked to answer
+    range requests), any other GDAL path as given."""
     path = os.fspath(path)
     if is_url(path):
         check_range_requests(path)
@@ -192,7 +229,7 @@ def _describe(path: str) -> _Input:
         raise SourceError(f"{path} has bands of several data types ({', '.join(sorted(dtypes))}): "
                           "a mosaic needs one")
     if item.crs is None or item.transform.is_identity:
-        raise SourceError(f"{path} has no CRS and geotransform: a mosaic places its inputs by them "
+        raise SourceError(f"{path} is not placed by a CRS and a geotransform: a mosaic places its inputs by them "
                           "(warp an image placed by GCPs or RPCs first: gdalwarp)")
     if item.transform.b or item.transform.d:
         raise SourceError(f"{path} is rotated (its geotransform has rotation terms): a mosaic needs north-up inputs "
