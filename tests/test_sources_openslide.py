@@ -1,5 +1,6 @@
 """Slides through OpenSlide (segtile[openslide], in the test extra): the real Aperio slide read both
-ways, a generic pyramidal TIFF, and a Hamamatsu VMS (no TIFF: chosen automatically).
+ways, a generic pyramidal TIFF, a Hamamatsu VMS (no TIFF: chosen automatically), and a DICOM
+slide given by its folder.
 
 Tolerance: the pixels must be equal up to 1 per channel where JPEG is decoded, because two
 JPEG decoders may round the inverse DCT differently (libjpeg-turbo's SIMD and plain C paths, or
@@ -9,16 +10,21 @@ pixels come out exactly equal too.
 """
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
+import openslide
 import pytest
 import tifffile
 from PIL import Image
 from rasterio.windows import Window
 
+from segtile import segment
 from segtile.cli import main
 from segtile.sources import OpenSlideSource, SlideSource, SourceError, open_source
+from tests.conftest import whole_image_logits
 
 WINDOWS = [Window(0, 0, 256, 256), Window(1000, 1500, 300, 200), Window(1920, 2667, 300, 300)]
 
@@ -103,3 +109,44 @@ def test_an_openslide_format_without_openslide_is_one_clear_error(tmp_path, monk
     monkeypatch.setitem(sys.modules, "openslide", None)  # as if segtile[openslide] were not installed
     with pytest.raises(SourceError, match=r"slide.mrxs needs OpenSlide: pip install 'segtile\[openslide\]'"):
         open_source(path)
+
+
+@pytest.fixture
+def dicom_folder(tmp_path):
+    """openslide-python's own DICOM whole-slide image (tests/fixtures/boxes_0.dcm, boxes_1.dcm:
+    a 16 x 16 px slide at 0.499 µm/px and its thumbnail), in a folder as a scanner exports it."""
+    corpus = Path(__file__).resolve().parent / "data" / "corpus"
+    folder = tmp_path / "boxes"
+    folder.mkdir()
+    for name in ("boxes_0.dcm", "boxes_1.dcm"):
+        shutil.copy(corpus / name, folder / name)
+    return folder
+
+
+def test_a_folder_of_dicom_files_is_one_slide_with_its_pixel_size(dicom_folder):
+    with open_source(dicom_folder) as slide, open_source(dicom_folder / "boxes_1.dcm") as by_a_file:
+        assert isinstance(slide, OpenSlideSource)
+        assert slide.files == (str(dicom_folder),)  # the folder: outputs never land in it
+        assert slide.georef.mpp == 0.499 and slide.shape == (3, 16, 16)
+        window = Window(0, 0, 16, 16)
+        region = np.asarray(openslide.OpenSlide(str(dicom_folder / "boxes_0.dcm")).read_region((0, 0), 0, (16, 16)))
+        np.testing.assert_array_equal(slide.read(window), np.moveaxis(region[..., :3], -1, 0))
+        np.testing.assert_array_equal(by_a_file.read(window), slide.read(window))  # any file opens the series
+
+
+def test_segment_a_dicom_slide_by_its_folder(tmp_path, dicom_folder, pointwise_model):
+    model = pointwise_model(bands=3, classes=3)
+    result = segment(dicom_folder, model, tile_size=16, overlap=0, device="cpu", mpp="native", tissue=False)
+    assert result.georef.mpp == 0.499
+    with open_source(dicom_folder) as slide:
+        pixels, valid = slide.read_with_valid(Window(0, 0, 16, 16))
+    expected = whole_image_logits(model, pixels).argmax(axis=0)
+    np.testing.assert_array_equal(result.labels.compute()[valid], expected[valid])
+
+
+def test_a_folder_of_dcm_files_that_are_no_slide_is_one_clear_error(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "ct_0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    with pytest.raises(SourceError, match="holds 1 .dcm file but no DICOM whole-slide image OpenSlide reads"):
+        open_source(folder)

@@ -16,6 +16,6 @@ from segtile.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "segtile.api": ("segment",),
     "segtile.result": ("Segmentation",),
-    "segtile.sources": ("open_source",),
+    "segtile.sources": ("open_source", "open_mosaic"),
     "segtile.errors": ("SegtileError", "SegmentError", "ResolutionWarning"),
 })

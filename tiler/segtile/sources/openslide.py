@@ -32,27 +32,62 @@ _BAND_NAMES = ("red", "green", "blue")
 
 
 def opens_with_openslide(path: str) -> bool:
-    """Whether ``path`` is a local file that is no TIFF and that OpenSlide recognises.
+    """Whether ``path`` is a local file that is no TIFF and that OpenSlide recognises, or a folder
+    of a DICOM slide's files (:func:`dicom_slide_file`).
 
     Raises:
-        SourceError: the file has an OpenSlide-only extension but OpenSlide is not installed.
+        SourceError: the file has an OpenSlide-only extension (or the folder holds ``.dcm``
+            files) but OpenSlide is not installed; a folder of ``.dcm`` files none of which is a
+            whole-slide image OpenSlide reads.
     """
+    if os.path.isdir(path):
+        return bool(_dicom_files(path)) and bool(dicom_slide_file(path))
     if is_tiff(path) or not os.path.isfile(path):
         return False
+    openslide = _openslide_for(path, needed=path.lower().endswith(OPENSLIDE_SUFFIXES))
+    return openslide is not None and openslide.OpenSlide.detect_format(path) is not None
+
+
+def dicom_slide_file(folder: str) -> str:
+    """The file OpenSlide opens a folder's DICOM slide by: the first ``.dcm`` file (by name) it
+    recognises. OpenSlide 4 opens a DICOM whole-slide image from any one of its files (a scanner
+    writes one per pyramid level, and others for the label and overview) and reads the files of
+    the same series beside it; it does not open a folder.
+
+    Raises:
+        SourceError: OpenSlide is not installed, or recognises none of the folder's ``.dcm`` files.
+    """
+    openslide = _openslide_for(folder, needed=True)
+    files = _dicom_files(folder)
+    found = next((f for f in files if openslide.OpenSlide.detect_format(f) == "dicom"), None)
+    if found is None:
+        raise SourceError(f"{folder} holds {len(files)} .dcm file{'s' * (len(files) != 1)} but no DICOM whole-slide "
+                          "image OpenSlide reads (a slide's files have the VL Whole Slide Microscopy Image type)")
+    return found
+
+
+def _dicom_files(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.lower().endswith(".dcm"))
+
+
+def _openslide_for(path: str, needed: bool) -> Any:
+    """The ``openslide`` module, or ``None`` when it is not installed and ``path`` may be read
+    otherwise; a :class:`SourceError` when it is missing and ``needed``."""
     try:
         import openslide
     except ImportError:
-        if path.lower().endswith(OPENSLIDE_SUFFIXES):
+        if needed:
             raise SourceError(f"{path} needs OpenSlide: pip install 'segtile[openslide]'") from None
-        return False
-    return openslide.OpenSlide.detect_format(path) is not None
+        return None
+    return openslide
 
 
 class OpenSlideSource(Source):
     """A slide read with OpenSlide, one region at a time.
 
     Args:
-        path: a slide file OpenSlide opens (for MIRAX, the ``.mrxs`` beside its data folder).
+        path: a slide file OpenSlide opens (for MIRAX, the ``.mrxs`` beside its data folder; for
+            DICOM, any of the slide's ``.dcm`` files), or a folder of a DICOM slide's files.
         bands: 1-based indices among red, green and blue, order kept; ``None`` reads all three.
 
     Levels are OpenSlide's (``level_dimensions``); the georeference is the pixel size in µm
@@ -74,7 +109,8 @@ class OpenSlideSource(Source):
         self.path = os.fspath(path)
         self.files = (self.path,)
         check_local_file(self.path)
-        slide = _open(self.path)
+        self._slide_file = dicom_slide_file(self.path) if os.path.isdir(self.path) else self.path
+        slide = _open(self._slide_file)
         try:
             self.level_shapes = tuple((height, width) for width, height in slide.level_dimensions)
             self._downsamples = tuple(slide.level_downsamples)
@@ -87,7 +123,7 @@ class OpenSlideSource(Source):
         self.dtype = np.dtype(np.uint8)
         self.band_names = tuple(_BAND_NAMES[p] for p in positions)
         self.georef = Georef(transform=Affine.identity(), mpp=mpp)
-        self._slides: PerThreadHandles[Any] = PerThreadHandles(functools.partial(_open_for_thread, self.path))
+        self._slides: PerThreadHandles[Any] = PerThreadHandles(functools.partial(_open_for_thread, self._slide_file))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:
         return self.read_with_valid(window, level)[0]
