@@ -24,6 +24,7 @@ _DEFAULT_COLOURS = (
 
 
 TTA_MODES = (None, "flip", "d4")
+_UNITS = {"m": "m", "um": "µm"}  # resolution_unit -> how a summary writes it
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,18 @@ class ModelCard:
         if self.resolution is not None and not smallest <= self.resolution <= largest:
             raise CardError(f"model card: 'resolution' {self.resolution:g} lies outside 'resolution_range' "
                             f"[{smallest:g}, {largest:g}]")
+
+    def summary(self) -> str:
+        """One line saying what the network does and what it takes: its description (the
+        ``description`` extra field) when the card has one, its classes, bands, pixel size and tiling."""
+        names = self.extra.get("band_names")
+        bands = f"{self.in_channels} band(s)" + (f" ({', '.join(map(str, names))})" if names else "")
+        parts = [f"{self.num_classes} classes ({', '.join(self.classes)})", bands]
+        if self.resolution is not None:
+            parts.append(f"{self.resolution:g} {_UNITS[self.resolution_unit or 'm']} per pixel")
+        parts.append(f"tiles of {self.tile_size} px overlapping by {self.overlap}")
+        description = self.extra.get("description")
+        return "; ".join([str(description)] * bool(description) + parts)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""
