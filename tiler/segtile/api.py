@@ -62,7 +62,7 @@ def segment(
     Args:
         source: a path (any GDAL raster, or a whole-slide TIFF), a numpy / dask array
             ``(bands, H, W)`` or ``(H, W)``, an xarray DataArray, or an opened Source.
-        model: a segtile checkpoint, TorchScript or ONNX path, the name of an installed model
+        model: a segtile checkpoint, TorchScript, ONNX or ``.pt2`` path, the name of an installed model
             (``"nuclei_psp18"``, see :mod:`segtile.models.builtin`), a loaded checkpoint
             (:func:`segtile.models.load_checkpoint`), or any ``torch.nn.Module`` mapping
             ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as

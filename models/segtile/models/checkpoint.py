@@ -10,8 +10,9 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
 The ``training`` entry (optimiser state, step, random state, history: see
 ``segtile.training.loop.TrainingState``) is written by ``segtile train`` and ignored by inference.
-A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
-an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
+A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So are
+an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`) and a
+``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FORMAT = "segtile-checkpoint"
 VERSION = 1
 CARD_FILE = "card.json"
 ONNX_SUFFIX = ".onnx"
+EXPORTED_SUFFIX = ".pt2"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # what segtile names the checkpoints it writes
 
 # Architecture names a checkpoint may name, and the class that builds each.
@@ -119,8 +121,8 @@ def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a segtile checkpoint, a TorchScript file or an ONNX file (``.onnx``), on the CPU,
-    in eval mode.
+    """Load a segtile checkpoint, a TorchScript file, an ONNX file (``.onnx``) or a
+    ``torch.export`` archive (``.pt2``), on the CPU, in eval mode.
 
     Raises:
         CheckpointError: the file is missing, a directory, empty, not a checkpoint, names an
@@ -135,6 +137,12 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
 
         with _naming(path):
             module, card = load_onnx(path)
+        return LoadedModel(module, card, None)
+    if path.suffix.lower() == EXPORTED_SUFFIX:
+        from segtile.models.exported import load_exported  # imports this module
+
+        with _naming(path):
+            module, card = load_exported(path)
         return LoadedModel(module, card, None)
     if is_torchscript(path):
         return _load_torchscript(path)
