@@ -130,7 +130,7 @@ def segment(
         overlap=card.overlap if overlap is None else overlap,
         blend=blend, batch_size=_given(batch_size, 1), chunk_size=_given(chunk_size, 1),
         stripe_width=_given(stripe_width, 0),
-        alignment=card.alignment, device=device, precision=precision, augmentation=augmentation,
+        alignment=card.alignment, tile_extra=card.tile_extra, device=device, precision=precision, augmentation=augmentation,
         stitch_on_device=stitch_on_device,
     )
     options.validate()

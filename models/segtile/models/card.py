@@ -47,9 +47,12 @@ class ModelCard:
             (see :mod:`segtile.sources.working_grid`).
         tile_size, overlap: suggested tiling for inference.
         alignment: the network's logits line up pixel for pixel from one tile to the next only
-            when tiles start at multiples of ``alignment`` pixels and are ``k * alignment + 1``
-            pixels wide (PSPNet: 8, for its ``align_corners=True`` upsampling from stride 8);
-            1 for networks that take any size and offset.
+            when tiles start at multiples of ``alignment`` pixels and are ``k * alignment +
+            tile_extra`` pixels wide (PSPNet: 8, for its ``align_corners=True`` upsampling from
+            stride 8; a patch classifier: its patch size); 1 for networks that take any size and
+            offset.
+        tile_extra: 1 (tiles of ``k * alignment + 1`` px: PSPNet's features sit on the corners of
+            its 8 px cells) or 0 (tiles of whole cells: a patch classifier's patches).
         tta: the test-time augmentation the network was evaluated with (``"flip"``, ``"d4"``),
             suggested to the tiler; ``None`` for none.
     """
@@ -67,6 +70,7 @@ class ModelCard:
     tile_size: int = 512
     overlap: int = 64
     alignment: int = 1
+    tile_extra: int = 1
     tta: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -139,6 +143,8 @@ class ModelCard:
             raise CardError("model card: need tile_size >= 1 and 0 <= overlap < tile_size")
         if not isinstance(self.alignment, int) or self.alignment < 1:
             raise CardError("model card: 'alignment' must be a positive integer")
+        if self.tile_extra not in (0, 1) or isinstance(self.tile_extra, bool):
+            raise CardError("model card: 'tile_extra' must be 0 or 1")
         if self.tta not in TTA_MODES:
             raise CardError(f"model card: 'tta' must be one of {', '.join(str(m) for m in TTA_MODES)}")
 

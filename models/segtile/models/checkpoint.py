@@ -11,8 +11,9 @@ read back with ``torch.load(weights_only=True)``, so loading a file never runs c
 The ``training`` entry (optimiser state, step, random state, history: see
 ``segtile.training.loop.TrainingState``) is written by ``segtile train`` and ignored by inference.
 A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So are
-an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`) and a
-``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`).
+an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`), a
+``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`) and a WSInfer patch
+classifier's folder (see :mod:`segtile.models.patches`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import nn
 from segtile.errors import CardError, CheckpointError, one_line
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import ModelCard, default_card
+from segtile.models.patches import is_patch_classifier, load_patch_classifier
 from segtile.models.pspnet import PSPNet
 from segtile.errors import refuse_sequential
 
@@ -131,6 +133,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         OnnxError: an ONNX file that onnxruntime (or segtile) cannot run, or no onnxruntime.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     _check_is_file(path)
     if path.suffix.lower() == ONNX_SUFFIX:
         from segtile.models.onnx_runtime import load_onnx  # onnxruntime is an optional extra
@@ -299,6 +303,17 @@ def _check_is_file(path: Path) -> None:
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: is empty, not a checkpoint")
+
+
+def _load_folder(path: Path) -> LoadedModel:
+    """A model kept as a folder: a WSInfer patch classifier (``config.json`` and
+    ``torchscript_model.pt``)."""
+    if is_patch_classifier(path):
+        with _naming(path):
+            module, card = load_patch_classifier(path)
+        return LoadedModel(module, card, None)
+    raise CheckpointError(f"{path}: is a directory, not a checkpoint file nor a model folder segtile reads "
+                          "(a WSInfer model: config.json and torchscript_model.pt)")
 
 
 def _load_torchscript(path: Path) -> LoadedModel:
