@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="nuclei_psp18")
     parser.add_argument("--tilings", nargs="+", default=DEFAULT_TILINGS, metavar="TILE,OVERLAP")
-    parser.add_argument("--png", type=Path, help="also draw each tiling's labels and tile borders as PNG in this folder")
+    parser.add_argument("--png", type=Path, help="also draw each tiling's labels and tile borders as PNG here")
     args = parser.parse_args()
     image = tifffile.imread(DATA / "nuclei_img2d.tif")
     truth = DATA / "nuclei_labels_heldout.tif"

@@ -183,7 +183,8 @@ def test_a_torchscript_export_runs_in_a_host_without_segtile(tmp_path):
         module = torch.jit.load({str(scripted)!r}, map_location="cpu", _extra_files=extra)
         card = json.loads(extra["card.json"])
         pixels = torch.arange(2 * 3 * 65 * 65, dtype=torch.float32).reshape(2, 3, 65, 65) % 256
-        x = (pixels / card["scale"] - torch.tensor(card["mean"]).view(1, 3, 1, 1)) / torch.tensor(card["std"]).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(card[name]).view(1, 3, 1, 1) for name in ("mean", "std"))
+        x = (pixels / card["scale"] - mean) / std
         torch.save(module(x), {str(tmp_path / "host.pt")!r})
         print("segtile" in sys.modules)
         """)

@@ -130,8 +130,8 @@ def segment(
         overlap=card.overlap if overlap is None else overlap,
         blend=blend, batch_size=_given(batch_size, 1), chunk_size=_given(chunk_size, 1),
         stripe_width=_given(stripe_width, 0),
-        alignment=card.alignment, tile_extra=card.tile_extra, device=device, precision=precision, augmentation=augmentation,
-        stitch_on_device=stitch_on_device,
+        alignment=card.alignment, tile_extra=card.tile_extra, device=device, precision=precision,
+        augmentation=augmentation, stitch_on_device=stitch_on_device,
     )
     options.validate()
     check_stride(options.tile_size, options.overlap)  # as asked: fitting them to a small image may shrink the stride

@@ -12,8 +12,9 @@ The ``training`` entry (optimiser state, step, random state, history: see
 ``segtile.training.loop.TrainingState``) is written by ``segtile train`` and ignored by inference.
 A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So are
 an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`), a
-``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`) and a WSInfer patch
-classifier's folder (see :mod:`segtile.models.patches`).
+``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`), a WSInfer patch
+classifier's folder (see :mod:`segtile.models.patches`) and a segmentation_models_pytorch
+model's folder (see :mod:`segtile.models.smp_folder`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from segtile.errors import CardError, CheckpointError, one_line
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import ModelCard, default_card
 from segtile.models.patches import is_patch_classifier, load_patch_classifier
+from segtile.models.smp_folder import is_smp_folder, load_smp_folder
 from segtile.models.pspnet import PSPNet
 from segtile.errors import refuse_sequential
 
@@ -158,7 +160,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     with _naming(path):
         card = ModelCard.from_dict(card_dict)
         check_card_fits(card, arch["classes"], arch["in_channels"])
-    _load_weights(module, state_dict, f"{path}:")
+    load_weights(module, state_dict, f"{path}:")
     return LoadedModel(module.eval(), with_network_alignment(card, module), arch)
 
 
@@ -218,7 +220,7 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     stripped = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    _load_weights(model, stripped, "reference weights:")
+    load_weights(model, stripped, "reference weights:")
 
 
 def architecture(model: PSPNet) -> dict[str, Any]:
@@ -307,13 +309,18 @@ def _check_is_file(path: Path) -> None:
 
 def _load_folder(path: Path) -> LoadedModel:
     """A model kept as a folder: a WSInfer patch classifier (``config.json`` and
-    ``torchscript_model.pt``)."""
+    ``torchscript_model.pt``), or a segmentation_models_pytorch model (``save_pretrained``)."""
     if is_patch_classifier(path):
         with _naming(path):
             module, card = load_patch_classifier(path)
         return LoadedModel(module, card, None)
+    if is_smp_folder(path):
+        with _naming(path):
+            module, card = load_smp_folder(path)
+        return LoadedModel(module, card, None)
     raise CheckpointError(f"{path}: is a directory, not a checkpoint file nor a model folder segtile reads "
-                          "(a WSInfer model: config.json and torchscript_model.pt)")
+                          "(a WSInfer model: config.json and torchscript_model.pt; a segmentation_models_pytorch "
+                          "model saved with save_pretrained)")
 
 
 def _load_torchscript(path: Path) -> LoadedModel:
@@ -361,7 +368,7 @@ def _field(payload: Mapping[str, Any], name: str, kind: type, path: Path) -> Any
     return value
 
 
-def _load_weights(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
+def load_weights(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line message naming the first mismatch."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state_dict]
