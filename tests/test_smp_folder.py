@@ -95,15 +95,18 @@ def test_a_saved_unet_gives_the_labels_of_the_network_itself(saved_unet):
     np.testing.assert_array_equal(segment(pixels, folder, batch_size=2).labels.compute(), expected)
 
 
-def test_pretrained_encoder_weights_give_their_normalisation(tmp_path, saved_unet):
-    """A folder whose encoder was pretrained on ImageNet needs only the class names: its card
-    normalises as smp's preprocessing for those weights does."""
-    smp = smp_module()
+def test_pretrained_weights_whose_normalisation_smp_cannot_give_ask_for_it(saved_unet, monkeypatch):
+    """smp reads the normalisation of pretrained weights from the Hugging Face Hub: offline (as
+    the tests run), the folder asks for it in card.json, and a card.json that gives it is used."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     folder = saved_unet[0]
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"encoder_weights": "imagenet"}))
     (folder / "card.json").write_text(json.dumps({"classes": ["water", "land", "cloud"]}))
-    card = load_checkpoint(folder).card
-    params = smp.encoders.get_preprocessing_params("resnet18", pretrained="imagenet")
-    assert card.mean == pytest.approx(params["mean"]) and card.std == pytest.approx(params["std"])
-    assert card.scale == 255
+    with pytest.raises(CheckpointError, match=r"smp gives no normalisation for encoder weights 'imagenet' "
+                                              r"\(\w+\): write it into .*card\.json"):
+        load_checkpoint(folder)
+    given = {"classes": ["water", "land", "cloud"], "scale": 255, "mean": [0.485, 0.456, 0.406],
+             "std": [0.229, 0.224, 0.225]}
+    (folder / "card.json").write_text(json.dumps(given))
+    assert load_checkpoint(folder).card.mean == tuple(given["mean"])

@@ -3,12 +3,12 @@
 ``model.save_pretrained(folder)`` writes ``config.json`` (the architecture, ``_model_class``,
 and its keyword arguments: ``encoder_name``, ``encoder_weights``, ``in_channels``, ``classes``...)
 and ``model.safetensors`` (or ``pytorch_model.bin``). segtile builds the architecture with
-``encoder_weights=None`` (nothing is downloaded: the folder's weights replace the encoder's
-anyway) and loads the folder's weights, strictly.
+``encoder_weights=None`` (no weights are downloaded: the folder's replace the encoder's anyway) and loads the folder's weights, strictly.
 
 The card is made from the config: the band and class counts; the normalisation of the encoder's
-pretrained weights (smp's ``get_preprocessing_params``: pixels divided by 255, the weights'
-mean and std, BGR encoders fed the bands in reverse); tiles on the network's lattice of
+pretrained weights (smp's ``get_preprocessing_params``, which smp >= 0.5 reads from the
+weights' config on the Hugging Face Hub, cached after the first time: pixels divided by 255, the
+weights' mean and std, BGR encoders fed the bands in reverse); tiles on the network's lattice of
 ``2 ** encoder_depth`` px. What the config cannot say comes from ``card.json`` beside it (any
 card fields: see :class:`~segtile.models.card.ModelCard`), and the loader asks for it in one
 line when it is needed: the class names always, the normalisation when the encoder was trained
@@ -102,11 +102,12 @@ def _encoder_normalisation(folder: Path, arguments: dict[str, Any]) -> dict[str,
                               f"normalisation is the trainer's own: write it into {folder / CARD_FILE}, e.g. "
                               '{"scale": 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}')
     smp = _smp(folder)
-    try:
+    try:  # smp >= 0.5 reads it from the weights' config on the Hugging Face Hub (cached after the first time)
         params = smp.encoders.get_preprocessing_params(arguments.get("encoder_name", "resnet34"), pretrained=weights)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: smp knows no normalisation for encoder weights {weights!r} "
-                              f"({one_line(exc)}): write it into {folder / CARD_FILE}") from None
+    except Exception as exc:  # unknown weights (ValueError), no network (huggingface_hub's errors)...
+        raise CheckpointError(f"{folder}: smp gives no normalisation for encoder weights {weights!r} "
+                              f"({type(exc).__name__}): write it into {folder / CARD_FILE}, e.g. "
+                              '{"scale": 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}') from None
     fields = {"mean": params["mean"], "std": params["std"],
               "scale": 255.0 if list(params.get("input_range", [0, 1])) == [0, 1] else 1.0}
     if params.get("input_space") == "BGR":
