@@ -2,14 +2,21 @@
 with their cards, checkpoints as ONNX files, and every way the command can be used wrongly."""
 
 import argparse
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 
+from segtile import segment
 from segtile.cli import main
 from segtile.cli.convert import DATASETS as CLI_DATASETS
 from segtile.cli.convert_run import convert
 from segtile.models import CheckpointError, ModelCard, PSPNet, load_checkpoint, save_checkpoint, save_torchscript
+from segtile.models.builtin import DEFAULT_MODEL, builtin_models, choose_model
 from segtile.models.semseg import semseg_architecture
 from segtile.models.semseg_datasets import DATASETS
 from tests.test_pspnet import functional_reference, randomise_batch_norms
@@ -105,14 +112,16 @@ def bad_conversions(tmp_path):
         "psanet": ([psanet, *semseg], "PSANet"),
         "pickled objects": ([pickled, *semseg], "(argparse.Namespace)"),
         "missing": ([tmp_path / "nope.pth", *semseg], "no such file"),
-        "segtile to pt": ([scripted, "--out", tmp_path / "m.pt"], "converts to .onnx"),
+        "segtile to checkpoint": ([scripted, "--to", "checkpoint", "--out", tmp_path / "m.pt"], "--from semseg"),
+        "onnx named .pt": ([scripted, "--to", "onnx", "--out", tmp_path / "m.pt"], "writes a .onnx file"),
+        "no such model": (["no_such_model", "--out", tmp_path / "m.pt"], "installed models: "),
         "extension": ([scripted, "--out", tmp_path / "m.h5"], "(.onnx)"),
         "exists": ([psanet, "--from", "semseg", "--dataset", "voc2012", "--out", existing], "exists"),
     }
 
 
-BAD_CONVERSIONS = ["no dataset", "dataset without semseg", "psanet", "pickled objects", "missing", "segtile to pt",
-                   "extension", "exists"]
+BAD_CONVERSIONS = ["no dataset", "dataset without semseg", "psanet", "pickled objects", "missing",
+                   "segtile to checkpoint", "onnx named .pt", "no such model", "extension", "exists"]
 
 
 @pytest.mark.parametrize("case", BAD_CONVERSIONS)
@@ -142,3 +151,56 @@ def test_a_checkpoint_converts_to_onnx_with_its_card(tmp_path, capsys):
     assert load_checkpoint(exported).card == card
     assert run("convert", exported, "--out", tmp_path / "again.onnx") == 2
     assert "is an ONNX file already" in capsys.readouterr().err
+
+
+def test_an_installed_model_converts_by_name_to_torchscript_with_its_card(tmp_path, data_dir, capsys):
+    """`segtile convert NAME --to torchscript`: the installed model's card travels inside the file,
+    and segtile gives the TorchScript file the labels it gives the checkpoint."""
+    scripted = tmp_path / "nuclei.pt"
+    assert run("convert", "nuclei_psp18", "--to", "torchscript", "--out", scripted) == 0
+    assert capsys.readouterr().out == f"segtile: wrote {scripted}\n"
+    installed = load_checkpoint(choose_model("nuclei_psp18").path)
+    loaded = load_checkpoint(scripted)
+    assert isinstance(loaded.module, torch.jit.ScriptModule) and loaded.card == installed.card
+    pixels = tifffile.imread(data_dir / "nuclei_img2d.tif")[None, :200, :300]
+    expected = segment(pixels, "nuclei_psp18").labels.compute()
+    np.testing.assert_array_equal(segment(pixels, scripted).labels.compute(), expected)
+
+
+def test_a_torchscript_export_runs_in_a_host_without_segtile(tmp_path):
+    """What a libtorch host does (C++ ``torch::jit::load(path, device, extra_files)``, the Deep Java
+    Library): load the file with torch alone, read card.json, normalise as it says, get logits."""
+    card = ModelCard(classes=["a", "b"], scale=255.0, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2], tile_size=65,
+                     overlap=8, alignment=8)
+    torch.manual_seed(0)
+    net = PSPNet(layers=18, classes=2, width=0.125).eval()
+    checkpoint = save_checkpoint(tmp_path / "m.pt", net, card)
+    scripted = tmp_path / "m_ts.pt"
+    assert run("convert", checkpoint, "--out", scripted) == 0
+    host = textwrap.dedent(f"""
+        import json, sys, torch
+        extra = {{"card.json": ""}}
+        module = torch.jit.load({str(scripted)!r}, map_location="cpu", _extra_files=extra)
+        card = json.loads(extra["card.json"])
+        pixels = torch.arange(2 * 3 * 65 * 65, dtype=torch.float32).reshape(2, 3, 65, 65) % 256
+        mean, std = (torch.tensor(card[name]).view(1, 3, 1, 1) for name in ("mean", "std"))
+        x = (pixels / card["scale"] - mean) / std
+        torch.save(module(x), {str(tmp_path / "host.pt")!r})
+        print("segtile" in sys.modules)
+        """)
+    done = subprocess.run([sys.executable, "-c", host], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    pixels = torch.arange(2 * 3 * 65 * 65, dtype=torch.float32).reshape(2, 3, 65, 65) % 256
+    x = (pixels / 255.0 - torch.tensor(card.mean).view(1, 3, 1, 1)) / torch.tensor(card.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.load(tmp_path / "host.pt"), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_segtile_models_lists_the_installed_models_with_their_summaries(capsys):
+    assert run("models") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(builtin_models())
+    for name, path in builtin_models().items():
+        line = next(line for line in lines if line.startswith(name))
+        assert line.endswith(f": {load_checkpoint(path).card.summary()}")
+        assert ("(default)" in line) == (name == DEFAULT_MODEL)

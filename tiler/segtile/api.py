@@ -62,7 +62,7 @@ def segment(
     Args:
         source: a path (any GDAL raster, or a whole-slide TIFF), a numpy / dask array
             ``(bands, H, W)`` or ``(H, W)``, an xarray DataArray, or an opened Source.
-        model: a segtile checkpoint, TorchScript or ONNX path, the name of an installed model
+        model: a segtile checkpoint, TorchScript, ONNX or ``.pt2`` path, the name of an installed model
             (``"nuclei_psp18"``, see :mod:`segtile.models.builtin`), a loaded checkpoint
             (:func:`segtile.models.load_checkpoint`), or any ``torch.nn.Module`` mapping
             ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as
@@ -130,8 +130,8 @@ def segment(
         overlap=card.overlap if overlap is None else overlap,
         blend=blend, batch_size=_given(batch_size, 1), chunk_size=_given(chunk_size, 1),
         stripe_width=_given(stripe_width, 0),
-        alignment=card.alignment, device=device, precision=precision, augmentation=augmentation,
-        stitch_on_device=stitch_on_device,
+        alignment=card.alignment, tile_extra=card.tile_extra, device=device, precision=precision,
+        augmentation=augmentation, stitch_on_device=stitch_on_device,
     )
     options.validate()
     check_stride(options.tile_size, options.overlap)  # as asked: fitting them to a small image may shrink the stride

@@ -31,9 +31,10 @@ def builtin_models() -> dict[str, Path]:
     return {path.stem: path for path in sorted(FOLDER.glob("*.pt"))}
 
 
-def choose_model(model: str | os.PathLike | None) -> ChosenModel:
+def choose_model(model: str | os.PathLike | None, given_by: str = "--model") -> ChosenModel:
     """The file of ``model``: a path, the name of an installed model, or (``None``) the
-    default: ``$SEGTILE_MODEL``, else the installed default model.
+    default: ``$SEGTILE_MODEL``, else the installed default model. ``given_by`` names the
+    argument in messages.
 
     Raises:
         ModelNotFoundError: no such file or installed model.
@@ -43,7 +44,7 @@ def choose_model(model: str | os.PathLike | None) -> ChosenModel:
         if chosen:
             return ChosenModel(_existing(chosen, f"${ENVIRONMENT_VARIABLE}"), f"from ${ENVIRONMENT_VARIABLE}")
         return ChosenModel(builtin_models()[DEFAULT_MODEL], "the installed default")
-    return ChosenModel(_existing(model, "--model"), "from --model")
+    return ChosenModel(_existing(model, given_by), f"from {given_by}")
 
 
 def _existing(model: str | os.PathLike, given_by: str) -> Path:

@@ -24,6 +24,7 @@ _DEFAULT_COLOURS = (
 
 
 TTA_MODES = (None, "flip", "d4")
+_UNITS = {"m": "m", "um": "µm"}  # resolution_unit -> how a summary writes it
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,12 @@ class ModelCard:
             (see :mod:`segtile.sources.working_grid`).
         tile_size, overlap: suggested tiling for inference.
         alignment: the network's logits line up pixel for pixel from one tile to the next only
-            when tiles start at multiples of ``alignment`` pixels and are ``k * alignment + 1``
-            pixels wide (PSPNet: 8, for its ``align_corners=True`` upsampling from stride 8);
-            1 for networks that take any size and offset.
+            when tiles start at multiples of ``alignment`` pixels and are ``k * alignment +
+            tile_extra`` pixels wide (PSPNet: 8, for its ``align_corners=True`` upsampling from
+            stride 8; a patch classifier: its patch size); 1 for networks that take any size and
+            offset.
+        tile_extra: 1 (tiles of ``k * alignment + 1`` px: PSPNet's features sit on the corners of
+            its 8 px cells) or 0 (tiles of whole cells: a patch classifier's patches).
         tta: the test-time augmentation the network was evaluated with (``"flip"``, ``"d4"``),
             suggested to the tiler; ``None`` for none.
     """
@@ -66,6 +70,7 @@ class ModelCard:
     tile_size: int = 512
     overlap: int = 64
     alignment: int = 1
+    tile_extra: int = 1
     tta: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, hash=False)
 
@@ -138,6 +143,8 @@ class ModelCard:
             raise CardError("model card: need tile_size >= 1 and 0 <= overlap < tile_size")
         if not isinstance(self.alignment, int) or self.alignment < 1:
             raise CardError("model card: 'alignment' must be a positive integer")
+        if self.tile_extra not in (0, 1) or isinstance(self.tile_extra, bool):
+            raise CardError("model card: 'tile_extra' must be 0 or 1")
         if self.tta not in TTA_MODES:
             raise CardError(f"model card: 'tta' must be one of {', '.join(str(m) for m in TTA_MODES)}")
 
@@ -153,6 +160,18 @@ class ModelCard:
         if self.resolution is not None and not smallest <= self.resolution <= largest:
             raise CardError(f"model card: 'resolution' {self.resolution:g} lies outside 'resolution_range' "
                             f"[{smallest:g}, {largest:g}]")
+
+    def summary(self) -> str:
+        """One line saying what the network does and what it takes: its description (the
+        ``description`` extra field) when the card has one, its classes, bands, pixel size and tiling."""
+        names = self.extra.get("band_names")
+        bands = f"{self.in_channels} band(s)" + (f" ({', '.join(map(str, names))})" if names else "")
+        parts = [f"{self.num_classes} classes ({', '.join(self.classes)})", bands]
+        if self.resolution is not None:
+            parts.append(f"{self.resolution:g} {_UNITS[self.resolution_unit or 'm']} per pixel")
+        parts.append(f"tiles of {self.tile_size} px overlapping by {self.overlap}")
+        description = self.extra.get("description")
+        return "; ".join([str(description)] * bool(description) + parts)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists, not tuples)."""

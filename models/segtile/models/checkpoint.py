@@ -10,8 +10,11 @@ A segtile checkpoint is a ``torch.save`` of a plain dict::
 read back with ``torch.load(weights_only=True)``, so loading a file never runs code from it.
 The ``training`` entry (optimiser state, step, random state, history: see
 ``segtile.training.loop.TrainingState``) is written by ``segtile train`` and ignored by inference.
-A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So is
-an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`).
+A TorchScript file is accepted too; its card is the ``card.json`` among its extra files. So are
+an ONNX file (``.onnx``, run by onnxruntime: see :mod:`segtile.models.onnx_runtime`), a
+``torch.export`` archive (``.pt2``: see :mod:`segtile.models.exported`), a WSInfer patch
+classifier's folder (see :mod:`segtile.models.patches`) and a segmentation_models_pytorch
+model's folder (see :mod:`segtile.models.smp_folder`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from torch import nn
 from segtile.errors import CardError, CheckpointError, one_line
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import ModelCard, default_card
+from segtile.models.patches import is_patch_classifier, load_patch_classifier
+from segtile.models.smp_folder import is_smp_folder, load_smp_folder
 from segtile.models.pspnet import PSPNet
 from segtile.errors import refuse_sequential
 
@@ -36,6 +41,7 @@ FORMAT = "segtile-checkpoint"
 VERSION = 1
 CARD_FILE = "card.json"
 ONNX_SUFFIX = ".onnx"
+EXPORTED_SUFFIX = ".pt2"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")  # what segtile names the checkpoints it writes
 
 # Architecture names a checkpoint may name, and the class that builds each.
@@ -119,8 +125,8 @@ def save_torchscript(path: str | os.PathLike, module: nn.Module, card: ModelCard
 
 
 def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Load a segtile checkpoint, a TorchScript file or an ONNX file (``.onnx``), on the CPU,
-    in eval mode.
+    """Load a segtile checkpoint, a TorchScript file, an ONNX file (``.onnx``) or a
+    ``torch.export`` archive (``.pt2``), on the CPU, in eval mode.
 
     Raises:
         CheckpointError: the file is missing, a directory, empty, not a checkpoint, names an
@@ -129,12 +135,20 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         OnnxError: an ONNX file that onnxruntime (or segtile) cannot run, or no onnxruntime.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
     _check_is_file(path)
     if path.suffix.lower() == ONNX_SUFFIX:
         from segtile.models.onnx_runtime import load_onnx  # onnxruntime is an optional extra
 
         with _naming(path):
             module, card = load_onnx(path)
+        return LoadedModel(module, card, None)
+    if path.suffix.lower() == EXPORTED_SUFFIX:
+        from segtile.models.exported import load_exported  # imports this module
+
+        with _naming(path):
+            module, card = load_exported(path)
         return LoadedModel(module, card, None)
     if is_torchscript(path):
         return _load_torchscript(path)
@@ -146,7 +160,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     with _naming(path):
         card = ModelCard.from_dict(card_dict)
         check_card_fits(card, arch["classes"], arch["in_channels"])
-    _load_weights(module, state_dict, f"{path}:")
+    load_weights(module, state_dict, f"{path}:")
     return LoadedModel(module.eval(), with_network_alignment(card, module), arch)
 
 
@@ -206,7 +220,7 @@ def load_reference_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
     stripped = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    _load_weights(model, stripped, "reference weights:")
+    load_weights(model, stripped, "reference weights:")
 
 
 def architecture(model: PSPNet) -> dict[str, Any]:
@@ -293,6 +307,22 @@ def _check_is_file(path: Path) -> None:
         raise CheckpointError(f"{path}: is empty, not a checkpoint")
 
 
+def _load_folder(path: Path) -> LoadedModel:
+    """A model kept as a folder: a WSInfer patch classifier (``config.json`` and
+    ``torchscript_model.pt``), or a segmentation_models_pytorch model (``save_pretrained``)."""
+    if is_patch_classifier(path):
+        with _naming(path):
+            module, card = load_patch_classifier(path)
+        return LoadedModel(module, card, None)
+    if is_smp_folder(path):
+        with _naming(path):
+            module, card = load_smp_folder(path)
+        return LoadedModel(module, card, None)
+    raise CheckpointError(f"{path}: is a directory, not a checkpoint file nor a model folder segtile reads "
+                          "(a WSInfer model: config.json and torchscript_model.pt; a segmentation_models_pytorch "
+                          "model saved with save_pretrained)")
+
+
 def _load_torchscript(path: Path) -> LoadedModel:
     extra = {CARD_FILE: ""}
     try:
@@ -338,7 +368,7 @@ def _field(payload: Mapping[str, Any], name: str, kind: type, path: Path) -> Any
     return value
 
 
-def _load_weights(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
+def load_weights(module: nn.Module, state_dict: Mapping[str, Any], where: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line message naming the first mismatch."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state_dict]

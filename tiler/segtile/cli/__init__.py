@@ -3,7 +3,7 @@
 - ``command``: the parser, :func:`main`, one-line errors and exit statuses, signals;
 - ``arguments``: the argument types the subcommands share;
 - one module per subcommand, its options: ``segment``, ``train``, ``evaluate`` (``eval``),
-  ``convert``, ``qgis``; and the runners that are the command's alone: ``segment_run`` (outputs,
+  ``convert``, ``models``, ``qgis``; and the runners that are the command's alone: ``segment_run`` (outputs,
   the work store, ``--resume``), ``convert_run``, ``qgis_install`` (``train`` and ``eval`` run
   in :mod:`segtile.training`).
 

@@ -1,5 +1,5 @@
 """The ``segtile`` command: ``segtile [segment] IMAGE --out ...``, and the ``train``, ``eval``,
-``convert`` and ``qgis`` subcommands.
+``convert``, ``models`` and ``qgis`` subcommands.
 
 Every error a user can cause (:class:`~segtile.errors.SegtileError`, and OS errors about their
 files) ends in one line on stderr and exit status 2; anything else is a failure of segtile
@@ -30,7 +30,7 @@ from segtile.version import version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 REPEAT_SECONDS = 0.05  # after an interrupt swallowed by a finaliser, when it is raised again
-COMMANDS = ("segment", "train", "eval", "convert", "qgis")
+COMMANDS = ("segment", "train", "eval", "convert", "models", "qgis")
 _MODULES = {"eval": "evaluate"}  # `eval` is a builtin's name; its module is cli/evaluate.py
 
 

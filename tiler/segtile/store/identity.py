@@ -170,7 +170,7 @@ def run_identity(result: Segmentation, image: str, model: str | os.PathLike, pre
         "segtile": version(),
         "image": [fingerprint(path) for path in input_files(image)],
         "mask": None if given["mask"] is None else [fingerprint(path) for path in input_files(given["mask"])],
-        "model": {"sha256": file_digest(model), "files": [fingerprint(path) for path in model_data_files(model)]},
+        "model": {"sha256": model_digest(model), "files": [fingerprint(path) for path in model_data_files(model)]},
         "options": given,
         "bands": list(result.source.band_names),
         "card": result.card.to_dict(),
@@ -295,6 +295,17 @@ def _folder_digest(folder: Path) -> str:
         stat = path.stat()
         digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_ino}:{stat.st_mtime_ns}:"
                       f"{stat.st_ctime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def model_digest(model: str | os.PathLike) -> str:
+    """The SHA-256 of a model file, or of a model folder's files (their names and digests)."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return file_digest(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0{file_digest(path)}\n".encode())
     return digest.hexdigest()
 
 

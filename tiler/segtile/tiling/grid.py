@@ -52,15 +52,16 @@ def check_stride(tile_size: int, overlap: int) -> None:
                         f"most {most} px (a stride of an eighth of the tile)")
 
 
-def aligned_tiling(tile_size: int, overlap: int, alignment: int) -> tuple[int, int]:
+def aligned_tiling(tile_size: int, overlap: int, alignment: int, extra: int = 1) -> tuple[int, int]:
     """The tile size and overlap closest to those asked for that suit a network of ``alignment``:
-    tiles of ``kA + 1`` pixels (the next such size up, ``k >= 1``: a stride of A must fit in the
-    tile, even on an image of one pixel) and a stride that is a multiple of A (the overlap grows to
-    the next such stride down, at least one pixel). ``alignment=1`` changes nothing."""
+    tiles of ``kA + extra`` pixels (the next such size up, ``k >= 1``: a stride of A must fit in
+    the tile, even on an image of one pixel; ``extra`` 1 for PSPNet, 0 for a patch classifier's
+    whole patches) and a stride that is a multiple of A (the overlap grows to the next such stride
+    down). ``alignment=1`` changes nothing."""
     check_tiling(tile_size, overlap)
     if alignment == 1:
         return tile_size, overlap
-    tile = max(-(-(tile_size - 1) // alignment), 1) * alignment + 1
+    tile = max(-(-(tile_size - extra) // alignment), 1) * alignment + extra
     stride = max(alignment, (tile - overlap) // alignment * alignment)
     return tile, tile - stride
 

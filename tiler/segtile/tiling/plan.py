@@ -39,6 +39,7 @@ class TilingOptions:
     chunk_size: int = 1024
     stripe_width: int = 8192
     alignment: int = 1
+    tile_extra: int = 1
     device: str = "auto"
     precision: str = "fp32"
     augmentation: Augmentation = Augmentation()
@@ -63,10 +64,10 @@ def fit_to_image(options: TilingOptions, height: int, width: int) -> TilingOptio
     :func:`segtile.tiling.grid.aligned_tiling`), no larger than needed to cover the image's longer side
     (a tile of 100000 px on a small image would allocate gigabytes for one padded tile), and an
     overlap below the tile."""
-    alignment = options.alignment
-    largest = -(-(max(height, width) - 1) // alignment) * alignment + 1
+    alignment, extra = options.alignment, options.tile_extra
+    largest = -(-(max(height, width) - extra) // alignment) * alignment + extra
     tile_size = min(options.tile_size, largest)
-    tile_size, overlap = aligned_tiling(tile_size, min(options.overlap, tile_size - 1), alignment)
+    tile_size, overlap = aligned_tiling(tile_size, min(options.overlap, tile_size - 1), alignment, extra)
     return replace(options, tile_size=tile_size, overlap=overlap)
 
 
