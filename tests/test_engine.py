@@ -464,3 +464,22 @@ def test_half_precision_logits_of_tile_corners_keep_their_winner(on_device):
                                   weighted))
     labels = stitch_chunk(Window(0, 0, 2 * corner, 2 * corner), 3, ("labels",), None, results)["labels"]
     np.testing.assert_array_equal(labels, np.full((2 * corner, 2 * corner), 2))
+
+
+def test_half_precision_logits_beyond_float16_s_range_do_not_poison_the_sums():
+    """Cast to float16, a logit of 1e6 is infinite, and a pixel without weight would add 0 x inf
+    = NaN to the chunk's sums: clamped, it adds 0."""
+    from rasterio.windows import Window
+
+    from segtile.engine.graph import TileResult, stitch_chunk
+    from segtile.inference.predictor import for_stitching
+
+    logits = torch.tensor([1e6, 0.0]).expand(1, 2, 2, 2).contiguous()
+    weight = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    sent, weighted = for_stitching(logits, weight[None, :, :, None], "fp16")
+    other = TileResult(Window(0, 0, 2, 2), np.array([[[0.0, 1.0]] * 2] * 2, dtype=np.float32),
+                       np.ones((2, 2), np.float32))
+    tiles = [TileResult(Window(0, 0, 2, 2), sent[0].numpy(), weight.numpy(), weighted), other]
+    out = stitch_chunk(Window(0, 0, 2, 2), 2, ("labels", "logits"), None, tiles)
+    assert np.isfinite(out["logits"]).all()
+    np.testing.assert_array_equal(out["labels"], [[1, 0], [0, 0]])

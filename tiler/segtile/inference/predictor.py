@@ -87,9 +87,12 @@ def for_stitching(logits: torch.Tensor, weight: torch.Tensor, precision: str) ->
     half precision run cast to float16 unweighted (half the traffic), to be weighted in float32
     as they are summed. Weighting before the cast would lose them: a gaussian blend's corner
     weight (about 1e-7) times a logit falls below float16's smallest value (6e-8), so where only
-    tile corners meet every class would sum to 0 and the label tie to class 0."""
+    tile corners meet every class would sum to 0 and the label tie to class 0. Logits beyond
+    float16's range are clamped to it: cast, they would be infinite, and 0 times infinite (a
+    pixel without weight) is NaN in the sums."""
     if precision == "fp16":
-        return logits.half(), False
+        limit = torch.finfo(torch.float16).max
+        return logits.clamp_(-limit, limit).half(), False
     return logits.mul_(weight), True
 
 
