@@ -54,6 +54,7 @@ def open_slide(path: str) -> object:
 
 def segtile_to_zarr(args: argparse.Namespace) -> dict:
     """segtile: read the image tile by tile, predict, stitch, write the labels to Zarr."""
+    import importlib
     from contextlib import nullcontext
 
     import dask.array as da
@@ -67,8 +68,9 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     source = open_slide(args.input) if args.slide else args.input
     sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
              if getattr(args, name) is not None}
-    with local_cluster(workers=args.workers) if args.workers else nullcontext():
-        if args.workers:  # the cluster's start is not the engine's work
+    with local_cluster(workers=args.workers) if args.workers else nullcontext() as client:
+        if args.workers:  # the cluster's start and its workers' imports are not the engine's work
+            client.run(importlib.import_module, "segtile.engine.graph")
             rss_before, start = psutil.Process().memory_info().rss / 2**20, time.perf_counter()
         result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
                          device=args.device, precision=args.precision,
