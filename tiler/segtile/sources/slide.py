@@ -1,5 +1,6 @@
-"""Whole-slide and microscopy TIFFs (SVS, NDPI, OME-TIFF, SCN, BIF, pyramidal TIFF) through
-tifffile's Zarr store: only the tiles under a window are read and decoded."""
+"""Whole-slide and microscopy TIFFs (SVS, NDPI, OME-TIFF, SCN, BIF, pyramidal TIFF) read with
+tifffile: only the tiles under a window are read and decoded, those of tiled levels once for all
+the windows over them (:mod:`segtile.sources.tile_cache`), others through tifffile's Zarr store."""
 
 from __future__ import annotations
 
