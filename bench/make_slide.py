@@ -53,49 +53,54 @@ def level_sides(size: int) -> list[int]:
     return sides
 
 
-def level_tile(source: np.ndarray, level: int, row: int, col: int, side: int) -> np.ndarray:
-    """The TILE x TILE tile at (``row``, ``col``) of pyramid level ``level`` (``side`` pixels
+def level_tile(source: np.ndarray, level: int, row: int, col: int, side: int, tile: int = TILE) -> np.ndarray:
+    """The ``tile`` x ``tile`` tile at (``row``, ``col``) of pyramid level ``level`` (``side`` pixels
     square), zero-padded past the level's edge.
 
     A level-k pixel is the mean of the 2^k x 2^k mosaic pixels under it; the sum runs over the
     2^k x 2^k offsets, one strided gather of a tile's size each, so memory stays at one tile."""
     height, width = source.shape[:2]
     factor = 2**level
-    rows = np.arange(row, min(row + TILE, side)) * factor
-    cols = np.arange(col, min(col + TILE, side)) * factor
+    rows = np.arange(row, min(row + tile, side)) * factor
+    cols = np.arange(col, min(col + tile, side)) * factor
     total = np.zeros((len(rows), len(cols), source.shape[2]), np.uint32)
     for dy in range(factor):
         source_rows = mirror_positions(rows + dy, height)
         for dx in range(factor):
             total += source[np.ix_(source_rows, mirror_positions(cols + dx, width))]
-    tile = np.zeros((TILE, TILE, source.shape[2]), np.uint8)
-    tile[: len(rows), : len(cols)] = (total + factor * factor // 2) // (factor * factor)
-    return tile
+    pixels = np.zeros((tile, tile, source.shape[2]), np.uint8)
+    pixels[: len(rows), : len(cols)] = (total + factor * factor // 2) // (factor * factor)
+    return pixels
 
 
-def level_tiles(source: np.ndarray, level: int, side: int) -> Iterator[np.ndarray]:
+def level_tiles(source: np.ndarray, level: int, side: int, tile: int = TILE) -> Iterator[np.ndarray]:
     """All tiles of one level in the row-major order tifffile writes them."""
-    for row in range(0, side, TILE):
-        for col in range(0, side, TILE):
-            yield level_tile(source, level, row, col, side)
+    for row in range(0, side, tile):
+        for col in range(0, side, tile):
+            yield level_tile(source, level, row, col, side, tile)
 
 
-def make_slide(size: int, out: Path, source_path: Path = DEFAULT_SOURCE) -> None:
+def make_slide(size: int, out: Path, source_path: Path = DEFAULT_SOURCE, tile: int = TILE,
+               compression: str = "jpeg") -> None:
     """Write the ``size`` x ``size`` pyramidal slide mirror-tiled from ``source_path`` to ``out``."""
     source, mpp = read_source(source_path)
-    write_slide(source, mpp, size, out, f"mirror-tiled from {source_path.name} at {mpp} um/px")
+    write_slide(source, mpp, size, out, f"mirror-tiled from {source_path.name} at {mpp} um/px", tile, compression)
 
 
-def write_slide(source: np.ndarray, mpp: float, size: int, out: Path, description: str) -> None:
-    """Write ``source`` ``(H, W, 3)``, mirror-tiled to ``size`` x ``size``, as a pyramidal slide."""
+def write_slide(source: np.ndarray, mpp: float, size: int, out: Path, description: str, tile: int = TILE,
+                compression: str = "jpeg") -> None:
+    """Write ``source`` ``(H, W, 3)``, mirror-tiled to ``size`` x ``size``, as a pyramidal slide
+    of ``tile`` px tiles compressed with ``compression`` (tifffile's name: jpeg, zlib, jpeg2000...;
+    JPEG at quality 90)."""
     sides = level_sides(size)
     pixels_per_cm = 1e4 / mpp
     out.parent.mkdir(parents=True, exist_ok=True)
     with tifffile.TiffWriter(out, bigtiff=True) as tif:
         for level, side in enumerate(sides):
             tif.write(
-                level_tiles(source, level, side), shape=(side, side, 3), dtype=np.uint8, tile=(TILE, TILE),
-                photometric="rgb", compression="jpeg", compressionargs={"level": JPEG_QUALITY},
+                level_tiles(source, level, side, tile), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
+                photometric="rgb", compression=compression,
+                compressionargs={"level": JPEG_QUALITY} if compression == "jpeg" else None,
                 resolution=(pixels_per_cm / 2**level, pixels_per_cm / 2**level), resolutionunit="CENTIMETER",
                 subifds=len(sides) - 1 if level == 0 else None, subfiletype=1 if level else 0,
                 description=description if level == 0 else None,
@@ -108,11 +113,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, required=True, help="side of the square slide, in pixels")
     parser.add_argument("--out", type=Path, required=True, help="output TIFF path")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Aperio slide to mirror-tile")
+    parser.add_argument("--tile", type=int, default=TILE, help="side of the slide's tiles (a multiple of 16)")
+    parser.add_argument("--compression", default="jpeg", help="tifffile's compression: jpeg, zlib, jpeg2000...")
     args = parser.parse_args()
     if args.size < 1:
         parser.error("--size must be positive")
     start = time.perf_counter()
-    make_slide(args.size, args.out, args.source)
+    make_slide(args.size, args.out, args.source, args.tile, args.compression)
     megabytes = args.out.stat().st_size / 2**20
     levels = len(level_sides(args.size))
     print(f"{args.out}: {args.size} x {args.size}, {levels} levels, {megabytes:.0f} MiB, "

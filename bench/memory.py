@@ -1,8 +1,10 @@
 """Peak memory against image size: segtile from a GeoTIFF mosaic to Zarr labels.
 
 One fresh process per size (so each peak is that run's own), a 1x1-convolution model (2 classes,
-or ``--classes``), tile 512, overlap 64, gaussian blend; batch, chunk and stripe sizes from
-segtile's memory budget unless given. Prints a Markdown table (size, Mpx,
+or ``--classes``), its labels written by dask's own ``da.to_zarr(result.labels, ...)`` (a
+notebook's natural call) or, with ``--writer``, by segtile's ``result.write`` (stripe by
+stripe); tile 512, overlap 64, gaussian blend; batch, chunk and stripe sizes from segtile's
+memory budget unless given. Prints a Markdown table (size, Mpx,
 seconds, Mpx/s, peak RSS, RSS after imports) and writes each run's RSS trace to
 ``bench/out/memory_trace_SIZE.csv`` (seconds, MiB). Mosaics missing from ``bench/out`` are built
 first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
@@ -12,6 +14,7 @@ first (``bench/make_mosaic.py``); the Zarr outputs are deleted after each run.
     python -m bench.memory --gdal-cache-mb 64    # with GDAL's block cache bounded otherwise
     python -m bench.memory --stripe-width 0      # without stripes: the whole width at once
     python -m bench.memory --classes 150 --sizes 10000   # a 150-class model (ADE20K's count)
+    python -m bench.memory --classes 150 --sizes 10000 --writer   # through result.write, not da.to_zarr
     python -m bench.memory --device cuda --precision fp16 --model pspnet50 --classes 150
                                                  # on a GPU; --stitch-on-host to compare
 """
@@ -39,7 +42,7 @@ def measure_size(size: int, args: argparse.Namespace) -> Measured:
         sizes = [f"--{name.replace('_', '-')}={getattr(args, name)}"
                  for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
                  if getattr(args, name) is not None]
-        sizes += model_arguments(args)
+        sizes += model_arguments(args) + (["--writer"] if args.writer else [])
         return run_workload(
             "segtile", "--input", str(mosaic), "--out", str(labels), "--classes", str(args.classes),
             "--tile-size", str(args.tile_size), "--overlap", str(args.overlap), *sizes,
@@ -65,6 +68,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, help="default: from the memory budget (1024 with 2 classes)")
     parser.add_argument("--stripe-width", type=int, help="0: the whole width at once; default: from the budget")
     add_model_arguments(parser)
+    parser.add_argument("--writer", action="store_true", help="write with result.write (segtile's writer, stripe "
+                        "by stripe) rather than dask.array.to_zarr")
     parser.add_argument("--gdal-cache-mb", type=int, help="set GDAL_CACHEMAX (MB) for the runs; "
                         "GDAL's default is 5%% of the machine's memory")
     args = parser.parse_args()
@@ -80,7 +85,7 @@ def main() -> None:
             f"_stripe{args.stripe_width}" if args.stripe_width is not None else "") + (
             f"_classes{args.classes}" if args.classes != 2 else "") + (
             f"_{args.model}" if args.model != "pointwise" else "") + (
-            f"_{args.device.replace(':', '')}" if args.device != "cpu" else "")
+            f"_{args.device.replace(':', '')}" if args.device != "cpu" else "") + ("_writer" if args.writer else "")
         write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
         report = measured.report
         megapixels = size * size / 1e6

@@ -54,9 +54,13 @@ def open_slide(path: str) -> object:
 
 def segtile_to_zarr(args: argparse.Namespace) -> dict:
     """segtile: read the image tile by tile, predict, stitch, write the labels to Zarr."""
+    import importlib
+    from contextlib import nullcontext
+
     import dask.array as da
 
     from segtile import segment
+    from segtile.engine.cluster import local_cluster
 
     model = segtile_model(args.model, args.classes)
     rss_before = psutil.Process().memory_info().rss / 2**20
@@ -64,14 +68,18 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     source = open_slide(args.input) if args.slide else args.input
     sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
              if getattr(args, name) is not None}
-    result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-                     device=args.device, precision=args.precision,
-                     stitch_on_device=False if args.stitch_on_host else None, **sizes)
-    tasks = len(result.labels.__dask_graph__())
-    if args.writer:
-        result.write(args.out)  # segtile's own writer: Zarr with georeference and card
-    else:
-        da.to_zarr(result.labels, args.out)
+    with local_cluster(workers=args.workers) if args.workers else nullcontext() as client:
+        if args.workers:  # the cluster's start and its workers' imports are not the engine's work
+            client.run(importlib.import_module, "segtile.engine.graph")
+            rss_before, start = psutil.Process().memory_info().rss / 2**20, time.perf_counter()
+        result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
+                         device=args.device, precision=args.precision,
+                         stitch_on_device=False if args.stitch_on_host else None, **sizes)
+        tasks = len(result.labels.__dask_graph__())
+        if args.writer or args.workers:
+            result.write(args.out)  # segtile's own writer: Zarr with georeference and card
+        else:
+            da.to_zarr(result.labels, args.out)
     report = {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
               "rss_before_mib": rss_before}
     if torch.cuda.is_available() and args.device != "cpu":
@@ -191,6 +199,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
     parser.add_argument("--writer", action="store_true",
                         help="segtile: write with result.write(out) rather than dask.array.to_zarr")
+    parser.add_argument("--workers", type=int, help="segtile: on a local cluster of this many worker processes "
+                        "(sharing the CPUs; written with result.write)")
     parser.add_argument("--stripe-width", type=int,
                         help="segtile: stripe width (0: whole width; default: from its budget)")
     parser.add_argument("--memory-threshold", type=int, help="tiatoolbox: RAM use (%%) past which it spills "

@@ -434,3 +434,52 @@ def test_a_copy_on_another_device_leaves_the_module_as_it_was_and_keeps_tied_wei
     assert all(tensor.device.type == "cpu" for tensor in network.state_dict().values())
     assert network.training and not copied.training
     assert copied[2].weight is copied[0].weight
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_half_precision_logits_of_tile_corners_keep_their_winner(on_device):
+    """Where only tile corners meet (a small overlap), a gaussian blend weighs each about 1e-7:
+    weighted before the cast to float16, logits of a few tenths fell to 0 for every class and the
+    label tied to class 0. Stitched here from four tiles' corners, in float16 as a GPU run sends them."""
+    from rasterio.windows import Window
+
+    from segtile.engine.graph import TileResult, stitch_chunk
+    from segtile.inference.predictor import for_stitching
+    from segtile.tiling.blend import tile_weight
+
+    tile, corner = 64, 4
+    weight = torch.from_numpy(tile_weight("gaussian", tile, 8, (False,) * 4).copy())
+    assert weight[0, 0] < 1e-6
+    logits = torch.tensor([0.0, 0.02, 0.08]).expand(1, tile, tile, 3).contiguous()  # class 2 wins everywhere
+    results = []
+    for row, col in ((0, 0), (0, 1), (1, 0), (1, 1)):  # each tile's corner of the chunk is its own corner
+        rows = slice(tile - corner, tile) if row == 0 else slice(0, corner)
+        cols = slice(tile - corner, tile) if col == 0 else slice(0, corner)
+        sent, weighted = for_stitching(logits.clone(), weight[None, :, :, None], "fp16")
+        assert sent.dtype == torch.float16
+        tile_logits, tile_weight_ = sent[0, rows, cols], weight[rows, cols]
+        if not on_device:
+            tile_logits, tile_weight_ = tile_logits.numpy(), tile_weight_.numpy()
+        results.append(TileResult(Window(col * corner, row * corner, corner, corner), tile_logits, tile_weight_,
+                                  weighted))
+    labels = stitch_chunk(Window(0, 0, 2 * corner, 2 * corner), 3, ("labels",), None, results)["labels"]
+    np.testing.assert_array_equal(labels, np.full((2 * corner, 2 * corner), 2))
+
+
+def test_half_precision_logits_beyond_float16_s_range_do_not_poison_the_sums():
+    """Cast to float16, a logit of 1e6 is infinite, and a pixel without weight would add 0 x inf
+    = NaN to the chunk's sums: clamped, it adds 0."""
+    from rasterio.windows import Window
+
+    from segtile.engine.graph import TileResult, stitch_chunk
+    from segtile.inference.predictor import for_stitching
+
+    logits = torch.tensor([1e6, 0.0]).expand(1, 2, 2, 2).contiguous()
+    weight = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    sent, weighted = for_stitching(logits, weight[None, :, :, None], "fp16")
+    other = TileResult(Window(0, 0, 2, 2), np.array([[[0.0, 1.0]] * 2] * 2, dtype=np.float32),
+                       np.ones((2, 2), np.float32))
+    tiles = [TileResult(Window(0, 0, 2, 2), sent[0].numpy(), weight.numpy(), weighted), other]
+    out = stitch_chunk(Window(0, 0, 2, 2), 2, ("labels", "logits"), None, tiles)
+    assert np.isfinite(out["logits"]).all()
+    np.testing.assert_array_equal(out["labels"], [[1, 0], [0, 0]])

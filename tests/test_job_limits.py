@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
+import dask
 import dask.array as da
 import pytest
 import rasterio
@@ -15,8 +17,9 @@ import torch
 
 from segtile import segment
 from segtile.cli import main
+from segtile.errors import ResolutionWarning
 from segtile.models import LoadedModel, ModelCard, save_torchscript
-from segtile.tiling.budget import plan_memory
+from segtile.tiling.budget import parse_size, plan_memory
 
 MANY_CLASSES = ModelCard(classes=tuple(f"c{i}" for i in range(150)), tile_size=513, overlap=65)
 
@@ -115,3 +118,21 @@ def test_on_a_cluster_the_memory_plan_counts_a_worker_s_threads():
     alone = plan_memory(classes=150, tile_size=513, overlap=65, threads=1, shape=(2000, 2000))
     assert (options.batch_size, options.chunk_size, options.stripe_width) == (
         alone.batch_size, alone.chunk_size, alone.stripe_width)
+
+
+def test_chunks_the_plan_shrinks_far_are_a_note_naming_the_limit_that_keeps_them():
+    """Each thread holds a chunk being stitched, so many threads shrink a many-class job's
+    chunks: to 64 px, silently, on a 128-core host. The note names the limit for chunks of 512 px."""
+    model = LoadedModel(torch.nn.Conv2d(3, 150, 1), MANY_CLASSES)
+    image = da.zeros((3, 2000, 2000), dtype="uint8")
+    with dask.config.set(num_workers=4), pytest.warns(ResolutionWarning, match="chunks of 128 px") as noted:
+        options = segment(image, model, device="cpu").options
+    assert options.chunk_size == 128
+    note = next(str(w.message) for w in noted if "memory plan" in str(w.message))
+    assert note.startswith("the memory plan stitches chunks of 128 px (not 1024): 150 classes on 4 threads"), note
+    named = parse_size(note.split("--memory-limit ")[1].split(" ")[0])
+    assert plan_memory(classes=150, tile_size=513, overlap=65, threads=4, shape=(2000, 2000),
+                       limit=named).chunk_size == 512
+    with dask.config.set(num_workers=2), warnings.catch_warnings():
+        warnings.simplefilter("error", ResolutionWarning)
+        assert segment(image, model, device="cpu").options.chunk_size == 256

@@ -24,7 +24,14 @@ from segtile.sources.palette import COLOURS, in_colour
 from segtile.sources.tissue import with_masks
 from segtile.sources.working_grid import choose_grid
 from segtile.tiling.augmentation import FROM_CARD, Augmentation, check_augmentation
-from segtile.tiling.budget import DEFAULT_LIMIT, check_plan_size, fewest_tasks, parse_size, plan_memory
+from segtile.tiling.budget import (
+    DEFAULT_LIMIT,
+    check_plan_size,
+    fewest_tasks,
+    parse_size,
+    plan_memory,
+    small_chunks_note,
+)
 from segtile.tiling.grid import check_stride
 from segtile.tiling.plan import TilingOptions, fit_to_image
 
@@ -140,8 +147,9 @@ def segment(
     limit = parse_size(limit) if isinstance(limit, str) else limit
     check_plan_size(grid.height, grid.width, fewest_tasks(options, batch_size=batch_size, chunk_size=chunk_size,
                                                           stripe_width=stripe_width), limit)  # counted, not built
+    threads = task_threads()
     sizes = plan_memory(classes=card.num_classes, tile_size=options.tile_size, overlap=options.overlap,
-                        threads=task_threads(), limit=limit, bytes_per_value=2 if precision == "fp16" else 4,
+                        threads=threads, limit=limit, bytes_per_value=2 if precision == "fp16" else 4,
                         batch_size=batch_size, chunk_size=chunk_size, stripe_width=stripe_width,
                         shape=(grid.height, grid.width), alignment=options.alignment, bands=grid.count)
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
@@ -149,6 +157,9 @@ def segment(
     grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
     notes = list(image.notes) + band_notes + notes + mask_notes + augmentation_notes
+    plan_note = None if chunk_size is not None else small_chunks_note(sizes, classes=card.num_classes,
+                                                                       threads=threads, limit=limit)
+    notes += [plan_note] if plan_note else []
     for note in notes:
         warnings.warn(note, ResolutionWarning, stacklevel=2)
     return Segmentation(grid, spec, grid.georef, card, options, inputs=grid.files, notes=tuple(notes))

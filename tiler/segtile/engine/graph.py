@@ -80,12 +80,14 @@ def label_dtype(num_classes: int) -> tuple[np.dtype, int]:
 @dataclass(frozen=True)
 class TileResult:
     """One tile's contribution over ``window`` (the tile's window clipped to the image):
-    ``weighted`` logits ``(h, w, classes)`` and ``weight`` ``(h, w)``, numpy arrays or, to be
-    stitched on the model's device, tensors there."""
+    ``logits`` ``(h, w, classes)`` and ``weight`` ``(h, w)``, numpy arrays or, to be stitched on
+    the model's device, tensors there. The logits carry their weight when ``weighted``; float16
+    ones do not, and are weighted as they are summed (:func:`segtile.inference.predictor.for_stitching`)."""
 
     window: Window
-    weighted: Array
+    logits: Array
     weight: Array
+    weighted: bool = True
 
 
 def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None]:
@@ -152,7 +154,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
             inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
             h, w = inside.height, inside.width
             weight = weights[i] if predicted.weights is None else predicted.weights[row]
-            results.append(TileResult(inside, predicted.weighted[row, :h, :w], weight[:h, :w]))
+            results.append(TileResult(inside, predicted.logits[row, :h, :w], weight[:h, :w], predicted.weighted))
     report(progress_topic, TileCounts(read=len(tiles), run=len(keep), valid=valid, nonfinite=nonfinite))
     return results
 
@@ -191,7 +193,7 @@ def stitch_chunk(chunk: Window, num_classes: int, products: tuple[str, ...], _pr
     results kept on the model's device are summed there (:func:`_stitch_on_device`)."""
     stop_if_asked()
     results = [result for results in batches for result in results if intersect(result.window, chunk)]
-    if results and isinstance(results[0].weighted, torch.Tensor):
+    if results and isinstance(results[0].logits, torch.Tensor):
         return _stitch_on_device(chunk, num_classes, products, results)
     total = _zeroed("total", (chunk.height, chunk.width, num_classes))
     weight = _zeroed("weight", (chunk.height, chunk.width))
@@ -223,8 +225,16 @@ def _accumulate(total: Array, weight: Array, chunk: Window, results: list[TileRe
         common = intersection(result.window, chunk)
         src = _relative_slices(common, result.window)
         dst = _relative_slices(common, chunk)
-        total[dst] += result.weighted[src]
+        if result.weighted:
+            total[dst] += result.logits[src]
+        else:  # float16 logits, weighted here in float32 without a temporary
+            _tensor(total[dst]).addcmul_(_tensor(result.logits[src]), _tensor(result.weight[src]).unsqueeze(-1))
         weight[dst] += result.weight[src]
+
+
+def _tensor(array: Array) -> torch.Tensor:
+    """``array`` as a tensor sharing its memory (a numpy view stays a view)."""
+    return array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
 
 
 def _stitch_on_device(chunk: Window, num_classes: int, products: tuple[str, ...],
@@ -233,7 +243,7 @@ def _stitch_on_device(chunk: Window, num_classes: int, products: tuple[str, ...]
     there, so only the products cross to the host (one byte per pixel for labels-only, against
     2 or 4 bytes per class per tile pixel for the tile results). Ties go to the first class, as on
     the host."""
-    device = results[0].weighted.device
+    device = results[0].logits.device
     with torch.inference_mode():
         total = torch.zeros((chunk.height, chunk.width, num_classes), dtype=torch.float32, device=device)
         weight = torch.zeros((chunk.height, chunk.width), dtype=torch.float32, device=device)

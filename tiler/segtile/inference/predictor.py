@@ -65,16 +65,35 @@ class BatchResult:
     to keep them there.
 
     Attributes:
-        weighted: weighted logits ``(B, h, w, classes)``, 0 where the weight is 0.
+        logits: the logits ``(B, h, w, classes)``, multiplied by their weights when ``weighted``
+            (0 where the weight is 0).
         weights: the blend weights ``(B, h, w)``, now also 0 where the logits were not finite
             (NaN or infinite: such pixels never reach the stitched sums); ``None`` when every
             logit was finite and the weights given still hold (always given on the device).
         nonfinite: how many pixels with a weight got logits that were not finite.
+        weighted: whether ``logits`` carry their weights; float16 logits do not (see
+            :func:`for_stitching`), the stitcher weights them as it sums them, in float32.
     """
 
-    weighted: np.ndarray | torch.Tensor
+    logits: np.ndarray | torch.Tensor
     weights: np.ndarray | torch.Tensor | None
     nonfinite: int
+    weighted: bool = True
+
+
+def for_stitching(logits: torch.Tensor, weight: torch.Tensor, precision: str) -> tuple[torch.Tensor, bool]:
+    """The float32 ``logits`` ``(B, h, w, classes)`` as a batch hands them to the stitcher, and
+    whether they carry their ``weight`` ``(B, h, w, 1)``: multiplied by it in place, or in a
+    half precision run cast to float16 unweighted (half the traffic), to be weighted in float32
+    as they are summed. Weighting before the cast would lose them: a gaussian blend's corner
+    weight (about 1e-7) times a logit falls below float16's smallest value (6e-8), so where only
+    tile corners meet every class would sum to 0 and the label tie to class 0. Logits beyond
+    float16's range are clamped to it: cast, they would be infinite, and 0 times infinite (a
+    pixel without weight) is NaN in the sums."""
+    if precision == "fp16":
+        limit = torch.finfo(torch.float16).max
+        return logits.clamp_(-limit, limit).half(), False
+    return logits.mul_(weight), True
 
 
 class Predictor:
@@ -139,7 +158,8 @@ class Predictor:
         channels-last network gives, so no copy reorders them, and the one the stitcher sums.
         With test-time augmentation they are the log of the averaged probabilities. A half
         precision run brings them back in float16 (half the traffic, no less precise than the
-        network's own fp16 output); weighting happens in float32, on the device.
+        network's own fp16 output) and unweighted: the stitcher weights them in float32
+        (:func:`for_stitching`).
 
         Raises:
             ModelError: the network failed, or its output is not ``(B, classes, h, w)`` logits
@@ -164,12 +184,10 @@ class Predictor:
                 weight = weight * finite
                 logits.masked_fill_(~finite, 0.0)
                 weights = weight[..., 0].cpu().numpy()
-            logits.mul_(weight)
-            if self.precision == "fp16":
-                logits = logits.half()
+            logits, weighted = for_stitching(logits, weight, self.precision)
             if on_device:  # the weights' own copy: on the CPU they share this thread's buffer
-                return BatchResult(logits, weight[..., 0].clone(), nonfinite)
-            return BatchResult(logits.cpu().numpy(), weights, nonfinite)
+                return BatchResult(logits, weight[..., 0].clone(), nonfinite, weighted)
+            return BatchResult(logits.cpu().numpy(), weights, nonfinite, weighted)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits for ``x``, checked; on the first batch that fails in

@@ -1,5 +1,6 @@
-"""Whole-slide and microscopy TIFFs (SVS, NDPI, OME-TIFF, SCN, BIF, pyramidal TIFF) through
-tifffile's Zarr store: only the tiles under a window are read and decoded."""
+"""Whole-slide and microscopy TIFFs (SVS, NDPI, OME-TIFF, SCN, BIF, pyramidal TIFF) read with
+tifffile: only the tiles under a window are read and decoded, those of tiled levels once for all
+the windows over them (:mod:`segtile.sources.tile_cache`), others through tifffile's Zarr store."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from segtile.sources.files import check_local_file, check_tiff_complete, open_ti
 from segtile.sources.handles import PerThreadHandles
 from segtile.sources.remote import check_range_requests, is_url
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
+from segtile.sources.tile_cache import TiledPage, file_identity
 
 BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
 _MICRONS_PER_UNIT = {"µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -108,9 +110,11 @@ class SlideSource(Source):
         """The 0-based ``samples`` (or channels) over ``window`` of ``level``: ``(len(samples), h, w)``."""
         row_start, row_stop, col_start, col_stop = window_bounds(window, self.level_shapes, level)
         spans = {"Y": slice(row_start, row_stop), "X": slice(col_start, col_stop)}
-        selection = tuple(spans.get(axis, samples) for axis in self._axes)
+        opened = self._levels.get(level)
         try:
-            pixels = self._levels.get(level).array.oindex[selection]
+            if opened.tiled is not None:
+                return opened.tiled.read(spans["Y"], spans["X"], samples)
+            pixels = opened.array.oindex[tuple(spans.get(axis, samples) for axis in self._axes)]
         except SourceError:
             raise
         except Exception as exc:  # decoders raise their own kinds (DeflateError, JpegError...) on bad tiles
@@ -129,16 +133,23 @@ class SlideSource(Source):
 
 @dataclass
 class _OpenLevel:
-    """One thread's TiffFile and the Zarr array of one pyramid level read through it."""
+    """One thread's TiffFile and one pyramid level read through it: tile by tile, its decoded
+    tiles shared with the other threads (:class:`~segtile.sources.tile_cache.TiledPage`), when
+    the level is one tiled page with its samples interleaved, as slides store them; else as a
+    Zarr array (tifffile's store: strips, planes stored apart, channels in pages of their own)."""
 
     tif: tifffile.TiffFile
+    tiled: TiledPage | None
     array: Any
 
     @classmethod
     def open(cls, path: str, level: int) -> _OpenLevel:
         tif = open_tiff(path)
+        pages = tif.series[0].levels[level].pages
+        if len(pages) == 1 and TiledPage.fits(pages[0]):
+            return cls(tif, TiledPage(pages[0], file_identity(path), level), None)
         store = tif.series[0].aszarr(level=level, maxworkers=_DECODE_WORKERS)
-        return cls(tif, zarr.open_array(store, mode="r"))
+        return cls(tif, None, zarr.open_array(store, mode="r"))
 
     def close(self) -> None:
         self.tif.close()

@@ -52,7 +52,8 @@ at about 0.75 GiB (docs/performance.md)."""
 MAX_BATCH, MAX_CHUNK, MAX_STRIPE = 4, 1024, 8192
 CHUNK_SIZES = (1024, 512, 256, 128, 64)
 READ_CACHE = 64 * 2**20
-"""GDAL's block cache as segtile bounds it (:mod:`segtile.sources.raster`): decoded blocks of the
+"""GDAL's block cache as segtile bounds it (:mod:`segtile.sources.raster`), or for slides the cache
+of decoded tiles (:data:`segtile.sources.tile_cache.DECODED_TILE_BYTES`): decoded blocks of the
 image, held whatever the plan."""
 TASK_BYTES = 2**10
 """Memory per task of the Dask graph, held for the whole job: its entries and the plan's objects
@@ -152,7 +153,31 @@ def plan_memory(*, classes: int, tile_size: int, overlap: int, threads: int, lim
                 least = min(least or (needed, plan), (needed, plan), key=lambda pair: pair[0])
     given = [flag for flag, value in (("--batch-size", batch_size), ("--chunk-size", chunk_size),
                                       ("--stripe-width", stripe_width)) if value is not None]
-    raise BudgetError(_over_limit(*least, limit, classes, tile_size, overlap, given))
+    raise BudgetError(_over_limit(*least, limit, classes, tile_size, overlap, threads, given))
+
+
+SMALL_CHUNK = 128
+"""Chunks this small or smaller, chosen by the plan, get a note (:func:`small_chunks_note`): a
+sixty-fourth of the pixels of the largest, so many more tasks and a slower job."""
+
+
+def small_chunks_note(plan: MemoryPlan, *, classes: int, threads: int, limit: int) -> str | None:
+    """A note when the plan shrank the chunks to :data:`SMALL_CHUNK` px or less, naming why (the
+    classes, the threads each holding a chunk, the limit) and the limit that would give chunks
+    of 512 px; ``None`` otherwise. Never silent: many-class jobs on many threads get such chunks."""
+    if plan.chunk_size > SMALL_CHUNK:
+        return None
+    wanted = 512
+    needed = 8 * threads * wanted * wanted * _chunk_pixel_bytes(classes)
+    return (f"the memory plan stitches chunks of {plan.chunk_size} px (not {MAX_CHUNK}): {classes} classes on "
+            f"{threads} threads, each holding a chunk, within a memory limit of {_size(limit)}; so many small chunks "
+            f"run slower: give --memory-limit {_mebibytes(max(needed, limit))} or more for chunks of {wanted} px, "
+            "or fewer threads (DASK_NUM_WORKERS; Python: dask.config.set(num_workers=...))")
+
+
+def _chunk_pixel_bytes(classes: int) -> int:
+    """The bytes a thread's chunk holds per pixel: the accumulator, the weights, one product."""
+    return classes * 4 + 4 + classes * 4
 
 
 def _graph_bytes(plan: MemoryPlan, shape: tuple[int, int] | None, tile_size: int, overlap: int,
@@ -183,8 +208,7 @@ def _chunk_sizes(given: int | None, classes: int, threads: int, limit: int) -> l
     from the largest whose accumulators take at most an eighth of ``limit``."""
     if given is not None:
         return [given]
-    per_chunk_pixel = classes * 4 + 4 + classes * 4  # the accumulator, the weights, one product
-    fitting = [size for size in CHUNK_SIZES if threads * size * size * per_chunk_pixel <= limit / 8]
+    fitting = [size for size in CHUNK_SIZES if threads * size * size * _chunk_pixel_bytes(classes) <= limit / 8]
     return fitting or [CHUNK_SIZES[-1]]
 
 
@@ -198,7 +222,7 @@ def _stripe_widths(chunk: int, width: int | None) -> list[int]:
 
 
 def _over_limit(needed: float, plan: MemoryPlan, limit: int, classes: int, tile_size: int, overlap: int,
-                given: list[str]) -> str:
+                threads: int, given: list[str]) -> str:
     """The one-line refusal of a job whose ``plan`` holding least holds ``needed`` bytes, more
     than ``limit`` (see :func:`plan_memory`)."""
     holds = f"hold about {_size(needed)}, more than the memory limit of {_size(limit)}"
@@ -206,11 +230,11 @@ def _over_limit(needed: float, plan: MemoryPlan, limit: int, classes: int, tile_
         named = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
         return (f"{named} as given {holds} with {classes} classes and tiles of {tile_size} px: "
                 f"leave them out to have them sized to the limit, or give --memory-limit {_mebibytes(needed)}")
-    return (f"tiles of {tile_size} px overlapping by {overlap} px with {classes} classes {holds} whatever the "
-            f"sizes (at least, with batches of {plan.batch_size}, chunks of {plan.chunk_size} px and stripes of "
+    return (f"tiles of {tile_size} px overlapping by {overlap} px with {classes} classes on {threads} thread(s) "
+            f"{holds} whatever the sizes (at least, with batches of {plan.batch_size}, chunks of {plan.chunk_size} px and stripes of "
             f"{plan.stripe_width} px: the tile results crossing a chunk row, those of the chunk being stitched, and "
-            f"the plan's tasks): give --memory-limit {_mebibytes(needed)} or more, smaller tiles (--tile-size) or a "
-            "smaller --overlap")
+            f"the plan's tasks): give --memory-limit {_mebibytes(needed)} or more, smaller tiles (--tile-size), a "
+            "smaller --overlap or fewer threads (DASK_NUM_WORKERS)")
 
 
 def check_plan_size(height: int, width: int, options: TilingOptions, limit: int) -> None:
