@@ -24,7 +24,7 @@ from pathlib import Path
 from distributed import Client, LocalCluster
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import run_workload
+from bench.measure import pinned, print_options, run_workload, segtile_options
 from bench.workloads import pointwise_model
 from segtile import segment
 
@@ -43,6 +43,7 @@ def threaded_peak(mosaic: Path, labels: Path) -> tuple[float, float]:
                                 "--batch-size", "4")
     finally:
         shutil.rmtree(labels, ignore_errors=True)
+    print_options(f"{mosaic.name} on threads", measured.report["options"])
     return measured.report["seconds"], measured.peak_rss_mib
 
 
@@ -54,7 +55,9 @@ def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list
         client.run(lambda: __import__("segtile.engine.graph"))
         before = list(client.run(peak_rss_mib).values())
         start = time.perf_counter()
-        result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")
+        result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu",
+                         **pinned())
+        print_options(f"{mosaic.name} on the cluster", segtile_options(result))
         try:
             result.write(labels)
         finally:
