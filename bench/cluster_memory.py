@@ -24,7 +24,7 @@ from pathlib import Path
 from distributed import Client, LocalCluster
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import run_workload
+from bench.measure import Options, pinned, print_options, run_workload, segtile_options
 from bench.workloads import pointwise_model
 from segtile import segment
 
@@ -36,31 +36,32 @@ def peak_rss_mib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
-def threaded_peak(mosaic: Path, labels: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB) of the job on threads, in a fresh process."""
+def threaded_peak(mosaic: Path, labels: Path) -> tuple[float, float, Options]:
+    """Seconds, peak RSS (MiB) and options of the job on threads, in a fresh process."""
     try:
         measured = run_workload("segtile", "--input", str(mosaic), "--out", str(labels), "--writer",
                                 "--batch-size", "4")
     finally:
         shutil.rmtree(labels, ignore_errors=True)
-    return measured.report["seconds"], measured.peak_rss_mib
+    return measured.report["seconds"], measured.peak_rss_mib, measured.report["options"]
 
 
-def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list[int], list[int]]:
-    """Seconds of the run on a fresh cluster, and each worker's peak RSS after importing segtile
-    and after the run."""
+def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list[int], list[int], Options]:
+    """Seconds of the run on a fresh cluster, each worker's peak RSS after importing segtile
+    and after the run, and the options it ran with."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("segtile.engine.graph"))
         before = list(client.run(peak_rss_mib).values())
         start = time.perf_counter()
-        result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu")
+        result = segment(str(mosaic), pointwise_model(), tile_size=512, overlap=64, batch_size=4, device="cpu",
+                         **pinned())
         try:
             result.write(labels)
         finally:
             shutil.rmtree(labels, ignore_errors=True)
         seconds = time.perf_counter() - start
-        return seconds, before, list(client.run(peak_rss_mib).values())
+        return seconds, before, list(client.run(peak_rss_mib).values()), segtile_options(result)
 
 
 def main() -> None:
@@ -71,14 +72,18 @@ def main() -> None:
     print("| size (px) | threads: s | threads: peak RSS (MiB) | cluster: s | worker peak RSS (MiB) "
           "| worker RSS after imports (MiB) | larger worker peak / threaded peak |")
     print("|---:|---:|---:|---:|---|---|---:|")
+    ran_with: dict[str, Options] = {}
     for size in args.sizes:
         mosaic, labels = OUT / f"mosaic_{size}.tif", OUT / f"cluster_labels_{size}.zarr"
         if not mosaic.exists():
             make_mosaic(size, mosaic)
-        threaded_seconds, threaded = threaded_peak(mosaic, labels)
-        seconds, before, after = cluster_peaks(mosaic, labels, args.workers)
+        threaded_seconds, threaded, ran_with[f"{size} px on threads"] = threaded_peak(mosaic, labels)
+        seconds, before, after, ran_with[f"{size} px on the cluster"] = cluster_peaks(mosaic, labels, args.workers)
         print(f"| {size} | {threaded_seconds:.1f} | {threaded:.0f} | {seconds:.1f} | {' / '.join(map(str, after))} "
               f"| {' / '.join(map(str, before))} | {max(after) / threaded:.2f} |", flush=True)
+    print()
+    for side, options in ran_with.items():
+        print_options(side, options)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import rasterio
 import torch
 
 from bench.make_mosaic import make_mosaic
+from bench.measure import Options, pinned, print_options, segtile_options
 from segtile import segment
 from segtile.inference.predictor import autocast
 from segtile.models import PSPNet
@@ -119,17 +120,18 @@ def run_model_alone(model: torch.nn.Module, batches: list[torch.Tensor], precisi
     return timing
 
 
-def run_end_to_end(path: Path, timer: ForwardTimer, args: argparse.Namespace) -> tuple[Timing, float]:
-    """Timing of ``segment(...).labels.compute()``, and the wall seconds spent in ``forward``
-    during it (``segment`` probes a bare module once on a tiny input; that is not counted)."""
+def run_end_to_end(path: Path, timer: ForwardTimer, args: argparse.Namespace) -> tuple[Timing, float, Options]:
+    """Timing of ``segment(...).labels.compute()``, the wall seconds spent in ``forward``
+    during it (``segment`` probes a bare module once on a tiny input; that is not counted), and
+    the options it ran with."""
     with timed() as timing:
         result = segment(
             str(path), timer, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-            batch_size=args.batch_size, device=args.device, precision=args.precision,
+            batch_size=args.batch_size, device=args.device, precision=args.precision, **pinned(device=args.device),
         )
         timer.seconds = 0.0
         result.labels.compute()
-    return timing, timer.seconds
+    return timing, timer.seconds, segtile_options(result)
 
 
 def main() -> None:
@@ -163,7 +165,7 @@ def main() -> None:
     wall_ratios, cpu_ratios, forward_shares = [], [], []
     for repeat in range(args.repeats):
         alone = run_model_alone(model, batches, args.precision)
-        end_to_end, forward = run_end_to_end(path, timer, args)
+        end_to_end, forward, options = run_end_to_end(path, timer, args)
         wall_ratios.append(alone.wall / end_to_end.wall)
         cpu_ratios.append(alone.cpu / end_to_end.cpu)
         forward_shares.append(forward / end_to_end.wall)
@@ -171,6 +173,9 @@ def main() -> None:
               f"({megapixels / alone.wall:.1f} Mpx/s); end to end {end_to_end.wall:.2f} s wall / "
               f"{end_to_end.cpu:.2f} s CPU ({megapixels / end_to_end.wall:.1f} Mpx/s), forward {forward:.2f} s; "
               f"efficiency wall {wall_ratios[-1]:.3f}, CPU {cpu_ratios[-1]:.3f}", flush=True)
+    print_options("model alone", {"tiles": f"segtile's own, {args.tile_size} px every {args.tile_size - args.overlap}",
+                                  "batch": str(args.batch_size), "device": args.device, "precision": args.precision})
+    print_options("end to end", options)
     print(f"median over {args.repeats} pairs: efficiency (wall) {statistics.median(wall_ratios):.3f}, "
           f"efficiency (CPU time) {statistics.median(cpu_ratios):.3f}, "
           f"share of end-to-end wall time in forward {statistics.median(forward_shares):.3f}")

@@ -27,6 +27,7 @@ import psutil
 import rasterio
 from dask.callbacks import Callback
 
+from bench.measure import pinned, segtile_options
 from bench.workloads import pointwise_model
 from segtile import segment
 from segtile.engine.graph import BATCH_PREFIX
@@ -59,7 +60,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     rss_before = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    result = segment(str(args.input), pointwise_model(classes=args.classes), tile_size=512, overlap=64, device="cpu")
+    result = segment(str(args.input), pointwise_model(classes=args.classes), tile_size=512, overlap=64, device="cpu",
+                     **pinned())
     env = rasterio.Env(GDAL_CACHEMAX=args.gdal_cache_mb * 2**20) if args.gdal_cache_mb else nullcontext()
     counter = HeldBatches()
     if args.tracemalloc:
@@ -73,8 +75,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "batches": sum(1 for k in result.labels.__dask_graph__()
                        if isinstance(k, tuple) and str(k[0]).startswith(BATCH_PREFIX)),
-        "sizes": {"batch": result.options.batch_size, "chunk": result.options.chunk_size,
-                  "stripe": result.options.stripe_width},
+        "options": segtile_options(result),
         "most_batches_held": counter.most_held,
         "rss_after_imports_mib": rss_before // 2**20,
         "sampled_peak_rss_mib": counter.peak_rss // 2**20,

@@ -32,6 +32,7 @@ import torch
 from dask.diagnostics import Profiler
 
 from bench.make_mosaic import make_mosaic
+from bench.measure import pinned, print_options, segtile_options
 from bench.workloads import pointwise_model
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -92,11 +93,12 @@ def main() -> None:
         totals.clear()
         shutil.rmtree(labels, ignore_errors=True)
         start, cpu = time.perf_counter(), time.process_time()
-        result = segment(str(mosaic), model, tile_size=512, overlap=64, blend="gaussian", device="cpu")
+        result = segment(str(mosaic), model, tile_size=512, overlap=64, blend="gaussian", device="cpu", **pinned())
         with dask.config.set(num_workers=threads), Profiler() as tasks:
             da.to_zarr(result.labels, str(labels))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     shutil.rmtree(labels, ignore_errors=True)
+    print_options("segtile", segtile_options(result))
     thread_seconds = wall * threads
     in_tasks = sum(task.end_time - task.start_time for task in tasks.results)
     print(f"{args.size} x {args.size}: {wall:.2f} s on {threads} threads ({thread_seconds:.2f} thread-s), "

@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import run_workload
+from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -41,14 +41,17 @@ def main() -> None:
         decoded = run_workload("decode", "--input", str(mosaic)).report["seconds"]
         shutil.rmtree(labels, ignore_errors=True)
         try:
-            segmented = run_workload("segtile", "--input", str(mosaic), "--out", str(labels)).report["seconds"]
+            report = run_workload("segtile", "--input", str(mosaic), "--out", str(labels)).report
+            segmented = report["seconds"]
         finally:
             shutil.rmtree(labels, ignore_errors=True)
         decode.append(decoded)
         engine.append(segmented)
         print(f"| {pair} | {decoded:.1f} | {megapixels / decoded:.0f} | {segmented:.1f} | {megapixels / segmented:.1f} "
               f"| {segmented / decoded:.2f} |", flush=True)
-    print(f"\nmedian segtile / median decode: {statistics.median(engine) / statistics.median(decode):.2f}")
+    print()
+    print_options("segtile", report["options"])
+    print(f"median segtile / median decode: {statistics.median(engine) / statistics.median(decode):.2f}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -49,6 +51,89 @@ def model_arguments(args: argparse.Namespace) -> list[str]:
     """The options of :func:`add_model_arguments` in ``args``, as a workload's command line."""
     return ["--model", args.model, "--device", args.device, "--precision", args.precision] + (
         ["--stitch-on-host"] if args.stitch_on_host else [])
+
+
+Options = dict[str, str]  # what one side of a benchmark ran with, option name -> value as printed
+
+
+def pinned(*, slide: bool = False, tissue: bool = False, device: str = "cpu", stitch_on_host: bool = False
+           ) -> dict[str, Any]:
+    """The ``segtile.segment`` options a benchmark pins rather than leaves to defaults that have
+    changed beneath benchmarks before: the image's own grid (never the one the model card
+    suggests), tissue detection only when ``tissue`` (else every pixel, whatever a colour slide's
+    default), no test-time augmentation (whatever the card suggests), and the tiles stitched on
+    the device exactly when the model runs on one (``stitch_on_host``: in host memory even then)."""
+    return {"mpp" if slide else "resolution": "native", "tissue": tissue, "tta": "none",
+            "stitch_on_device": not stitch_on_host and device != "cpu"}
+
+
+def segtile_options(result: Any, memory_limit: int | str | None = None) -> Options:
+    """What a ``segtile.segment`` result runs with, as resolved (the model card's suggestions and
+    the memory plan applied): the pixels processed (the grid, whether tissue or an area is masked),
+    the tiling, test-time augmentation, device and where the tiles are stitched. These are the
+    defaults that have changed beneath benchmarks before, so every benchmark prints them
+    (:func:`print_options`); ``memory_limit`` is the budget passed to ``segment`` (``None``: its default)."""
+    from segtile.engine.graph import stitches_on_device
+    from segtile.tiling.budget import DEFAULT_LIMIT
+
+    options, georef = result.options, result.georef
+    height, width = result.shape
+    budget = f"{memory_limit} (given)" if memory_limit is not None else f"{DEFAULT_LIMIT / 2**20:.0f} MiB (default)"
+    return {
+        "grid": f"{width} x {height} px{_pixel_size(georef)}",
+        "pixels": _pixels_processed(result.source),
+        "tile": str(options.tile_size), "overlap": str(options.overlap), "blend": options.blend,
+        "batch": str(options.batch_size), "chunk": str(options.chunk_size),
+        "stripe": str(options.stripe_width or "whole width"),
+        "tta": options.augmentation.mode or "none",
+        "scales": ",".join(f"{scale:g}" for scale in options.augmentation.scales),
+        "device": options.device, "precision": options.precision,
+        "stitching": "on the device" if stitches_on_device(options) else "in host memory",
+        "memory budget": budget,
+    }
+
+
+def _pixel_size(georef: Any) -> str:
+    """`` at S µm/px`` (a slide), `` at S m/px``-like (a raster, in its CRS's units), or nothing."""
+    if georef.mpp is not None:
+        return f" at {georef.mpp:g} µm/px"
+    if georef.transform is not None and georef.crs is not None:
+        return f" at {abs(georef.transform.a):g} x {abs(georef.transform.e):g} CRS units/px"
+    return ""
+
+
+def _pixels_processed(source: Any) -> str:
+    """Which pixels of the grid the model runs on: all, or those a tissue or area mask keeps."""
+    from segtile.sources.masked import MaskedSource
+    from segtile.sources.tissue import TissueMask
+
+    masks = []
+    while isinstance(source, MaskedSource):
+        mask = source.mask
+        masks.append(f"tissue only ({mask.fraction:.1%} of the slide)" if isinstance(mask, TissueMask)
+                     else "inside the area of interest")
+        source = source.inner
+    return " and ".join(reversed(masks)) or "all (no mask)"
+
+
+def cli_options(argv: list[str]) -> Options:
+    """What ``segtile segment ARGV...`` runs with (:func:`segtile_options`), found the way the
+    command finds it (its parser, its model choice, its ``segment`` settings) without running it."""
+    from segtile import segment
+    from segtile.cli.command import build_parser
+    from segtile.cli.segment_run import segment_settings
+    from segtile.models.builtin import choose_model
+
+    args = build_parser().parse_args(["segment", *argv])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the command says its notes when it runs
+        result = segment(args.input, choose_model(args.model).path, **segment_settings(args))
+    return segtile_options(result, args.memory_limit)
+
+
+def print_options(side: str, options: Options) -> None:
+    """One line: the options ``side`` (an engine, a mode of a benchmark) ran with."""
+    print(f"{side} ran with: " + "; ".join(f"{name} {value}" for name, value in options.items()), flush=True)
 
 
 @dataclass

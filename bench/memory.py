@@ -26,7 +26,14 @@ import shutil
 from pathlib import Path
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import Measured, add_model_arguments, check_model_arguments, model_arguments, run_workload
+from bench.measure import (
+    Measured,
+    add_model_arguments,
+    check_model_arguments,
+    model_arguments,
+    print_options,
+    run_workload,
+)
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -78,7 +85,7 @@ def main() -> None:
     print("| size (px) | Mpx | seconds | Mpx/s | peak RSS (MiB) | RSS after imports (MiB) | graph tasks "
           "| device peak (MiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    peaks = {}
+    peaks, ran_with = {}, {}
     for size in args.sizes:
         measured = measure_size(size, args)
         suffix = (f"_gdal{args.gdal_cache_mb}" if args.gdal_cache_mb else "") + (
@@ -89,10 +96,13 @@ def main() -> None:
         write_trace(measured, OUT / f"memory_trace_{size}{suffix}.csv")
         report = measured.report
         megapixels = size * size / 1e6
-        peaks[size] = measured.peak_rss_mib
+        peaks[size], ran_with[size] = measured.peak_rss_mib, report["options"]
         print(f"| {size} | {megapixels:.0f} | {report['seconds']:.1f} | {megapixels / report['seconds']:.1f} "
               f"| {measured.peak_rss_mib:.0f} | {report['rss_before_mib']:.0f} | {report['tasks']} "
               f"| {report.get('device_peak_mib', float('nan')):.0f} |", flush=True)
+    print()
+    for size, options in ran_with.items():
+        print_options(f"{size} px", options)
     smallest, largest = min(peaks), max(peaks)
     print(f"\npeak {largest} / peak {smallest}: {peaks[largest] / peaks[smallest]:.2f}")
 

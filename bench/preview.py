@@ -2,8 +2,9 @@
 
 The mosaic (``bench/make_mosaic.py``: SIZE x SIZE px, mirror-tiled ``examples/data/landsat7.tif``,
 30 m, tiled 512, ZSTD, no overviews) is built in ``bench/out`` when missing. In one process, with
-the default model (``landsat_rgb_psp18``) on the image's own 30 m grid (``resolution=30``; at the
-card's 300 m the full job would be a hundred times smaller), CPU, one after another:
+the default model (``landsat_rgb_psp18``) on the image's own 30 m grid (``resolution="native"``; at
+the card's 300 m the full job would be a hundred times smaller), no test-time augmentation, CPU,
+one after another:
 
 1. ``result.preview()`` (1024 px on the longer side) of the mosaic as it is: no overviews, so
    every full-resolution block is read and averaged down (the model sees 1024 x 1024 px);
@@ -15,8 +16,9 @@ card's 300 m the full job would be a hundred times smaller), CPU, one after anot
 
 With ``--slide``, a pyramidal slide instead (``bench/make_slide.py``: SIZE x SIZE px mirror-tiled
 from the real Aperio region, levels down to 1024 px or less), read with segtile's slide reader:
-the preview with tissue detection on (the default for colour slides: a masked source) against
-the preview with ``tissue=False``; both read the pyramid, so their ratio is near 1.
+the preview with tissue detection on (``tissue=True``, the default for colour slides: a masked
+source) against the preview with ``tissue=False``, both on the slide's own grid; both read the
+pyramid, so their ratio is near 1. The options of each job are printed.
 
     python -m bench.preview --size 30000
     python -m bench.preview --slide --size 12000
@@ -34,11 +36,11 @@ from rasterio.enums import Resampling
 
 from bench.make_mosaic import make_mosaic
 from bench.make_slide import make_slide
+from bench.measure import pinned, print_options, segtile_options
 from segtile import segment
 from segtile.sources import SlideSource
 
 OUT = Path(__file__).resolve().parent / "out"
-RESOLUTION = 30.0  # the mosaic's own pixel size, in metres
 
 
 def with_overviews(mosaic: Path) -> Path:
@@ -64,9 +66,11 @@ def slide_previews(size: int, max_size: int) -> None:
     slide = OUT / f"slide_{size}.tif"
     if not slide.exists():
         make_slide(size, slide)
-    masked = segment(SlideSource(slide), device="cpu")
-    unmasked = segment(SlideSource(slide), device="cpu", tissue=False)
+    masked = segment(SlideSource(slide), device="cpu", **pinned(slide=True, tissue=True))
+    unmasked = segment(SlideSource(slide), device="cpu", **pinned(slide=True))
     print(f"{masked!r}; preview {max_size} px")
+    print_options("tissue masked", segtile_options(masked))
+    print_options("tissue=False", segtile_options(unmasked))
     with_tissue = timed(lambda: masked.preview(max_size=max_size))
     print(f"preview, tissue masked:  {with_tissue:8.1f} s")
     without = timed(lambda: unmasked.preview(max_size=max_size))
@@ -88,9 +92,11 @@ def main() -> None:
         make_mosaic(args.size, mosaic)
     overviews = with_overviews(mosaic)
 
-    plain = segment(mosaic, resolution=RESOLUTION, device="cpu")
-    layered = segment(overviews, resolution=RESOLUTION, device="cpu")
+    plain = segment(mosaic, device="cpu", **pinned())
+    layered = segment(overviews, device="cpu", **pinned())
     print(f"{plain!r}; preview {args.max_size} px")
+    print_options("no overviews (the preview and the full run)", segtile_options(plain))
+    print_options("with overviews", segtile_options(layered))
     preview_plain = timed(lambda: plain.preview(max_size=args.max_size))
     print(f"preview, no overviews:   {preview_plain:8.1f} s")
     preview_layered = timed(lambda: layered.preview(max_size=args.max_size))

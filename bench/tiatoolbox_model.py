@@ -6,7 +6,9 @@ TIAToolbox is never a segtile dependency.
 TIAToolbox's ``SemanticSegmentor`` calls ``infer_batch(model, batch, device=...)`` with a batch of
 patches ``(N, h, w, 3)`` uint8 (channels last) straight from its reader, averages the returned
 ``(N, h, w, classes)`` arrays where patches overlap, then applies ``postproc`` to the whole
-probability map (a Dask array) to get the labels.
+probability map (a Dask array) to get the labels. Where no patch ran (outside its ``masks=``)
+that map is zero in every class, and the labels are ``NODATA``, as segtile's are where it skipped
+a tile: so the label agreement is taken on the pixels both engines labelled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from tiatoolbox.models.models_abc import ModelABC
 
+from bench.compare import NODATA
 from bench.workloads import pointwise_model
 
 
@@ -41,5 +44,6 @@ class PointwiseTIAModel(ModelABC):
 
     @staticmethod
     def postproc(image: np.ndarray) -> np.ndarray:
-        """Labels: the most probable class of each pixel (works on numpy and Dask arrays)."""
-        return image.argmax(axis=-1)
+        """Labels: the most probable class of each pixel, ``NODATA`` where no patch ran (every
+        class at zero, which a softmax never gives); works on numpy and Dask arrays."""
+        return np.where(image.max(axis=-1) > 0, image.argmax(axis=-1), NODATA)  # Dask dispatches np.where

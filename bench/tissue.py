@@ -4,9 +4,11 @@ The slide is built from the real Aperio region ``examples/data/cmu_small_region.
 2967 at 0.499 µm/px, about a third of it tissue), set in the middle of a 5000 x 5000 canvas of
 glass of that slide's own median glass colour (so about 10 % of the canvas is tissue), mirror-
 tiled to ``size`` x ``size`` and written as a pyramidal tiled TIFF (``bench/make_slide.py``). segtile
-then segments it with the installed demo PSPNet-18, tile 512, once with tissue detection (the
-default for slides) and once with ``--no-tissue-mask``, each in a fresh process, alternating;
-the wall times include tissue detection. Prints a Markdown table and the ratio of the medians.
+then segments it with the installed default PSPNet-18, tile 512, on the slide's own grid
+(``--mpp native``), no test-time augmentation (``--tta none``), once with ``--tissue-mask`` (the
+default for colour slides) and once with ``--no-tissue-mask``, each in a fresh process,
+alternating; the wall times include tissue detection. Prints the options of each mode, a
+Markdown table and the ratio of the medians.
 
     python -m bench.tissue               # from the repository root
     python -m bench.tissue --pairs 1 --size 10000
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.make_slide import DEFAULT_SOURCE, read_source, write_slide
+from bench.measure import cli_options, print_options
 from segtile.sources import open_source
 from segtile.sources.tissue import detect_tissue
 
@@ -49,13 +52,17 @@ def make_glass_slide(size: int, out: Path) -> float:
     return found.tissue.sum() / CANVAS**2
 
 
+def command(slide: Path, out: Path, tissue: bool) -> list[str]:
+    """The ``segtile`` command's arguments for one mode: every option the comparison depends on given."""
+    return [str(slide), "-o", str(out), "--overwrite", "--tile-size", "512", "--device", "cpu", "--mpp", "native",
+            "--tta", "none", "--progress", "json", "--tissue-mask" if tissue else "--no-tissue-mask"]
+
+
 def run(slide: Path, out: Path, tissue: bool) -> tuple[float, dict]:
     """Wall seconds of one ``segtile`` run and its JSON summary."""
     shutil.rmtree(out, ignore_errors=True)
-    flag = [] if tissue else ["--no-tissue-mask"]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "segtile.cli", str(slide), "-o", str(out), "--overwrite",
-                           "--tile-size", "512", "--device", "cpu", "--progress", "json", *flag],
+    done = subprocess.run([sys.executable, "-m", "segtile.cli", *command(slide, out, tissue)],
                           capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
@@ -70,6 +77,9 @@ def main() -> None:
     slide = OUT / f"glass_slide_{args.size}.tif"
     share = make_glass_slide(args.size, slide)
     print(f"{slide.name}: {args.size} x {args.size} px, tissue {share:.1%} of it\n")
+    print_options("tissue only", cli_options(command(slide, OUT / "tissue.zarr", tissue=True)))
+    print_options("whole slide", cli_options(command(slide, OUT / "whole.zarr", tissue=False)))
+    print()
     print("| run | tissue only s | tiles run / skipped | whole slide s | tiles run | ratio |")
     print("|---:|---:|---:|---:|---:|---:|")
     masked, whole = [], []

@@ -7,8 +7,9 @@ the tissue (4.95 GiB for 14000² px). The slide is the real Aperio region
 written as a single-level OME-TIFF (BigTIFF, JPEG tiles of 512, the region's 0.499 µm/px in its
 OME metadata) tile by tile. Two runs, each in a fresh process: tissue detection alone
 (``python -m bench.workloads tissue``), then the whole job, tissue-only, with the 1x1 convolution to
-Zarr labels (``python -m bench.workloads segtile --slide``, tissue detection on as for every
-colour slide). Prints a Markdown table of seconds and peak RSS.
+Zarr labels (``python -m bench.workloads segtile --slide --tissue``: the tissue detection that
+is segtile's default on colour slides, asked for explicitly). Prints a Markdown table of seconds
+and peak RSS, and the options the job ran with.
 
     python -m bench.tissue_memory                  # 14000 px, from the repository root
     python -m bench.tissue_memory --size 8000
@@ -24,7 +25,7 @@ import numpy as np
 import tifffile
 
 from bench.make_slide import DEFAULT_SOURCE, JPEG_QUALITY, TILE, level_tiles, read_source
-from bench.measure import run_workload
+from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -55,11 +56,13 @@ def main() -> None:
           f"| {detection.report['rss_before_mib']:.0f} | {detection.report['fraction']:.0%} |", flush=True)
     shutil.rmtree(labels, ignore_errors=True)
     try:
-        job = run_workload("segtile", "--slide", "--input", str(slide), "--out", str(labels))
+        job = run_workload("segtile", "--slide", "--tissue", "--input", str(slide), "--out", str(labels))
     finally:
         shutil.rmtree(labels, ignore_errors=True)
     print(f"| whole job, tissue only (1x1 convolution to Zarr) | {job.report['seconds']:.1f} "
           f"| {job.peak_rss_mib:.0f} | {job.report['rss_before_mib']:.0f} | |")
+    print()
+    print_options("the whole job", job.report["options"])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from bench.make_mosaic import make_mosaic
+from bench.measure import Options, pinned, print_options, segtile_options
 from segtile import segment
 from segtile.models import PSPNet
 
@@ -29,12 +30,13 @@ MODES = {"none": ("none", (1.0,)), "flip": ("flip", (1.0,)), "d4": ("d4", (1.0,)
          "scales 0.75 1": ("none", (0.75, 1.0))}
 
 
-def run(path: Path, model: torch.nn.Module, tta: str, scales: tuple[float, ...]) -> float:
-    """Wall seconds of one whole job, graph building included."""
+def run(path: Path, model: torch.nn.Module, tta: str, scales: tuple[float, ...]) -> tuple[float, Options]:
+    """Wall seconds of one whole job, graph building included, and the options it ran with."""
     start = time.perf_counter()
-    segment(str(path), model, tile_size=512, overlap=64, batch_size=4, device="cpu", tta=tta,
-            scales=scales).labels.compute()
-    return time.perf_counter() - start
+    result = segment(str(path), model, tile_size=512, overlap=64, batch_size=4, device="cpu", scales=scales,
+                     **{**pinned(), "tta": tta})
+    result.labels.compute()
+    return time.perf_counter() - start, segtile_options(result)
 
 
 def main() -> None:
@@ -49,9 +51,11 @@ def main() -> None:
     model = PSPNet(layers=18, classes=6, width=1.0).eval()
     run(path, model, "none", (1.0,))  # warm-up: first-call allocations, kernel choice
     seconds: dict[str, list[float]] = {name: [] for name in MODES}
+    options: dict[str, Options] = {}
     for _ in range(args.rounds):
         for name, (tta, scales) in MODES.items():
-            seconds[name].append(run(path, model, tta, scales))
+            taken, options[name] = run(path, model, tta, scales)
+            seconds[name].append(taken)
     base = statistics.median(seconds["none"])
     megapixels = args.size ** 2 / 1e6
     print(f"{path.name}, PSPNet-18 (6 classes) on the CPU, torch threads {torch.get_num_threads()}, "
@@ -61,6 +65,9 @@ def main() -> None:
     for name, values in seconds.items():
         median = statistics.median(values)
         print(f"| {name} | {median:.1f} | {megapixels / median:.2f} | {median / base:.2f} |")
+    print()
+    for name, ran_with in options.items():
+        print_options(name, ran_with)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import zarr
 
 from bench.compare import label_agreement, print_table
 from bench.make_mosaic import make_mosaic
-from bench.measure import Measured, run_workload
+from bench.measure import Measured, print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -94,6 +94,8 @@ def main() -> None:
     layout = "channels-last" if args.monai_channels_last else "as given (contiguous)"
     print(f"\n{args.size} x {args.size}, tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, "
           f"{cache}, MONAI's model {layout}, median of {args.repeats}")
+    print_options("segtile", ours[-1].report["options"])
+    print_options("MONAI", theirs[-1].report["options"])
     print_table(rows)
     (ours_work, ours_wall, ours_peak, ours_base), (their_work, their_wall, their_peak, their_base) = rows.values()
     print(f"\ntime MONAI / segtile: {their_work / ours_work:.2f} (work), {their_wall / ours_wall:.2f} (process wall)")

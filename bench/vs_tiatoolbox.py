@@ -1,9 +1,17 @@
-"""segtile against TIAToolbox's ``SemanticSegmentor`` on the same pyramidal slide.
+"""segtile against TIAToolbox's ``SemanticSegmentor`` on the same pyramidal slide, the same pixels.
 
 Both sides run the same 1x1-convolution model (``bench.workloads.pointwise_model``; TIAToolbox
-gets it wrapped as a ``ModelABC``, ``bench/tiatoolbox_model.py``) on the CPU over the whole slide
-at level 0 (TIAToolbox: ``baseline`` resolution 1.0, no tissue mask), patches of 512 every 448
-pixels (overlap 64), batches of 8, each in a fresh process, one run each:
+gets it wrapped as a ``ModelABC``, ``bench/tiatoolbox_model.py``) on the CPU at level 0
+(TIAToolbox: ``baseline`` resolution 1.0), patches of 512 every 448 pixels (overlap 64), batches
+of 8, no test-time augmentation, each in a fresh process, one run each, over the same pixels:
+
+* by default the whole slide: segtile with ``tissue=False`` (its default on a colour slide is to
+  detect the tissue and skip the glass), TIAToolbox with no mask;
+* with ``--tissue``, the tissue only: segtile detects it (``tissue=True``), and TIAToolbox gets the
+  very mask segtile finds, written as a PNG of the slide's overview (``masks=``), so it runs the
+  patches on tissue only.
+
+The work of each side:
 
 * segtile reads the slide tile by tile with its slide reader (tifffile), blends the overlaps
   (gaussian) and writes the labels to Zarr;
@@ -12,13 +20,15 @@ pixels (overlap 64), batches of 8, each in a fresh process, one run each:
   ``--memory-threshold N`` a second TIAToolbox run spills its canvas to disk past N % RAM use.
 
 The slide is ``bench/out/slide_<size>.tif``, built by ``bench/make_slide.py`` when missing (and
-kept for a rerun); the label outputs are deleted at the end. The report gives each side's work
-time (after imports and model), process wall time and peak RSS (from the kernel), the ratios
-time TIAToolbox / segtile and peak RSS TIAToolbox / segtile, the label agreement on the pixels
-both labelled, the load before and after, and the versions. Run it in the benchmark's venv,
-which has both (``bench/README.md``):
+kept for a rerun); the label outputs are deleted at the end. The report names the mode and the
+options each side ran with, and gives each side's work time (after imports and model), process
+wall time and peak RSS (from the kernel), the ratios time TIAToolbox / segtile and peak RSS
+TIAToolbox / segtile, the label agreement on the pixels both labelled and the share of the slide
+they are (TIAToolbox's labels are nodata where no patch ran), the load before and after, and the
+versions. Run it in the benchmark's venv, which has both (``bench/README.md``):
 
-    bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox                  # 20000 x 20000
+    bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox                  # 20000 x 20000, whole slide
+    bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox --tissue         # tissue only, both sides
     bench/.venv-tiatoolbox/bin/python -m bench.vs_tiatoolbox --size 4000 --memory-threshold 10
 """
 
@@ -30,31 +40,50 @@ import shutil
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import zarr
 
-from bench.compare import Row, label_agreement, load_line, print_table
+from bench.compare import Row, compare_labels, load_line, print_table
 from bench.make_slide import make_slide
-from bench.measure import Measured, run_workload
+from bench.measure import Measured, print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 
 
+def write_tissue_mask(slide: Path, out: Path) -> float:
+    """The tissue segtile finds on ``slide`` (``tissue=True`` finds the same: the detection is
+    deterministic), written to ``out`` as a PNG of its overview (255 on tissue), which TIAToolbox
+    reads as a mask of the whole slide; returns the share of the slide it covers."""
+    from PIL import Image
+
+    from segtile.sources.slide import SlideSource
+    from segtile.sources.tissue import detect_tissue
+
+    source = SlideSource(slide)
+    found = detect_tissue(source, source)
+    Image.fromarray(found.tissue.astype(np.uint8) * 255).save(out)
+    return found.fraction
+
+
 def run_segtile(slide: Path, labels: Path, args: argparse.Namespace) -> Measured:
-    """segtile's side, in a fresh process: slide -> Zarr labels at ``labels``."""
+    """segtile's side, in a fresh process: slide -> Zarr labels at ``labels`` (the tissue only with ``--tissue``)."""
     shutil.rmtree(labels, ignore_errors=True)
     return run_workload(
         "segtile", "--slide", "--input", str(slide), "--out", str(labels), "--tile-size", str(args.tile_size),
-        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
+        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), *(["--tissue"] if args.tissue else []),
     )
 
 
-def run_tiatoolbox(slide: Path, folder: Path, args: argparse.Namespace, memory_threshold: int | None) -> Measured:
-    """TIAToolbox's side, in a fresh process: slide -> ``folder/<slide name>.zarr``."""
+def run_tiatoolbox(slide: Path, folder: Path, args: argparse.Namespace, mask: Path | None,
+                   memory_threshold: int | None) -> Measured:
+    """TIAToolbox's side, in a fresh process: slide -> ``folder/<slide name>.zarr`` (the patches
+    on ``mask`` only, when given)."""
     shutil.rmtree(folder, ignore_errors=True)
     spilling = ["--memory-threshold", str(memory_threshold)] if memory_threshold is not None else []
+    masked = ["--mask", str(mask)] if mask is not None else []
     return run_workload(
         "tiatoolbox", "--input", str(slide), "--out", str(folder), "--tile-size", str(args.tile_size),
-        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), *spilling,
+        "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), *masked, *spilling,
     )
 
 
@@ -85,25 +114,33 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--memory-threshold", type=int,
                         help="also run TIAToolbox with this memory_threshold (%% RAM use past which it spills)")
+    parser.add_argument("--tissue", action="store_true",
+                        help="both sides on the tissue only (TIAToolbox gets segtile's tissue mask); "
+                        "default: the whole slide")
     args = parser.parse_args()
 
     slide = OUT / f"slide_{args.size}.tif"
     if not slide.exists():
         make_slide(args.size, slide)
+    mode = ("tissue only (TIAToolbox given segtile's tissue mask)" if args.tissue
+            else "whole slide (no mask on either side)")
+    mask = OUT / f"slide_{args.size}_tissue.png" if args.tissue else None
+    if mask is not None:
+        print(f"tissue mask: {write_tissue_mask(slide, mask):.1%} of the slide, {mask.name}", flush=True)
     ours_path, theirs_folder = OUT / "vs_tiatoolbox_segtile.zarr", OUT / "vs_tiatoolbox_tiatoolbox"
     spill_folder = OUT / "vs_tiatoolbox_tiatoolbox_spill"
     load_before = load_line()
     try:
         ours = run_segtile(slide, ours_path, args)
         print(f"segtile {ours.report['seconds']:.1f} s {ours.peak_rss_mib:.0f} MiB", flush=True)
-        theirs = run_tiatoolbox(slide, theirs_folder, args, None)
+        theirs = run_tiatoolbox(slide, theirs_folder, args, mask, None)
         print(f"TIAToolbox {theirs.report['seconds']:.1f} s {theirs.peak_rss_mib:.0f} MiB", flush=True)
         spilled = None
         if args.memory_threshold is not None:
-            spilled = run_tiatoolbox(slide, spill_folder, args, args.memory_threshold)
+            spilled = run_tiatoolbox(slide, spill_folder, args, mask, args.memory_threshold)
             print(f"TIAToolbox spilling {spilled.report['seconds']:.1f} s {spilled.peak_rss_mib:.0f} MiB", flush=True)
         load_after = load_line()
-        agreement, nodata = label_agreement(
+        agreement = compare_labels(
             zarr.open_array(ours_path, mode="r"), zarr.open_group(theirs.report["labels"], mode="r")["predictions"]
         )
     finally:
@@ -113,14 +150,18 @@ def main() -> None:
     rows = {"segtile (slide -> Zarr labels)": row(ours), "TIAToolbox SemanticSegmentor (-> Zarr)": row(theirs)}
     if spilled is not None:
         rows[f"TIAToolbox, memory_threshold={args.memory_threshold}"] = row(spilled)
-    print(f"\n{slide.name}: {args.size} x {args.size}, level 0, patch {args.tile_size}, overlap {args.overlap}, "
-          f"batch {args.batch_size}, CPU, one run each")
+    print(f"\n{slide.name}: {args.size} x {args.size}, {mode}, level 0, patch {args.tile_size}, "
+          f"overlap {args.overlap}, batch {args.batch_size}, CPU, one run each")
+    print_options("segtile", ours.report["options"])
+    print_options("TIAToolbox", theirs.report["options"])
+    print()
     print_table(rows)
     print()
     report_ratios(ours, theirs, "TIAToolbox")
     if spilled is not None:
         report_ratios(ours, spilled, f"TIAToolbox with memory_threshold={args.memory_threshold}")
-    print(f"labels agree on {agreement:.4%} of the pixels both labelled ({nodata:.2%} nodata in segtile's output)")
+    print(f"tiles run: segtile {ours.report['tiles_run']}, TIAToolbox {theirs.report['tiles_run']} patches")
+    print(agreement.describe("TIAToolbox"))
     print(f"before: {load_before}; after: {load_after}")
     print(versions())
 

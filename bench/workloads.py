@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from bench.measure import add_model_arguments
+from bench.measure import Options, add_model_arguments, pinned, segtile_options
 
 
 def pointwise_model(bands: int = 3, classes: int = 2) -> torch.nn.Module:
@@ -73,15 +73,18 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
             client.run(importlib.import_module, "segtile.engine.graph")
             rss_before, start = psutil.Process().memory_info().rss / 2**20, time.perf_counter()
         result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
-                         device=args.device, precision=args.precision,
-                         stitch_on_device=False if args.stitch_on_host else None, **sizes)
+                         device=args.device, precision=args.precision, **sizes,
+                         **pinned(slide=args.slide, tissue=args.tissue, device=args.device,
+                                  stitch_on_host=args.stitch_on_host))
         tasks = len(result.labels.__dask_graph__())
-        if args.writer or args.workers:
-            result.write(args.out)  # segtile's own writer: Zarr with georeference and card
-        else:
-            da.to_zarr(result.labels, args.out)
+        with result.progress(enabled=False) as tally:  # counts the tiles run, shows nothing
+            if args.writer or args.workers:
+                result.write(args.out)  # segtile's own writer: Zarr with georeference and card
+            else:
+                da.to_zarr(result.labels, args.out)
     report = {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
-              "rss_before_mib": rss_before}
+              "rss_before_mib": rss_before, "options": segtile_options(result, args.memory_limit),
+              "tiles_run": tally.run}
     if torch.cuda.is_available() and args.device != "cpu":
         report["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return report
@@ -123,13 +126,18 @@ def monai_in_memory(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     if args.out:
         np.save(args.out, labels)
-    return {"seconds": seconds, "shape": list(labels.shape), "rss_before_mib": rss_before}
+    options = {"grid": f"{labels.shape[1]} x {labels.shape[0]} px (read whole)", "pixels": "all (no mask)",
+               "roi": str(args.tile_size), "overlap": f"{args.overlap_fraction:g} of the roi", "mode": "gaussian",
+               "sw_batch_size": str(args.batch_size or 4), "tta": "none", "device": "cpu",
+               "model layout": "channels-last" if args.channels_last else "plain"}
+    return {"seconds": seconds, "shape": list(labels.shape), "rss_before_mib": rss_before, "options": options}
 
 
 def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
-    """TIAToolbox: ``SemanticSegmentor`` over the whole slide at its baseline resolution (no tissue
-    mask), patches of ``tile_size`` every ``tile_size - overlap`` pixels, overlaps averaged,
-    labels (argmax) written to ``OUT/<slide name>.zarr`` under the key ``predictions``."""
+    """TIAToolbox: ``SemanticSegmentor`` over the slide at its baseline resolution (the whole slide,
+    or the patches on the mask image ``--mask``: its ``masks=`` argument), patches of ``tile_size``
+    every ``tile_size - overlap`` pixels, overlaps averaged, labels (argmax; ``NODATA`` where no
+    patch ran) written to ``OUT/<slide name>.zarr`` under the key ``predictions``."""
     from tiatoolbox.models.engine.io_config import IOSegmentorConfig
     from tiatoolbox.models.engine.semantic_segmentor import SemanticSegmentor
 
@@ -146,14 +154,25 @@ def tiatoolbox_to_zarr(args: argparse.Namespace) -> dict:
     segmentor = SemanticSegmentor(model=PointwiseTIAModel(), batch_size=args.batch_size or 8, device="cpu",
                                   verbose=False)
     spilling = {"memory_threshold": args.memory_threshold} if args.memory_threshold is not None else {}
+    masks = {"masks": [Path(args.mask)]} if args.mask else {}
     rss_before = psutil.Process().memory_info().rss / 2**20
     start = time.perf_counter()
     outputs = segmentor.run(
         [Path(args.input)], patch_mode=False, ioconfig=ioconfig, save_dir=args.out, overwrite=True,
-        output_type="zarr", auto_get_mask=False, **spilling,
+        output_type="zarr", auto_get_mask=False, **masks, **spilling,
     )
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "labels": str(next(iter(outputs.values()))), "rss_before_mib": rss_before}
+    return {"seconds": seconds, "labels": str(next(iter(outputs.values()))), "rss_before_mib": rss_before,
+            "options": tiatoolbox_options(args, stride), "tiles_run": len(segmentor.dataloader.dataset)}
+
+
+def tiatoolbox_options(args: argparse.Namespace, stride: int) -> Options:
+    """What the ``tiatoolbox`` workload ran with, named as :func:`bench.measure.segtile_options` names segtile's."""
+    return {"grid": "level 0 (baseline resolution 1.0)",
+            "pixels": f"the patches on the mask {Path(args.mask).name}" if args.mask else "all (no mask)",
+            "patch": str(args.tile_size), "stride": str(stride), "merge": "probabilities averaged",
+            "batch": str(args.batch_size or 8), "tta": "none", "device": "cpu",
+            "memory_threshold": f"{args.memory_threshold} %" if args.memory_threshold is not None else "80 % (default)"}
 
 
 def decode_every_block(args: argparse.Namespace) -> dict:
@@ -188,6 +207,9 @@ def main() -> None:
     parser.add_argument("--out", help="labels output: a .zarr store (segtile), a .npy file (monai), "
                         "a folder (tiatoolbox)")
     parser.add_argument("--slide", action="store_true", help="segtile: open the input with its slide reader")
+    parser.add_argument("--tissue", action="store_true",
+                        help="segtile: process the tissue only (default: every pixel, tissue=False)")
+    parser.add_argument("--mask", help="tiatoolbox: a mask image of the slide; only the patches on it run")
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--overlap", type=int, default=64, help="segtile: overlap in pixels")
     parser.add_argument("--overlap-fraction", type=float, default=0.125, help="monai: overlap as a fraction")
