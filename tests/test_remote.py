@@ -83,18 +83,20 @@ def test_segmenting_an_http_url_gives_the_local_files_labels(served, pointwise_m
 
 def test_a_slide_over_http_is_read_tile_by_tile_through_fsspec(served):
     server, folder = served
-    size = (folder / "cmu_small_region.svs").stat().st_size
     remote = open_source(server.url("cmu_small_region.svs"))
+    opening = server.bytes_served  # the TIFF's header and tables, spread over this small file
     local = open_source(folder / "cmu_small_region.svs")
     assert isinstance(remote, SlideSource) and remote.files == ()
     assert remote.georef == local.georef and remote.level_shapes == local.level_shapes
+    fetched = []
     for window in (Window(300, 200, 64, 48), Window(1500, 2000, 64, 48)):
         before = server.bytes_served
         np.testing.assert_array_equal(remote.read(window), local.read(window))
-    # the first read opened the thread's own TiffFile (its tables, spread over this small file);
-    # the second fetched the one tile under it, in a block or two of fsspec's cache
-    assert server.bytes_served < size / 2
-    assert server.bytes_served - before <= 2 * BLOCK_SIZE
+        fetched.append(server.bytes_served - before)
+    # the first read opened the thread's own TiffFile (as much as opening took) and fetched the
+    # tile under the window; the second fetched only its tile: a few blocks of fsspec's cache
+    assert fetched[0] - opening <= 3 * BLOCK_SIZE
+    assert fetched[1] <= 2 * BLOCK_SIZE
     remote.close(), local.close()
 
 

@@ -87,7 +87,9 @@ class SlideSource(Source):
             self.georef = Georef(transform=Affine.identity(), mpp=mpp)
             self.notes = () if note is None else (f"{self.path}: {note}",)
             self.has_mask = self._alpha is not None
-        self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(functools.partial(_OpenLevel.open, self.path))
+        # one identity for the run's decoded tiles: asked of the file (or its server) once, not per thread
+        self._levels: PerThreadHandles[_OpenLevel] = PerThreadHandles(
+            functools.partial(_OpenLevel.open, self.path, file_identity(self.path)))
 
     def read(self, window: Window, level: int = 0) -> np.ndarray:
         """The selected bands over ``window`` of ``level``, as stored: ``(bands, h, w)``."""
@@ -143,11 +145,13 @@ class _OpenLevel:
     array: Any
 
     @classmethod
-    def open(cls, path: str, level: int) -> _OpenLevel:
+    def open(cls, path: str, identity: tuple, level: int) -> _OpenLevel:
+        """``level`` of the slide at ``path``, whose decoded tiles are cached under ``identity``
+        (:func:`~segtile.sources.tile_cache.file_identity`)."""
         tif = open_tiff(path)
         pages = tif.series[0].levels[level].pages
         if len(pages) == 1 and TiledPage.fits(pages[0]):
-            return cls(tif, TiledPage(pages[0], file_identity(path), level), None)
+            return cls(tif, TiledPage(pages[0], identity, level), None)
         store = tif.series[0].aszarr(level=level, maxworkers=_DECODE_WORKERS)
         return cls(tif, None, zarr.open_array(store, mode="r"))
 

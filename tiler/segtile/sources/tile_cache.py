@@ -25,6 +25,8 @@ from collections.abc import Hashable
 import numpy as np
 import tifffile
 
+from segtile.sources.remote import is_url, remote_info
+
 DECODED_TILE_BYTES = 64 * 2**20
 """The decoded tiles a process keeps: the share of the memory budget counted as
 :data:`segtile.tiling.budget.READ_CACHE` (the same as GDAL's block cache for rasters). Enough for
@@ -78,7 +80,10 @@ DECODED_TILES = DecodedTiles(DECODED_TILE_BYTES)
 
 def file_identity(path: str) -> tuple:
     """What tells one file's contents from another's at ``path``: the path, its device and
-    inode, its size and its modification time."""
+    inode, its size and its modification time; for a URL, what its server says of it (size,
+    ETag, Last-Modified: :func:`segtile.sources.remote.remote_info`)."""
+    if is_url(path):
+        return path, *sorted(remote_info(path).items())
     stat = os.stat(path)
     return path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
