@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.make_mosaic import make_mosaic
-from bench.measure import run_workload
+from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
 MODES = {"1 thread": (1, []), "2 threads": (2, []), "2 processes": (2, ["--workers", "2"])}
@@ -62,10 +62,13 @@ def main() -> None:
             shutil.rmtree(labels, ignore_errors=True)
             try:
                 with pinned(cpus):
-                    seconds = run_workload("segtile", "--input", str(mosaic), "--out", str(labels), "--writer",
-                                           *extra).report["seconds"]
+                    report = run_workload("segtile", "--input", str(mosaic), "--out", str(labels), "--writer",
+                                          *extra).report
             finally:
                 shutil.rmtree(labels, ignore_errors=True)
+            seconds = report["seconds"]
+            if round_ == 1:
+                print_options(f"segtile, {mode}", report["options"])
             speeds[mode].append(megapixels / seconds)
             print(f"| {round_} | {mode} | {load:.1f} | {seconds:.1f} | {megapixels / seconds:.1f} |", flush=True)
     one = statistics.median(speeds["1 thread"])

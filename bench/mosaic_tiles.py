@@ -23,6 +23,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from bench.measure import print_options, segtile_options
 from segtile import open_mosaic, segment
 
 OUT = Path(__file__).resolve().parent / "out" / "mosaic_tiles"
@@ -49,14 +50,17 @@ def cut(scene: Path, folder: Path) -> list[tuple[Path, Window]]:
     return tiles
 
 
-def labels(source, resolution: float, repeats: int) -> tuple[np.ndarray, float]:
-    """The labels of ``source``, and the fastest of ``repeats`` runs in seconds."""
+def labels(side: str, source, resolution: float, repeats: int) -> tuple[np.ndarray, float]:
+    """The labels of ``source``, and the fastest of ``repeats`` runs in seconds; the options it
+    ran with printed under ``side``'s name."""
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        result = segment(source, resolution=resolution, device="cpu").labels.compute()
+        result = segment(source, resolution=resolution, device="cpu")
+        labels = result.labels.compute()
         seconds.append(time.perf_counter() - start)
-    return result, min(seconds)
+    print_options(side, segtile_options(result))
+    return labels, min(seconds)
 
 
 def distance_from_tile_borders(shape: tuple[int, int], tiles: list[tuple[Path, Window]]) -> np.ndarray:
@@ -75,13 +79,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, the fastest kept")
     args = parser.parse_args()
     tiles = cut(SCENE, OUT)
-    whole, whole_seconds = labels(SCENE, args.resolution, args.repeats)
-    mosaic, mosaic_seconds = labels(open_mosaic([path for path, _ in tiles]), args.resolution, args.repeats)
+    whole, whole_seconds = labels("the scene as one file", SCENE, args.resolution, args.repeats)
+    mosaic, mosaic_seconds = labels("open_mosaic(tiles)", open_mosaic([path for path, _ in tiles]),
+                                    args.resolution, args.repeats)
     one_by_one = np.zeros_like(whole)
     start = time.perf_counter()
     for path, window in tiles:
-        one_by_one[window.toslices()] = segment(path, resolution=args.resolution, device="cpu").labels.compute()
+        result = segment(path, resolution=args.resolution, device="cpu")
+        one_by_one[window.toslices()] = result.labels.compute()
     separate_seconds = time.perf_counter() - start
+    print_options("each tile on its own (the last)", segtile_options(result))
     distance = distance_from_tile_borders(whole.shape, tiles)
     print(f"scene {whole.shape[1]} x {whole.shape[0]} px, 4 tiles; seconds: scene {whole_seconds:.1f}, "
           f"mosaic {mosaic_seconds:.1f}, tiles one by one {separate_seconds:.1f}")

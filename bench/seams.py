@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from bench.measure import print_options, segtile_options
 from segtile import segment
 from segtile.models import load_checkpoint
 from segtile.models.builtin import builtin_models
@@ -84,7 +85,7 @@ def measure(image: np.ndarray, model: str, tile: int, overlap: int, reference: n
             "at seams": float(differs[distance <= NEAR].mean()) if (distance <= NEAR).any() else float("nan"),
             "interior": float(differs[distance >= FAR].mean()),
             "edge ratio": max(edge_ratio(labels, rows, 0), edge_ratio(labels, columns, 1)),
-            "miou": miou, "labels": labels, "rows": rows, "columns": columns}
+            "miou": miou, "options": segtile_options(result), "labels": labels, "rows": rows, "columns": columns}
 
 
 def save_png(labels: np.ndarray, image: np.ndarray, rows: list[float], columns: list[float], path: Path) -> None:
@@ -113,18 +114,23 @@ def main() -> None:
     image = tifffile.imread(DATA / "nuclei_img2d.tif")
     truth = DATA / "nuclei_labels_heldout.tif"
     whole = -(-max(image.shape) // 8) * 8 + 1  # one tile over the whole image, on PSPNet's lattice
-    reference = segment(image, args.model, tile_size=whole, overlap=0, device="cpu").labels.compute()
+    one_tile = segment(image, args.model, tile_size=whole, overlap=0, device="cpu")
+    reference = one_tile.labels.compute()
     print("| tile | overlap | disagreement at seams | in the interior | edge ratio at seams | held-out mIoU |")
     print("|---|---|---|---|---|---|")
+    ran_with = {"segtile, one tile (the reference)": segtile_options(one_tile)}
     for tiling in args.tilings:
         tile, overlap = (int(value) for value in tiling.split(","))
         figures = measure(image, args.model, tile, overlap, reference, truth)
         print(f"| {figures['tile']} | {figures['overlap']} | {figures['at seams']:.2%} | {figures['interior']:.2%} "
               f"| {figures['edge ratio']:.2f} | {figures['miou']:.4f} |")
+        ran_with[f"segtile, tile {figures['tile']} overlapping by {figures['overlap']}"] = figures["options"]
         if args.png:
             args.png.mkdir(parents=True, exist_ok=True)
             save_png(figures["labels"], image, figures["rows"], figures["columns"],
                      args.png / f"seams_{figures['tile']}_{figures['overlap']}.png")
+    for side, options in ran_with.items():
+        print_options(side, options)
 
 
 if __name__ == "__main__":
