@@ -17,10 +17,10 @@ CUSTOM_WKT = ('PROJCS["My grid",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 8
 
 def test_a_raster_says_its_size_classes_crs_pixel_size_and_tiling(data_dir):
     result = segment(data_dir / "bahamas_rgb.tif")
-    assert repr(result) == ("<Segmentation 791×718 px, 3 classes (water, land, cloud), EPSG:32618 at 300 m, "
-                            "tiles 193/25, lazy>")
+    assert repr(result) == ("<Segmentation 791×718 px, 2 classes (water, land), EPSG:32618 at 300 m, "
+                            "tiles 129/17, lazy>")
     with result.persist() as stored:
-        assert repr(stored).endswith(f", tiles 193/25, persisted in {stored.stored.folder}>")
+        assert repr(stored).endswith(f", tiles 129/17, persisted in {stored.stored.folder}>")
 
 
 def test_a_slide_says_its_microns_per_pixel(data_dir):

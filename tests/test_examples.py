@@ -22,7 +22,7 @@ def test_the_notebook_runs_and_writes_its_outputs(tmp_path, monkeypatch):
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     shown = [output.data for output in outputs if output.output_type == "execute_result"]
-    assert any(data["text/plain"].startswith("<Segmentation 791×718 px, 3 classes") for data in shown)
+    assert any(data["text/plain"].startswith("<Segmentation 791×718 px, 2 classes (water, land)") for data in shown)
     assert any("image/png" in data and "water" in data.get("text/html", "") for data in shown)  # the preview
     printed = "".join(output.text for output in outputs if output.output_type == "stream" and output.name == "stdout")
     assert "EPSG:32618 (718, 791)" in printed and "km² in the mask" in printed

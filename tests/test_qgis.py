@@ -19,8 +19,10 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
+import torch
 
 from segtile.cli.qgis_install import segtile_executable
+from segtile.models import ModelCard, save_torchscript
 from segtile.models.builtin import choose_model
 from segtile.models.checkpoint import load_checkpoint
 
@@ -137,12 +139,15 @@ def test_messages_name_the_qgis_parameters(qgis, tmp_path):
 
 
 def test_resolution_chooses_the_grid_of_the_mask(qgis, tmp_path):
-    landsat = tmp_path / "landsat7.tif"  # 30 m: ten times finer than the default model's 300 m
+    landsat = tmp_path / "landsat7.tif"  # 30 m: ten times finer than a model trained at 300 m
     shutil.copy(SAMPLE.parent / "landsat7.tif", landsat)
-    done = qgis_run(qgis, "segment", INPUT=landsat, OUTPUT=tmp_path / "refused.tif")
+    model = tmp_path / "at300m.pt"
+    save_torchscript(model, torch.nn.Conv2d(3, 3, 1).eval(),
+                     ModelCard(classes=("water", "land", "cloud"), resolution=300.0, resolution_unit="m"))
+    done = qgis_run(qgis, "segment", INPUT=landsat, MODEL=model, OUTPUT=tmp_path / "refused.tif")
     assert done.returncode != 0
     assert error_lines(done)[0].endswith("choose RESOLUTION=native to process the image's own pixels, or "
-                                         "RESOLUTION=300.04 for the model's grid anyway, or a model trained on "
+                                         "RESOLUTION=300 for the model's grid anyway, or a model trained on "
                                          "such images")
     mask = tmp_path / "mask.tif"
     done = qgis_run(qgis, "segment", INPUT=qgis["image"], OUTPUT=mask, RESOLUTION=600)
@@ -206,7 +211,7 @@ def test_qgis_process_evaluates_like_the_cli(qgis, tmp_path):
     mask = tmp_path / "mask.tif"
     subprocess.run([segtile_executable(), qgis["image"], "-o", mask, "--quiet"], check=True)
     truth = tmp_path / "truth.tif"
-    shutil.copy(SAMPLE.parent / "bahamas_labels_heldout.tif", truth)
+    shutil.copy(SAMPLE.parent / "bahamas_water.tif", truth)
     expected = json.loads(subprocess.run([segtile_executable(), "eval", mask, truth, "--json", "--quiet"],
                                          check=True, capture_output=True, text=True).stdout)
     done = qgis_run(qgis, "eval", PREDICTION=mask, GROUND_TRUTH=truth)

@@ -21,10 +21,12 @@ from segtile.models.resnet import resnet_depth
 from segtile.sources import open_source
 from segtile.sources.labels import IGNORE, open_labels
 from segtile.sources.working_grid import choose_grid
+from segtile.training.augment import rescale
 from segtile.training.datacard import card_from_data, native_resolution, suggested_tiling, value_scale
 from segtile.training.loop import (
     TrainError,
     TrainOptions,
+    draw_batch,
     make_optimizer,
     network_input,
     poly_lr,
@@ -117,6 +119,28 @@ def test_the_card_records_the_range_of_pixel_sizes_trained_for(tmp_path, scene):
     card = load_checkpoint(out).card
     assert (card.resolution, card.resolution_range) == (30.0, (30.0, 45.0))
     assert choose_grid(open_source(tmp_path / "coarse.tif"), card)[1] == []  # 45 m runs on its own grid
+
+
+def test_scale_augmentation_shows_other_pixel_sizes_and_widens_the_card_range(tmp_path, scene):
+    """Windows of a random zoom in [1/Z, Z] are resampled to the tile; the card then serves the
+    images' pixel sizes up to Z times the coarsest (30 m trained with Z = 2: 30-60 m)."""
+    image, labels = scene
+    source = open_source(image)
+    data = TrainingData([source], [open_labels(labels, source, ("dark", "bright"))], 32, 0.0, 0)
+    options = TrainOptions(tile_size=32, batch_size=4, scale_augment=2.0)
+    batch = draw_batch(data, options, step=0)
+    assert batch.pixels.shape == (4, 3, 32, 32) and batch.labels.shape == (4, 32, 32)
+    assert set(np.unique(batch.labels)) <= {0, 1, IGNORE}  # labels resampled by nearest neighbour, never mixed
+    sample = data.read(0, Window(16, 16, 64, 64))
+    halved = rescale(sample, 32)
+    np.testing.assert_array_equal(halved.labels, sample.labels[::2, ::2])  # 16-px squares: nearest keeps them
+    assert halved.pixels.mean() == pytest.approx(sample.pixels.mean(), rel=0.01)  # averaged, as a coarser sensor
+    out = tmp_path / "model.pt"
+    assert run("train", "--image", image, "--labels", labels, "--classes", "dark,bright", "--out", out, "--epochs",
+               "1", "--steps-per-epoch", "1", "--val-fraction", "0", "--scale-augment", "2", *TINY) == 0
+    card = load_checkpoint(out).card
+    assert (card.resolution, card.resolution_range) == (30.0, (30.0, 60.0))
+    assert card.extra["training"]["scale_augment"] == 2.0
 
 
 def test_training_from_a_geopackage_of_polygons(tmp_path, scene):
@@ -272,10 +296,13 @@ def test_training_windows_never_touch_validation_blocks_and_pad_past_the_edge(tm
     for _, window in data.val_windows():
         val[window.row_off:window.row_off + 32, window.col_off:window.col_off + 32] = True
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        block = data.train_blocks[rng.integers(len(data.train_blocks))]
-        window = data._place(block, rng)
-        assert not val[window.row_off:window.row_off + 32, window.col_off:window.col_off + 32].any()
+    for side in (32, 48, 20):  # the tile, and windows of scale augmentation, larger and smaller
+        for _ in range(200):
+            block = data.train_blocks[rng.integers(len(data.train_blocks))]
+            window = data._place(block, rng, side)
+            assert window.width == window.height in (side, min(side, 32))  # a tile when no window fits
+            assert not val[window.row_off:window.row_off + window.height,
+                           window.col_off:window.col_off + window.width].any()
     edge = data.read(0, Window(64, 64, 32, 32))  # 16 x 16 inside the image, the rest padding
     assert edge.pixels.shape == (3, 32, 32) and not edge.valid[16:].any() and not edge.valid[:, 16:].any()
     assert (edge.labels[16:] == IGNORE).all() and (edge.labels[:, 16:] == IGNORE).all()
@@ -331,7 +358,8 @@ def test_training_in_python_fits_a_brightness_rule(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [({"batch_size": 1}, "at least 2"), ({"epochs": 0}, "at least 1"),
-                                             ({"lr": 0.0}, "positive"), ({"val_fraction": 1.0}, r"\[0, 1\)")])
+                                             ({"lr": 0.0}, "positive"), ({"val_fraction": 1.0}, r"\[0, 1\)"),
+                                             ({"scale_augment": 0.5}, "at least 1")])
 def test_options_that_cannot_train_are_refused(kwargs, message):
     with pytest.raises(TrainError, match=message):
         TrainOptions(**kwargs)

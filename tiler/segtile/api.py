@@ -14,6 +14,7 @@ import torch
 from segtile.engine.cluster import current_client, task_threads
 from segtile.errors import ResolutionWarning, SegmentError
 from segtile.inference.devices import check_device
+from segtile.inference.domain import DOMAIN_KEY, domain_note
 from segtile.inference.predictor import ModelSpec
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
 from segtile.models.builtin import choose_model
@@ -129,8 +130,8 @@ def segment(
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     _check_chosen_bands(bands, image.count, card)
     opened, band_notes = _fit_bands(opened, card, chosen=bands is not None)
-    band_notes += _value_notes(opened, card)
     grid, notes = choose_grid(opened, card, resolution=resolution, mpp=mpp, level=level)
+    domain_notes = _domain_notes(opened, grid, card)
     augmentation, augmentation_notes = _augmentation(card, tta, scales)
     options = TilingOptions(
         tile_size=card.tile_size if tile_size is None else tile_size,
@@ -156,7 +157,7 @@ def segment(
                       stripe_width=sizes.stripe_width)
     grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
     spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
-    notes = list(image.notes) + band_notes + notes + mask_notes + augmentation_notes
+    notes = list(image.notes) + band_notes + notes + domain_notes + mask_notes + augmentation_notes
     plan_note = None if chunk_size is not None else small_chunks_note(sizes, classes=card.num_classes,
                                                                        threads=threads, limit=limit)
     notes += [plan_note] if plan_note else []
@@ -225,6 +226,15 @@ def _bands_named_by_card(source: Source, card: ModelCard) -> list[int] | None:
     if any(image.count(name) != 1 for name in names):
         return None
     return [image.index(name) + 1 for name in names]
+
+
+def _domain_notes(opened: Source, grid: Source, card: ModelCard) -> list[str]:
+    """The domain check's note on the grid the model is given (:mod:`segtile.inference.domain`),
+    when the card records its training images; else a note on the pixel type alone."""
+    if DOMAIN_KEY not in card.extra:
+        return _value_notes(opened, card)
+    note = domain_note(grid, card)
+    return [] if note is None else [note]
 
 
 def _value_notes(source: Source, card: ModelCard) -> list[str]:

@@ -44,11 +44,18 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="share of the labelled blocks held out for validation, 0 = none (default: 0.1)")
     parser.add_argument("--seed", type=non_negative_int, metavar="N",
                         help="seeds the split, the windows and the network's initialisation (default: 0)")
+    parser.add_argument("--scale-augment", type=finite_float(1.0), metavar="Z",
+                        help="rescale each training window by a random zoom in [1/Z, Z], so the network "
+                        "learns pixels of other sizes; the card then serves the images' pixel sizes up to "
+                        "Z times the largest (default: 1, none)")
     parser.add_argument("--bands", type=band_list, metavar="3,2,1",
                         help="1-based image bands to train on (default: all)")
     parser.add_argument("--class-field", metavar="FIELD",
                         help="polygon field holding class names (default: class_name, classification, class or "
                         "label, the first found)")
+    parser.add_argument("--sensor", metavar="TEXT",
+                        help="what made the training images (e.g. 'Landsat 7 ETM+, NAIP', 'H&E, 20x'), recorded "
+                        "in the card and named by the domain check")
     parser.add_argument("--colors", type=name_list, metavar="#rrggbb,...", help="one colour per class for the card")
     parser.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
     parser.add_argument("--init", metavar="BACKBONE.pth",

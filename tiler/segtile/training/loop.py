@@ -8,9 +8,10 @@ As in the PSPNet paper and its reference implementation (hszhao/semseg):
   10 times faster than the backbone (the reference's ``base_lr * 10`` groups);
 * the "poly" schedule: at step ``s`` of ``S``, ``lr = base_lr * (1 - s / S) ** 0.9``.
 
-Windows come from :class:`~segtile.training.sampling.TrainingData`; they are flipped, turned by
-multiples of 90° and lightly colour-jittered (:mod:`segtile.training.augment`), and normalised by
-:func:`segtile.inference.normalise.normalise_`, the function the tiler feeds the network with at inference.
+Windows come from :class:`~segtile.training.sampling.TrainingData`; they are rescaled (with
+``scale_augment`` above 1), flipped, turned by multiples of 90° and lightly colour-jittered
+(:mod:`segtile.training.augment`), and normalised by :func:`segtile.inference.normalise.normalise_`,
+the function the tiler feeds the network with at inference.
 After each epoch the held-out windows are scored (mIoU, :mod:`segtile.training.metrics`), and
 ``on_epoch`` gets the :class:`TrainingState` a run resumes from: the optimiser's state, the
 step, and the random state (the windows of step ``s`` are drawn from ``(seed, s)``; the torch
@@ -38,9 +39,9 @@ from segtile.inference.normalise import Normalisation, normalise_
 from segtile.models.card import ModelCard
 from segtile.models.pspnet import PSPNet
 from segtile.sources.labels import IGNORE
-from segtile.training.augment import colour_jitter_, flip_and_rotate, jitter_parameters
+from segtile.training.augment import colour_jitter_, flip_and_rotate, jitter_parameters, rescale, zoom_factor
 from segtile.training.metrics import confusion_matrix, scores
-from segtile.training.sampling import TrainingData
+from segtile.training.sampling import Sample, TrainingData
 
 POLY_POWER = 0.9
 MOMENTUM = 0.9
@@ -63,6 +64,8 @@ class TrainOptions:
     steps_per_epoch: int | None = None
     seed: int = 0
     augment: bool = True
+    scale_augment: float = 1.0
+    """Largest zoom of the rescaling augmentation (:func:`~segtile.training.augment.zoom_factor`); 1: none."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.tile_size < 1 or (self.steps_per_epoch is not None and self.steps_per_epoch < 1):
@@ -73,6 +76,8 @@ class TrainOptions:
             raise TrainError(f"learning rate must be a positive number, not {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise TrainError(f"validation fraction must lie in [0, 1), not {self.val_fraction}")
+        if not (math.isfinite(self.scale_augment) and self.scale_augment >= 1):
+            raise TrainError(f"the scale augmentation's zoom must be a number of at least 1, not {self.scale_augment}")
 
 
 @dataclass(frozen=True)
@@ -182,13 +187,21 @@ def network_input(pixels: np.ndarray, valid: np.ndarray, normalisation: Normalis
 def draw_batch(data: TrainingData, options: TrainOptions, step: int) -> Batch:
     """The windows of ``step``: drawn from a generator seeded with ``(seed, step)``."""
     rng = np.random.default_rng([options.seed, step])
-    samples = [data.train_sample(rng) for _ in range(options.batch_size)]
+    samples = [_train_sample(data, options, rng) for _ in range(options.batch_size)]
     jitter = None
     if options.augment:
         samples = [flip_and_rotate(sample, rng) for sample in samples]
         jitter = jitter_parameters(len(samples), data.bands, rng)
     return Batch(np.stack([s.pixels for s in samples]), np.stack([s.valid for s in samples]),
                  np.stack([s.labels for s in samples]).astype(np.int64), jitter)
+
+
+def _train_sample(data: TrainingData, options: TrainOptions, rng: np.random.Generator) -> Sample:
+    """A training window of the tile size; with scale augmentation, one of a random zoom resampled to it."""
+    if not options.augment or options.scale_augment == 1:
+        return data.train_sample(rng)
+    side = max(1, round(options.tile_size * zoom_factor(options.scale_augment, rng)))
+    return rescale(data.train_sample(rng, side), options.tile_size)
 
 
 def validate(model: nn.Module, data: TrainingData, card: ModelCard, device: torch.device,

@@ -31,11 +31,11 @@ from segtile.training.sampling import TrainingData
 from segtile.writers.atomic import atomic_output, check_output
 
 DEFAULTS = {"layers": 18, "width": 1.0, "epochs": 20, "tile_size": 256, "batch_size": 8, "lr": 0.01,
-            "val_fraction": 0.1, "seed": 0, "steps_per_epoch": None}
+            "val_fraction": 0.1, "seed": 0, "steps_per_epoch": None, "scale_augment": 1.0}
 """The options' values when not given (argparse leaves them ``None``, so a resumed run can tell
 what was asked for from what was not)."""
 
-RESUMED_OPTIONS = ("tile_size", "batch_size", "lr", "val_fraction", "seed", "steps_per_epoch")
+RESUMED_OPTIONS = ("tile_size", "batch_size", "lr", "val_fraction", "seed", "steps_per_epoch", "scale_augment")
 """Options a resumed run takes from its checkpoint (giving another value is an error)."""
 
 
@@ -92,7 +92,8 @@ def _fit(args: argparse.Namespace, data: TrainingData, classes: tuple[str, ...],
         if init_weights is not None:
             _load_backbone(model, init_weights, args.init)
         first = data.images[0]
-        card = card_from_data(data, classes, args.colors, _band_indices(first), first.band_names)
+        card = card_from_data(data, classes, args.colors, _band_indices(first), first.band_names,
+                              options.scale_augment, args.sensor)
     overwrite, saved = args.overwrite, []
 
     def save(result: EpochResult, state: TrainingState) -> None:
@@ -153,7 +154,7 @@ def _classes(args: argparse.Namespace, resumed: Resumed | None) -> tuple[str, ..
 def _options(args: argparse.Namespace, resumed: Resumed | None) -> TrainOptions:
     values = {name: _given(args, name) for name in (*RESUMED_OPTIONS, "epochs")}
     if resumed is not None:
-        saved = {**resumed.state.options, "steps_per_epoch": resumed.state.steps_per_epoch}
+        saved = {**DEFAULTS, **resumed.state.options, "steps_per_epoch": resumed.state.steps_per_epoch}
         for name in RESUMED_OPTIONS:
             given = getattr(args, name)
             if given is not None and given != saved[name]:

@@ -94,12 +94,13 @@ class TrainingData:
     def bands(self) -> int:
         return self.images[0].count
 
-    def train_sample(self, rng: np.random.Generator) -> Sample:
-        """A random training window, holding a labelled pixel unless :data:`LABELLED_TRIES`
-        windows in a row held none."""
+    def train_sample(self, rng: np.random.Generator, side: int | None = None) -> Sample:
+        """A random training window of ``side`` pixels (default: the tile size), holding a labelled
+        pixel unless :data:`LABELLED_TRIES` windows in a row held none."""
+        side = side or self.tile_size
         for _ in range(LABELLED_TRIES):
             block = self.train_blocks[rng.integers(len(self.train_blocks))]
-            sample = self.read(block.image, self._place(block, rng))
+            sample = self.read(block.image, self._place(block, rng, side))
             if (sample.labels != IGNORE).any():
                 break
         return sample
@@ -120,7 +121,7 @@ class TrainingData:
         return [(self.train_blocks[i].image, self._block_window(self.train_blocks[i])) for i in sorted(chosen)]
 
     def read(self, image: int, window: Window) -> Sample:
-        """Pixels and labels of ``window`` (square, ``tile_size``; it may run past the image's
+        """Pixels and labels of ``window`` (square; it may run past the image's
         right or bottom edge, which is padded as the tiler pads it and left unlabelled)."""
         pixels, valid = read_tile(self.images[image], Tile(0, window, _WHOLE_TILE_EDGES))
         if valid is None:  # every pixel valid
@@ -138,30 +139,33 @@ class TrainingData:
         start = cell_window((block.row, block.col), self.tile_size, self.labels[block.image].shape)
         return Window(start.col_off, start.row_off, self.tile_size, self.tile_size)
 
-    def _place(self, block: Block, rng: np.random.Generator) -> Window:
-        """A tile-size window overlapping ``block``, inside the image when the image is larger
-        than a tile, touching no held-out block; the block's own window when no random
-        placement found in :data:`PLACEMENT_TRIES` tries does."""
+    def _place(self, block: Block, rng: np.random.Generator, side: int) -> Window:
+        """A window of ``side`` pixels overlapping ``block``, inside the image when the image is
+        larger than it, touching no held-out block; when no random placement found in
+        :data:`PLACEMENT_TRIES` tries does, the block's own window (of ``side`` pixels from its
+        corner when ``side`` is smaller than a tile, else of a tile: no larger window is sure to
+        keep clear of the held-out blocks)."""
         t = self.tile_size
         height, width = self.labels[block.image].shape
         held_out = self._held_out[block.image]
         for _ in range(PLACEMENT_TRIES):
-            row = _offset(block.row, t, height, rng)
-            col = _offset(block.col, t, width, rng)
-            touched = held_out[row // t:(min(row + t, height) - 1) // t + 1,
-                               col // t:(min(col + t, width) - 1) // t + 1]
+            row = _offset(block.row, t, side, height, rng)
+            col = _offset(block.col, t, side, width, rng)
+            touched = held_out[row // t:(min(row + side, height) - 1) // t + 1,
+                               col // t:(min(col + side, width) - 1) // t + 1]
             if not touched.any():
-                return Window(col, row, t, t)
-        return self._block_window(block)
+                return Window(col, row, side, side)
+        corner = self._block_window(block)
+        return Window(corner.col_off, corner.row_off, min(side, t), min(side, t))
 
 
-def _offset(cell: int, tile: int, length: int, rng: np.random.Generator) -> int:
-    """A random start of a ``tile``-long window overlapping cell ``cell`` of an axis of ``length``
-    pixels, inside the axis when it is longer than a tile (else 0)."""
-    if length <= tile:
+def _offset(cell: int, tile: int, side: int, length: int, rng: np.random.Generator) -> int:
+    """A random start of a ``side``-long window overlapping cell ``cell`` (``tile`` long) of an
+    axis of ``length`` pixels, inside the axis when it is longer than the window (else 0)."""
+    if length <= side:
         return 0
-    low = max(0, cell * tile - tile + 1)
-    high = min(length - tile, cell * tile + tile - 1)
+    low = max(0, cell * tile - side + 1)
+    high = min(length - side, cell * tile + tile - 1)
     return int(rng.integers(low, high + 1))
 
 
