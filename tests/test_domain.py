@@ -13,7 +13,7 @@ import rasterio
 from segtile.api import segment
 from segtile.errors import ResolutionWarning
 from segtile.inference.domain import DOMAIN_KEY, domain_note, sample_pixels
-from segtile.models import load_checkpoint, save_checkpoint
+from segtile.models import load_checkpoint
 from segtile.models.builtin import builtin_models
 from segtile.sources import open_source
 from segtile.sources.labels import open_labels
@@ -74,16 +74,10 @@ def test_sixteen_bit_reflectance_given_to_an_eight_bit_model(data_dir, tmp_path,
     assert "band 1" in note and "averages" in note
 
 
-def test_a_fluorescence_model_given_an_h_and_e_slide(data_dir, tmp_path):
-    nuclei = load_checkpoint(builtin_models()["nuclei_psp18"])
-    card = trained_card(data_dir, [("nuclei_img2d.tif", "nuclei_labels_train.tif")], classes=nuclei.card.classes,
-                        sensor="fluorescence microscopy, DAPI-like nuclear stain")
-    model = tmp_path / "nuclei.pt"
-    save_checkpoint(model, nuclei.module, replace(nuclei.card, extra={**nuclei.card.extra,
-                                                                       DOMAIN_KEY: card.extra[DOMAIN_KEY]}))
+def test_the_bundled_fluorescence_model_given_an_h_and_e_slide(data_dir):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        segment(data_dir / "cmu_small_region.svs", model, device="cpu")
+        segment(data_dir / "cmu_small_region.svs", "nuclei_psp18", device="cpu")
     notes = [str(w.message) for w in caught if w.category is ResolutionWarning]
     far = [note for note in notes if "far from the images the model was trained on" in note]
     assert len(far) == 1, notes
@@ -91,13 +85,21 @@ def test_a_fluorescence_model_given_an_h_and_e_slide(data_dir, tmp_path):
     assert "band 1 (red) averages" in far[0]
     with warnings.catch_warnings(record=True) as caught:  # the image it was trained on: silent
         warnings.simplefilter("always")
-        segment(data_dir / "nuclei_img2d.tif", model, device="cpu")
+        segment(data_dir / "nuclei_img2d.tif", "nuclei_psp18", device="cpu")
     assert not [w for w in caught if "far from" in str(w.message)]
+
+
+def test_the_bundled_nuclei_card_records_its_own_training_image(data_dir):
+    """The record added to the nuclei model's card is what `segtile train` writes for its training pair."""
+    nuclei = load_checkpoint(builtin_models()["nuclei_psp18"]).card
+    card = trained_card(data_dir, [("nuclei_img2d.tif", "nuclei_labels_train.tif")], classes=nuclei.classes,
+                        sensor="fluorescence microscopy")
+    assert nuclei.extra[DOMAIN_KEY] == card.extra[DOMAIN_KEY]
 
 
 def test_a_card_without_a_record_is_not_checked(data_dir):
     card = load_checkpoint(builtin_models()["nuclei_psp18"]).card
-    assert DOMAIN_KEY not in card.extra
+    card = replace(card, extra={key: value for key, value in card.extra.items() if key != DOMAIN_KEY})
     with open_source(data_dir / "cmu_small_region.svs", bands=[1]) as slide:
         assert domain_note(slide, card) is None
 
