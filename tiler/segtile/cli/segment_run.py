@@ -61,15 +61,15 @@ def run_segment(args: argparse.Namespace) -> None:
         elif args.gpus or args.workers:
             stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
         say(f"model: {model.path} ({model.origin})")
-        if not many:  # one input: a single run, whose error is the command's
-            result = run_or_skip(items[0], run, skip_finished=False)
-            if result.exception is not None:
-                raise result.exception
-            return
-        results = _run_cohort(items, run, args)
+        # one input: a single run, whose error is the command's
+        results = _run_cohort(items, run, args) if many else [run_or_skip(items[0], run, skip_finished=False)]
     if args.summary:
-        write_summary(args.summary, sorted(results, key=lambda r: [i.input for i in items].index(r.input)))
-    _report(results, args.summary, say)
+        order = [item.input for item in items]
+        write_summary(args.summary, sorted(results, key=lambda result: order.index(result.input)))
+    if not many and results[0].exception is not None:
+        raise results[0].exception
+    if many:
+        _report(results, args.summary, say)
 
 
 def segment_settings(args: argparse.Namespace) -> dict[str, Any]:
