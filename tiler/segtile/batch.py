@@ -292,6 +292,7 @@ class RunSettings:
         resume: continue each item from the work store an interrupted run left beside its first output.
         progress: ``"bar"``, ``"json"`` or ``"none"``, for each item's stages.
         leave_bars: keep each item's bars on the screen once complete (a single run's).
+        named: begin each line said about an item with its input (several items).
         say: prints a line for the user (a note, the model); by default nothing.
     """
 
@@ -302,6 +303,7 @@ class RunSettings:
     resume: bool = False
     progress: str = "none"
     leave_bars: bool = True
+    named: bool = False
     say: Callable[[str], None] = lambda line: None
 
 
@@ -321,7 +323,7 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
 
     def say(line: str) -> None:
         notes.append(line)
-        run.say(line)
+        run.say(f"{item.input}: {line}" if run.named else line)
 
     options = run.options
     image = open_source(item.input)  # an input it cannot read is the error to give, before the outputs'

@@ -54,7 +54,7 @@ def run_segment(args: argparse.Namespace) -> None:
     say = _printer(quiet=args.quiet, many=many)
     run = RunSettings(model=model.path, settings=segment_settings(args), options=options, overwrite=args.overwrite,
                       resume=args.resume, progress="none" if args.quiet else args.progress, leave_bars=not many,
-                      say=say)
+                      named=many, say=say)
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
