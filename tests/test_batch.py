@@ -21,6 +21,7 @@ from segtile.batch import expand_inputs, fill_template, plan_items
 from segtile.cli import main
 from segtile.errors import BatchError
 from segtile.models import ModelCard, save_torchscript
+from tests.test_resume import SlowPointwise
 
 CROPS = {"north": Window(0, 0, 160, 120), "south": Window(200, 240, 150, 130), "east": Window(320, 40, 160, 110)}
 
@@ -194,23 +195,9 @@ def test_items_spread_over_cluster_workers_give_the_local_labels(tmp_path, tiles
         assert np.array_equal(labels(local / f"{name}.tif"), labels(spread / f"{name}.tif"))
 
 
-class SlowPointwise(torch.nn.Module):
-    """A 1x1 convolution made slow by many exact no-op steps: slow enough to be killed part way."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(60):
-            x = torch.sqrt(x * x + 1.0) - 1.0 + x - torch.sqrt(x * x + 1.0) + 1.0
-        return self.conv(x)
-
-
 def test_an_interrupted_cohort_resumes_each_item_from_its_own_work(tmp_path, tiles, data_dir, capsys):
     slow = tmp_path / "slow.pt"
-    save_torchscript(slow, torch.jit.script(SlowPointwise()),
+    save_torchscript(slow, torch.jit.script(SlowPointwise(steps=60)),
                      ModelCard(classes=("water", "land", "cloud"), tile_size=64, overlap=16))
     with rasterio.open(data_dir / "bahamas_rgb.tif") as source:
         window = Window(100, 100, 256, 256)
