@@ -125,6 +125,9 @@ def test_several_inputs_and_an_output_without_placeholder_stop_before_any_work(t
     assert len(err.strip().splitlines()) == 1
     assert run(tiles, "--model", model, "-o", out / "{shape}.tif") == 2
     assert "unknown placeholder {shape}" in capsys.readouterr().err
+    assert run(tiles, "--model", model, "-o", out / "{stem}.tif", "--co", "BLOCKSIZE=abc") == 2  # not once per item
+    err = capsys.readouterr().err
+    assert "BLOCKSIZE" in err and len(err.strip().splitlines()) == 1
     assert list(out.iterdir()) == []
 
 

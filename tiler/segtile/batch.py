@@ -52,7 +52,7 @@ from segtile.store.identity import Work, claim_work_folder, prepare_work, run_id
 from segtile.store.staging import write_outputs
 from segtile.store.workstore import is_work_store
 from segtile.writers.atomic import recover_leftovers
-from segtile.writers.geotiff import probabilities_path_for
+from segtile.writers.geotiff import check_creation_options, probabilities_path_for
 from segtile.writers.outputs import WriteOptions, output_kind, placement_notes, plan_outputs, probability_precision
 
 IMAGE_SUFFIXES = frozenset({
@@ -226,7 +226,7 @@ def fill_template(template: str, input: str, index: int) -> str:
 
 
 def plan_items(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.PathLike],
-               many: bool | None = None) -> list[Item]:
+               many: bool | None = None, options: WriteOptions = WriteOptions()) -> list[Item]:
     """The items of a run over ``inputs`` (expanded) writing ``outputs`` (templates), checked
     before any work. ``many``: whether the run is a cohort (by default: :func:`names_many`).
     A file the run writes is never one of its inputs (a folder holding the masks of an earlier run).
@@ -234,10 +234,16 @@ def plan_items(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.P
     Raises:
         BatchError: see :func:`expand_inputs` and :func:`check_templates`; two inputs that would
             write the same output.
+        OutputError: an output's extension names no format segtile writes.
+        CreationOptionError: a GeoTIFF creation option GDAL refuses.
     """
     many = names_many(inputs) if many is None else many
     templates = [os.fspath(output) for output in outputs]
     check_templates(templates, many)
+    for template in templates:  # what every item would refuse alike, before the first
+        output_kind(template, slide=True)
+    if options.creation_options:
+        check_creation_options(dict(options.creation_options))
     expanded = expand_inputs(inputs)
     written = {_absolute(fill_template(t, path, i)) for i, path in enumerate(expanded, 1) for t in templates}
     if len(expanded) > 1:
@@ -262,12 +268,13 @@ def _absolute(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
-def finished(item: Item, probabilities: bool = False) -> bool:
+def finished(item: Item, probabilities: bool = False, say: Callable[[str], None] = lambda line: None) -> bool:
     """Whether every output of ``item`` is in place, complete (outputs appear only when
-    complete: what an interrupted commit left is finished or undone first), and no work store
-    of an interrupted run is left beside them."""
+    complete: what an interrupted commit left is finished or undone first, each note on that
+    given to ``say``), and no work store of an interrupted run is left beside them."""
     for output in item.outputs:
-        recover_leftovers(output)
+        for note in recover_leftovers(output):
+            say(f"note: {note}")
     for output in item.outputs:
         needed = [Path(output)]
         if probabilities and output_kind(output).separate_probabilities:
@@ -469,13 +476,12 @@ def segment_many(
         BatchError: inputs or outputs that cannot make a run (before any item runs).
         ModelNotFoundError, CheckpointError: no such model.
     """
-    items = plan_items(inputs, outputs)
-    run = RunSettings(model=choose_model(model).path, settings=settings,
-                      options=WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
-                                           skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
-                                           creation_options=tuple((creation_options or {}).items()),
-                                           zarr_format=zarr_format),
-                      overwrite=overwrite, resume=resume, progress=progress, say=say or (lambda line: None))
+    options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
+                           skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
+                           creation_options=tuple((creation_options or {}).items()), zarr_format=zarr_format)
+    items = plan_items(inputs, outputs, options=options)
+    run = RunSettings(model=choose_model(model).path, settings=settings, options=options, overwrite=overwrite,
+                      resume=resume, progress=progress, say=say or (lambda line: None))
     yield from run_items(items, run, skip_finished=skip_finished)
 
 
@@ -496,7 +502,8 @@ def run_or_skip(item: Item, run: RunSettings, skip_finished: bool = True) -> Ite
     ``failed`` result with its one-line reason (an interruption is raised)."""
     started = time.perf_counter()
     try:
-        if skip_finished and not run.overwrite and finished(item, run.options.probabilities):
+        say = (lambda line: run.say(f"{item.input}: {line}")) if run.named else run.say
+        if skip_finished and not run.overwrite and finished(item, run.options.probabilities, say):
             return ItemResult(item.input, "skipped", outputs=item.outputs, seconds=time.perf_counter() - started)
         return run_item(item, run)
     except Exception as exc:  # a damaged item fails alone, whatever failed
@@ -529,8 +536,7 @@ def _on_workers(items: Sequence[Item], run: RunSettings, skip_finished: bool,
         running.add(client.submit(_run_on_worker, queue.pop(), on_worker, skip_finished, workers=[worker],
                                   allow_other_workers=False, pure=False))
     for future in running:
-        worker = future.result()[0]
-        result = future.result()[1]
+        worker, result = future.result()
         for note in result.notes:
             run.say(f"{result.input}: {note}")
         if queue:

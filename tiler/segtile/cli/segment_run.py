@@ -47,7 +47,7 @@ def run_segment(args: argparse.Namespace) -> None:
     gpus = parse_gpus(args.gpus) if args.gpus else "none"
     check_device(args.device, args.precision, here=not on_cluster)
     many = names_many(args.input)
-    items = plan_items(args.input, args.out, many)
+    items = plan_items(args.input, args.out, many, options)
     if args.summary:
         check_summary_path(args.summary, args.overwrite)
     model = choose_model(args.model)
