@@ -17,6 +17,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "segtile.api": ("segment",),
     "segtile.batch": ("segment_many", "ItemResult"),
     "segtile.result": ("Segmentation",),
-    "segtile.sources": ("open_source",),
+    "segtile.sources": ("open_source", "open_mosaic"),
     "segtile.errors": ("SegtileError", "SegmentError", "ResolutionWarning"),
 })

@@ -7,6 +7,7 @@ from segtile.errors import SourceError
 from segtile.lazy import lazy_exports
 from segtile.sources.base import Source
 from segtile.sources.memory import MemorySource
+from segtile.sources.mosaic import MosaicSource, open_mosaic
 from segtile.sources.open import open_source
 from segtile.sources.openslide import OpenSlideSource
 from segtile.sources.raster import RasterSource
@@ -19,5 +20,6 @@ __getattr__, _ON_THE_WORKING_GRID = lazy_exports(__name__, {
     "segtile.sources.labels": ("LabelSource", "open_labels", "open_area"),
 })
 
-__all__ = ["MemorySource", "OpenSlideSource", "RasterSource", "SlideSource", "Source", "SourceError", "open_source",
+__all__ = ["MemorySource", "MosaicSource", "OpenSlideSource", "RasterSource", "SlideSource", "Source", "SourceError",
+           "open_mosaic", "open_source",
            *_ON_THE_WORKING_GRID]

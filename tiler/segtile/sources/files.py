@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from urllib.parse import urlparse
 
 import numpy as np
 import rasterio
@@ -13,6 +14,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from segtile.errors import SourceError, root_cause_line
 from segtile.errors import refuse_sequential
+from segtile.sources.remote import RemoteFile, is_url
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeys
@@ -37,9 +39,10 @@ def is_remote(path: str) -> bool:
 
 def is_connection_string(path: str) -> bool:
     """Whether ``path`` names no local file but a dataset inside one in a GDAL driver's syntax
-    (``NETCDF:"f.nc":var``, the subdataset names ``gdalinfo`` lists): GDAL resolves it, so no
-    local checks."""
-    return not os.path.exists(path) and _CONNECTION_STRING.match(path) is not None
+    (``NETCDF:"f.nc":var``, the subdataset names ``gdalinfo`` lists), or describes one in XML
+    given in place of a path (a VRT's, or a mosaic's tile index: :mod:`segtile.sources.mosaic`):
+    GDAL resolves it, so no local checks."""
+    return not os.path.exists(path) and (_CONNECTION_STRING.match(path) is not None or path.startswith("<"))
 
 
 def check_local_file(path: str) -> None:
@@ -64,13 +67,15 @@ def is_tiff(path: str) -> bool:
 def is_slide(path: str) -> bool:
     """Whether ``path`` is a whole-slide / microscopy TIFF (read with tifffile, not GDAL).
 
-    Known suffixes decide at once; other TIFFs are slides when tifffile recognises an Aperio,
+    Known suffixes decide at once (for a URL, the only test:
+    its bytes are not fetched to guess); other TIFFs are slides when tifffile recognises an Aperio,
     Hamamatsu, OME, Leica or Ventana layout in their first page, or when they are no GeoTIFF but
     a pyramid or an image whose resolution tags give a microscope's pixel size
     (:func:`tagged_pixel_size`), and GDAL finds no georeference for them either (RPCs in their
     tags or an ``.RPB`` beside them, a world file, a ``.aux.xml``).
     """
-    if path.lower().endswith(SLIDE_SUFFIXES):
+    name = urlparse(path).path if is_url(path) else path
+    if name.lower().endswith(SLIDE_SUFFIXES):
         return True
     if not is_tiff(path):
         return False
@@ -123,9 +128,12 @@ def tagged_pixel_size(page: tifffile.TiffPage) -> tuple[float | None, str | None
 
 
 def open_tiff(path: str) -> tifffile.TiffFile:
-    """``tifffile.TiffFile(path)``, its failures turned into :class:`SourceError`."""
+    """``tifffile.TiffFile(path)`` (a URL: through fsspec, by byte ranges), its failures turned
+    into :class:`SourceError`."""
     try:
-        return tifffile.TiffFile(path)
+        return tifffile.TiffFile(RemoteFile(path) if is_url(path) else path)
+    except SourceError:
+        raise
     except Exception as exc:  # tifffile raises many kinds (TiffFileError, IndexError...) on bad bytes
         raise SourceError(f"cannot open {path} as a TIFF: {root_cause_line(exc)}") from None
 
@@ -150,7 +158,7 @@ def check_tiff_complete(tif: tifffile.TiffFile, path: str, structure: bool = Tru
     parse (a damaged description, tile tables that disagree) is an error too with
     ``structure``; without, it is left for another reader (GDAL) to judge.
     """
-    size = os.path.getsize(path)
+    size = tif.filehandle.size
     try:
         pages = [page for series in tif.series for level in series.levels for page in level.pages]
     except Exception as exc:  # tifffile parses the series lazily: a damaged description fails here

@@ -31,6 +31,7 @@ from segtile.sources.files import (
     is_tiff,
 )
 from segtile.sources.handles import PerThreadHandles
+from segtile.sources.remote import check_range_requests, is_url
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 # GDAL's block cache defaults to 5% of the machine's memory, and fills with decoded blocks as a
@@ -46,7 +47,8 @@ class RasterSource(Source):
     """A raster file read with rasterio, one window at a time, never whole.
 
     Args:
-        path: anything ``rasterio.open`` takes (a file, a VRT, ``/vsicurl/...``).
+        path: anything ``rasterio.open`` takes (a file, a VRT, ``/vsicurl/...``, a URL
+            ``https://``, ``s3://``, ``gs://``, ``az://`` read by byte ranges: :mod:`segtile.sources.remote`).
         bands: 1-based indices among the image bands (an alpha band is not one), order kept;
             ``None`` reads every image band.
 
@@ -67,6 +69,8 @@ class RasterSource(Source):
         self.files = () if resolved_by_gdal else (self.path,)
         if not resolved_by_gdal:
             check_local_file(self.path)
+        if is_url(self.path):
+            check_range_requests(self.path)
         if is_tiff(self.path):
             check_tiff_file_complete(self.path)
         with _open_dataset(self.path, 0) as dataset, _reading_metadata(self.path):

@@ -20,6 +20,7 @@ from segtile.georef import Georef
 from segtile.sources.base import Source
 from segtile.sources.files import check_local_file, check_tiff_complete, open_tiff, tagged_pixel_size
 from segtile.sources.handles import PerThreadHandles
+from segtile.sources.remote import check_range_requests, is_url
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 BAND_AXES = ("S", "C")  # samples of a pixel (RGB) or channels stored as planes (fluorescence)
@@ -33,7 +34,9 @@ class SlideSource(Source):
     """The first image series of a TIFF, pyramid included, read tile by tile with tifffile.
 
     Args:
-        path: a local TIFF file (SVS, NDPI, OME-TIFF, SCN, BIF or any pyramidal TIFF).
+        path: a TIFF file (SVS, NDPI, OME-TIFF, SCN, BIF or any pyramidal TIFF), local or a URL
+            (``https://``, ``s3://``, ``gs://``, ``az://``: read through fsspec by byte ranges,
+            :mod:`segtile.sources.remote`).
         bands: 1-based indices among the samples (RGB: 1 red, 2 green, 3 blue) or OME
             channels, order kept; ``None`` reads them all.
 
@@ -54,10 +57,14 @@ class SlideSource(Source):
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None) -> None:
         self.path = os.fspath(path)
-        self.files = (self.path,)
-        check_local_file(self.path)
-        if os.path.isdir(self.path):
-            raise SourceError(f"input is a directory, not a slide file: {self.path}")
+        remote = is_url(self.path)
+        self.files = () if remote else (self.path,)
+        if remote:
+            check_range_requests(self.path)
+        else:
+            check_local_file(self.path)
+            if os.path.isdir(self.path):
+                raise SourceError(f"input is a directory, not a slide file: {self.path}")
         with open_tiff(self.path) as tif:
             check_tiff_complete(tif, self.path)
             if not tif.series:

@@ -30,8 +30,16 @@ rewritten or replaced, even with its size and modification time kept (``cp -p``,
 change confined to unsampled bytes on a file system that keeps no change time or inode (FAT,
 some network mounts), or one made while the system clock was set back to the same nanosecond;
 it sees a change where there is none after ``chmod``, ``chown`` or a move (resume then starts
-afresh). A folder input is fingerprinted by the size and times of every file in it; a remote
-input or a GDAL virtual path (``/vsicurl/``, ``/vsizip/``, ``s3://``) by its address only.
+afresh). A folder input is fingerprinted by the size and times of every file in it.
+
+**A remote input** (``https://``, ``s3://``, ``gs://``, ``az://``, or GDAL's ``/vsicurl/``,
+``/vsis3/``, ``/vsigs/``, ``/vsiaz/`` paths of them) is fingerprinted by what its server says of
+it (fsspec's ``info``: a HEAD request, or the object store's metadata): its size, its ``ETag``
+(which object stores and most web servers change with the content: S3's is the MD5 of the bytes
+or of their parts) and its ``Last-Modified`` time. A server that gives no ETag (Python's
+``http.server``, some CDNs) has its file's bytes sampled as a local file's are, by range
+requests (about 2 MiB fetched). Other GDAL virtual paths (``/vsizip/``, ``/vsitar/``) and servers
+that cannot be asked are identified by their address alone.
 Options that change only rounding (batch size, device, stitching on the device) or only memory
 (stripe width, memory limit) are left out: a run killed for want of memory can resume with a
 smaller batch.
@@ -42,14 +50,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from segtile.errors import NotAWorkStoreError, OutputError, WorkStoreBusyError
 from segtile.sources.files import is_remote
+from segtile.sources.remote import RemoteFile, is_url, remote_info, url_of_vsi_path
 from segtile.store.workstore import DONE, OWNER, WorkStore, is_work_store
 from segtile.version import version
 from segtile.writers.atomic import write_failure
@@ -226,7 +235,7 @@ def model_data_files(model: str | os.PathLike) -> list[str]:
 def fingerprint(path: str) -> dict[str, Any]:
     """A cheap identification of the content of the input file ``path`` (see the module docstring)."""
     if is_remote(path):
-        return {"path": path}
+        return remote_fingerprint(path)
     try:
         stat = os.stat(path)
     except OSError:
@@ -240,11 +249,29 @@ def fingerprint(path: str) -> dict[str, Any]:
     return record
 
 
-def sampled_digest(path: str | os.PathLike, size: int) -> str:
+def remote_fingerprint(path: str) -> dict[str, Any]:
+    """The identification of a remote input (a URL, or the GDAL path of one): what its server
+    says of it (size, ``ETag``, ``Last-Modified``), and, where the server gives no ETag, the
+    sampled SHA-256 of :func:`sampled_digest` read by range requests. Other GDAL virtual paths
+    (``/vsizip/``...) and servers that cannot be asked are identified by their address alone."""
+    url = path if is_url(path) else url_of_vsi_path(path)
+    if url is None:
+        return {"path": path}
+    try:
+        record = {"path": path, **remote_info(url)}
+        if "etag" not in record and record.get("size"):
+            record["sampled_sha256"] = sampled_digest(url, record["size"], opener=lambda _: RemoteFile(url).open())
+    except Exception:  # unreachable, or no fsspec file system for it: the run's own open reports why
+        return {"path": path}
+    return record
+
+
+def sampled_digest(path: str | os.PathLike, size: int, opener: Callable[[Any], IO[bytes]] | None = None) -> str:
     """The SHA-256 of ``path``'s first and last :data:`SAMPLE` bytes and of :data:`SAMPLES`
-    blocks spread evenly between them (of the whole file, when that is not more)."""
+    blocks spread evenly between them (of the whole file, when that is not more); ``opener``
+    opens ``path`` for reading in binary (a remote file's: by byte ranges)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with (opener or _open_binary)(path) as file:
         if size <= SAMPLE * (SAMPLES + 2):
             offsets = [0]
             length = size
@@ -255,6 +282,10 @@ def sampled_digest(path: str | os.PathLike, size: int) -> str:
             file.seek(offset)
             digest.update(file.read(length))
     return digest.hexdigest()
+
+
+def _open_binary(path: str | os.PathLike) -> IO[bytes]:
+    return open(path, "rb")
 
 
 def _folder_digest(folder: Path) -> str:
