@@ -228,3 +228,25 @@ def test_an_interrupted_cohort_resumes_each_item_from_its_own_work(tmp_path, til
     assert np.array_equal(labels(out / "wide.tif"), labels(tmp_path / "wide.tif"))
     all_tiles = json.loads((tmp_path / "whole.json").read_text())[0]["tiles"]
     assert 0 < rows[1]["tiles"] < all_tiles  # the chunks done before the crash were not run again
+
+
+def test_a_mosaic_of_the_tiles_of_a_scene_is_segmented_as_the_scene(tmp_path, data_dir, model, capsys):
+    scene = data_dir / "bahamas_rgb.tif"
+    quarters = tmp_path / "quarters"
+    quarters.mkdir()
+    with rasterio.open(scene) as source:
+        half_w, half_h = source.width // 2, source.height // 2
+        for name, window in {"nw": Window(0, 0, half_w, half_h), "ne": Window(half_w, 0, source.width - half_w, half_h),
+                             "sw": Window(0, half_h, half_w, source.height - half_h),
+                             "se": Window(half_w, half_h, source.width - half_w, source.height - half_h)}.items():
+            profile = {**source.profile, "width": window.width, "height": window.height,
+                       "transform": source.window_transform(window)}
+            with rasterio.open(quarters / f"{name}.tif", "w", **profile) as quarter:
+                quarter.write(source.read(window=window))
+    assert run(quarters, "--mosaic", "--model", model, "-o", tmp_path / "mosaic.tif", "--quiet") == 0
+    assert run(scene, "--model", model, "-o", tmp_path / "scene.tif", "--quiet") == 0
+    with rasterio.open(tmp_path / "mosaic.tif") as mosaic, rasterio.open(tmp_path / "scene.tif") as whole:
+        assert (mosaic.crs, mosaic.transform, mosaic.shape) == (whole.crs, whole.transform, whole.shape)
+        assert np.array_equal(mosaic.read(1), whole.read(1))
+    assert run(quarters, "--mosaic", "--model", model, "-o", tmp_path / "{stem}.tif") == 2
+    assert "a mosaic is one image: its outputs take no placeholder" in capsys.readouterr().err

@@ -46,7 +46,7 @@ from segtile.engine.progress import Progress, TileTally
 from segtile.errors import BatchError, ModelError, OutputError, SegtileError, one_line
 from segtile.models.builtin import choose_model
 from segtile.result import Segmentation
-from segtile.sources import open_source
+from segtile.sources import Source, open_mosaic, open_source
 from segtile.sources.files import is_remote
 from segtile.store.identity import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.store.staging import write_outputs
@@ -78,11 +78,22 @@ SUMMARY_FIELDS = ("input", "status", "error", "tiles", "seconds", "outputs")
 
 @dataclass(frozen=True)
 class Item:
-    """One input of a cohort and the outputs it writes (templates filled)."""
+    """One input of a cohort and the outputs it writes (templates filled); or a mosaic of
+    ``parts``, the inputs read as one image (``input`` then names them all, ``;``-separated)."""
 
     input: str
     outputs: tuple[str, ...]
     index: int
+    parts: tuple[str, ...] = ()
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The inputs the item reads: no output may replace them, and its work store is theirs."""
+        return self.parts or (self.input,)
+
+    def open(self) -> Source:
+        """The item's image: its input, or the mosaic of its parts."""
+        return open_mosaic(self.parts) if self.parts else open_source(self.input)
 
 
 @dataclass(frozen=True)
@@ -240,10 +251,7 @@ def plan_items(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.P
     many = names_many(inputs) if many is None else many
     templates = [os.fspath(output) for output in outputs]
     check_templates(templates, many)
-    for template in templates:  # what every item would refuse alike, before the first
-        output_kind(template, slide=True)
-    if options.creation_options:
-        check_creation_options(dict(options.creation_options))
+    _check_alike_for_all(templates, options)
     expanded = expand_inputs(inputs)
     written = {_absolute(fill_template(t, path, i)) for i, path in enumerate(expanded, 1) for t in templates}
     if len(expanded) > 1:
@@ -251,6 +259,32 @@ def plan_items(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.P
     items = [Item(path, tuple(fill_template(t, path, i) for t in templates), i) for i, path in enumerate(expanded, 1)]
     _check_distinct(items)
     return items
+
+
+def plan_mosaic(inputs: Sequence[str | os.PathLike], outputs: Sequence[str | os.PathLike],
+                options: WriteOptions = WriteOptions()) -> Item:
+    """The one item of a run reading every input of ``inputs`` (expanded) as one mosaic
+    (:func:`segtile.sources.open_mosaic`, the last input on top), writing ``outputs``.
+
+    Raises:
+        BatchError: see :func:`expand_inputs`; an output with a placeholder (a mosaic is one image).
+    """
+    for output in outputs:
+        if _fields(os.fspath(output)):
+            raise BatchError(f"a mosaic is one image: its outputs take no placeholder, not {os.fspath(output)}")
+    paths = [os.fspath(output) for output in outputs]
+    _check_alike_for_all(paths, options)
+    parts = tuple(expand_inputs(inputs))
+    return Item(";".join(parts), tuple(paths), 1, parts)
+
+
+def _check_alike_for_all(outputs: Sequence[str], options: WriteOptions) -> None:
+    """Raise what every item would refuse alike, before the first: an output's unknown extension
+    (:class:`OutputError`), a GeoTIFF creation option GDAL refuses (:class:`CreationOptionError`)."""
+    for output in outputs:
+        output_kind(output, slide=True)
+    if options.creation_options:
+        check_creation_options(dict(options.creation_options))
 
 
 def _check_distinct(items: Sequence[Item]) -> None:
@@ -333,10 +367,10 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
         run.say(f"{item.input}: {line}" if run.named else line)
 
     options = run.options
-    image = open_source(item.input)  # an input it cannot read is the error to give, before the outputs'
+    image = item.open()  # an input it cannot read is the error to give, before the outputs'
     with ExitStack() as stack:
         stack.callback(image.close)
-        protected = [item.input, run.model, *([run.settings["mask"]] if run.settings.get("mask") else [])]
+        protected = [*item.reads, run.model, *([run.settings["mask"]] if run.settings.get("mask") else [])]
         for path in item.outputs:  # what a run that died left in the way, before the outputs are checked
             for note in recover_leftovers(path):
                 say(f"note: {note}")
@@ -355,7 +389,7 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
         progress = Progress(run.progress, [("inference", INFERENCE_SHARE),
                                            *((f"writing {p.path.name}", writing) for p in planned)],
                             leave=run.leave_bars)
-        identity = run_identity(result, item.input, run.model, precision, run.settings)
+        identity = run_identity(result, item.reads, run.model, precision, run.settings)
         work = prepare_work(folder, result, identity, precision, run.resume)
         if work.note:
             say(f"note: {work.note}")
@@ -445,6 +479,7 @@ def segment_many(
     qupath_objects: str = "annotation",
     creation_options: dict[str, str] | None = None,
     zarr_format: int = 3,
+    mosaic: bool = False,
     progress: str = "none",
     say: Callable[[str], None] | None = None,
     **settings: Any,
@@ -468,6 +503,8 @@ def segment_many(
             an item fails with the output that exists, as a single run does.
         probabilities, simplify, min_area, skip_classes, qupath_objects, creation_options,
             zarr_format: what the outputs hold, as for :meth:`Segmentation.write`.
+        mosaic: read every input as one image (:func:`segtile.sources.open_mosaic`, the last on
+            top): one item, whose outputs take no placeholder.
         progress: ``"bar"``, ``"json"`` or ``"none"``: each item's tiles and writing on stderr.
         say: called with each note on an item (the grid chosen, a resumed work store).
         settings: the keyword arguments of :func:`segtile.segment` (``tile_size``, ``device``...).
@@ -479,7 +516,7 @@ def segment_many(
     options = WriteOptions(probabilities=probabilities, simplify=simplify, min_area=min_area,
                            skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
                            creation_options=tuple((creation_options or {}).items()), zarr_format=zarr_format)
-    items = plan_items(inputs, outputs, options=options)
+    items = [plan_mosaic(inputs, outputs, options)] if mosaic else plan_items(inputs, outputs, options=options)
     run = RunSettings(model=choose_model(model).path, settings=settings, options=options, overwrite=overwrite,
                       resume=resume, progress=progress, say=say or (lambda line: None))
     yield from run_items(items, run, skip_finished=skip_finished)

@@ -119,6 +119,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that already exist (with several inputs: run the items whose "
                         "outputs all exist, which are otherwise skipped)")
+    parser.add_argument("--mosaic", action="store_true",
+                        help="read every input as one image, a mosaic on the first input's grid (others warped "
+                        "onto it; the last input on top where they overlap): one set of outputs, no placeholder")
     parser.add_argument("--summary", metavar="FILE.csv|FILE.json",
                         help="write one row per input: input, status (done, skipped, failed), error, tiles, "
                         "seconds, outputs")

@@ -21,6 +21,7 @@ from segtile.batch import (
     check_summary_path,
     names_many,
     plan_items,
+    plan_mosaic,
     run_items,
     run_or_skip,
     write_summary,
@@ -46,8 +47,11 @@ def run_segment(args: argparse.Namespace) -> None:
     on_cluster = bool(args.scheduler or args.gpus or args.workers)
     gpus = parse_gpus(args.gpus) if args.gpus else "none"
     check_device(args.device, args.precision, here=not on_cluster)
-    many = names_many(args.input)
-    items = plan_items(args.input, args.out, many, options)
+    many = names_many(args.input) and not args.mosaic  # a mosaic is one image: a single run
+    if args.mosaic:
+        items = [plan_mosaic(args.input, args.out, options)]
+    else:
+        items = plan_items(args.input, args.out, many, options)
     if args.summary:
         check_summary_path(args.summary, args.overwrite)
     model = choose_model(args.model)
