@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+from distributed import Client, as_completed
 
 from segtile.api import segment
 from segtile.batch.items import Item, finished, plan_items, plan_mosaic
@@ -264,9 +265,8 @@ def run_items(items: Sequence[Item], run: RunSettings, skip_finished: bool = Tru
     """:func:`segment_many` over items already planned: one after another, or on the workers of
     the current ``dask.distributed`` client, several at once."""
     client = current_client()
-    workers = list(client.nthreads()) if client is not None else []
-    if len(workers) > 1 and len(items) > 1:
-        yield from _on_workers(items, run, skip_finished, workers)
+    if client is not None and len(client.nthreads()) > 1 and len(items) > 1:
+        yield from _on_workers(client, items, run, skip_finished)
         return
     for item in items:
         yield run_or_skip(item, run, skip_finished)
@@ -296,27 +296,26 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(exc)}{notes}"
 
 
-def _on_workers(items: Sequence[Item], run: RunSettings, skip_finished: bool,
-                workers: list[str]) -> Iterator[ItemResult]:
-    """Run ``items`` on the ``workers`` of the current client, one item per worker at a time,
+def _on_workers(client: Client, items: Sequence[Item], run: RunSettings, skip_finished: bool) -> Iterator[ItemResult]:
+    """Run ``items`` on the workers of ``client``, one item per worker at a time,
     each on its worker's own threads (its memory bounded as a single run's, its model loaded
     once per worker); yield each result as it ends, after saying its notes here."""
-    from distributed import as_completed
-
-    client = current_client()
     on_worker = replace(run, progress="none", say=lambda line: None)  # notes come back with the result
     queue = list(reversed(items))
     running = as_completed()
-    for worker in workers[:len(items)]:
+
+    def next_item_on(worker: str) -> None:
         running.add(client.submit(_run_on_worker, queue.pop(), on_worker, skip_finished, workers=[worker],
                                   allow_other_workers=False, pure=False))
+
+    for worker in list(client.nthreads())[:len(items)]:
+        next_item_on(worker)
     for future in running:
         worker, result = future.result()
         for note in result.notes:
             run.say(f"{result.input}: {note}")
         if queue:
-            running.add(client.submit(_run_on_worker, queue.pop(), on_worker, skip_finished, workers=[worker],
-                                      allow_other_workers=False, pure=False))
+            next_item_on(worker)
         yield result
 
 
