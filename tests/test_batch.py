@@ -91,9 +91,10 @@ def test_a_folder_with_a_damaged_file_writes_the_others_and_says_why_in_the_summ
 def test_a_rerun_skips_the_finished_items_and_runs_the_rest(tmp_path, tiles, model, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    assert run(tiles / "north.tif", "--model", model, "-o", out / "{stem}.tif") == 0
+    summary = tmp_path / "again.json"
+    assert run(tiles / "north.tif", "--model", model, "-o", out / "{stem}.tif", "--summary", summary) == 0
     finished = (out / "north.tif").stat().st_mtime_ns
-    capsys.readouterr()
+    capsys.readouterr()  # and the same command again replaces its summary
     assert run(tiles, "--model", model, "-o", out / "{stem}.tif", "--summary", tmp_path / "again.json") == 0
     rows = {Path(r["input"]).name: r for r in json.loads((tmp_path / "again.json").read_text())}
     assert {name: row["status"] for name, row in rows.items()} == {
@@ -125,6 +126,10 @@ def test_several_inputs_and_an_output_without_placeholder_stop_before_any_work(t
     assert len(err.strip().splitlines()) == 1
     assert run(tiles, "--model", model, "-o", out / "{shape}.tif") == 2
     assert "unknown placeholder {shape}" in capsys.readouterr().err
+    (tmp_path / "table.csv").write_text("a,b\n1,2\n")
+    assert run(tiles, "--model", model, "-o", out / "{stem}.tif", "--summary", tmp_path / "table.csv") == 2
+    assert "table.csv exists and is no summary of segtile's" in capsys.readouterr().err
+    assert (tmp_path / "table.csv").read_text() == "a,b\n1,2\n"
     assert run(tiles, "--model", model, "-o", out / "{stem}.tif", "--co", "BLOCKSIZE=abc") == 2  # not once per item
     err = capsys.readouterr().err
     assert "BLOCKSIZE" in err and len(err.strip().splitlines()) == 1
