@@ -8,9 +8,8 @@ is built on it, for one input as for many.
 **Inputs** (:func:`expand_inputs`): paths; folders (every file in them whose extension names an
 image segtile reads, :data:`IMAGE_SUFFIXES`, hidden files left out); globs segtile expands
 itself (``"slides/*.svs"``, ``"**"`` recursing); ``@list.txt``, a file naming one input per line
-(blank lines and ``#`` comments skipped; relative paths are relative to the current folder, as
-GDAL's ``--optfile`` reads them). Remote inputs (``https://``, ``s3://``, ``/vsicurl/...``) are
-passed on untouched.
+(blank lines and ``#`` comments skipped; relative paths from the current folder). Remote inputs
+(``https://``, ``s3://``, ``/vsicurl/...``) are passed on untouched.
 
 **Outputs**: with several inputs each output path is a template whose placeholders
 (:data:`PLACEHOLDERS`: ``{stem}``, ``{name}``, ``{parent}``, ``{index}``) are filled per input,

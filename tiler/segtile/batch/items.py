@@ -8,7 +8,7 @@ import glob
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from string import Formatter
 from urllib.parse import urlsplit
 
@@ -157,14 +157,18 @@ def _fields(template: str) -> list[str]:
     return fields
 
 
-def fill_template(template: str, input: str, index: int) -> str:
-    """``template`` with its placeholders filled for ``input``, the ``index``-th (from 1)."""
-    path = PurePosixPath(urlsplit(input).path) if is_remote(input) and "://" in input else Path(input)
+def fill_template(template: str, input_path: str, index: int) -> str:
+    """``template`` with its placeholders filled for ``input_path``, the ``index``-th (from 1);
+    a URL's name and folder are those of its path."""
+    if is_remote(input_path):
+        path: PurePath = PurePosixPath(urlsplit(input_path).path if "://" in input_path else input_path)
+        parent = path.parent.name
+    else:
+        path = Path(input_path)
+        parent = Path(os.path.abspath(input_path)).parent.name
     name = path.name
-    lower = name.lower()
-    double = next((s for s in DOUBLE_SUFFIXES if lower.endswith(s)), None)
+    double = next((suffix for suffix in DOUBLE_SUFFIXES if name.lower().endswith(suffix)), None)
     stem = name[: -len(double)] if double else path.stem
-    parent = Path(os.path.abspath(input)).parent.name if not is_remote(input) else path.parent.name
     try:
         return template.format(stem=stem, name=name, parent=parent, index=index)
     except (ValueError, TypeError) as exc:

@@ -54,10 +54,9 @@ class ItemResult:
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
-        """The item's row in a summary (:data:`SUMMARY_FIELDS`)."""
+        """The item's row in a summary (:data:`segtile.batch.summary.SUMMARY_FIELDS`)."""
         return {"input": self.input, "status": self.status, "error": self.error or "", "tiles": self.tiles,
                 "seconds": round(self.seconds, 3), "outputs": list(self.outputs)}
-
 
 
 @dataclass(frozen=True)
