@@ -72,6 +72,8 @@ class RunSettings:
         progress: ``"bar"``, ``"json"`` or ``"none"``, for each item's stages.
         leave_bars: keep each item's bars on the screen once complete (a single run's).
         named: begin each line said about an item with its input (several items).
+        model_origin: how the model was chosen, said with its path once the item's work is
+            planned (a single run's first line); ``None``: not said.
         say: prints a line for the user (a note, the model); by default nothing.
     """
 
@@ -83,6 +85,7 @@ class RunSettings:
     progress: str = "none"
     leave_bars: bool = True
     named: bool = False
+    model_origin: str | None = None
     say: Callable[[str], None] = lambda line: None
 
 
@@ -120,7 +123,10 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
         result = segment(image, run.model, **run.settings)
         options.check(result.card)  # the classes to skip: known once the model's card is
         # every polygon output can hold the regions where they are (GeoJSON: in longitude and latitude)
-        for note in [*result.notes, *placement_notes(planned, result.georef, result.shape)]:
+        found = [*result.notes, *placement_notes(planned, result.georef, result.shape)]
+        if run.model_origin:
+            run.say(f"model: {run.model} ({run.model_origin})")
+        for note in found:
             say(f"note: {note}")
         precision = probability_precision([p.kind for p in planned], options)
         writing = (1 - INFERENCE_SHARE) / len(planned)

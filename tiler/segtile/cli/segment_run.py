@@ -58,13 +58,14 @@ def run_segment(args: argparse.Namespace) -> None:
     say = _printer(quiet=args.quiet, many=many)
     run = RunSettings(model=model.path, settings=segment_settings(args), options=options, overwrite=args.overwrite,
                       resume=args.resume, progress="none" if args.quiet else args.progress, leave_bars=not many,
-                      named=many, say=say)
+                      named=many, model_origin=None if many else model.origin, say=say)
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
         elif args.gpus or args.workers:
             stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
-        say(f"model: {model.path} ({model.origin})")
+        if many:
+            say(f"model: {model.path} ({model.origin})")
         # one input: a single run, whose error is the command's
         results = _run_cohort(items, run, args) if many else [run_or_skip(items[0], run, skip_finished=False)]
     if args.summary:
