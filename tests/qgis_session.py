@@ -10,7 +10,11 @@ interface), then prints one JSON object on stdout:
 - ``canceled``: the algorithm run with a feedback that cancels at its first progress report:
   whether it succeeded, the errors it reported, and the files left in its output folder;
 - ``failed``: the algorithm run on a one-band image (the default model takes three): whether it
-  succeeded, and every line its feedback was given (what the Processing dialog's log shows).
+  succeeded, and every line its feedback was given (what the Processing dialog's log shows);
+- ``batch``: whether the algorithm offers "Run as batch process" (``FlagSupportsBatch``), and
+  the rows of a batch run as that dialog runs them (one algorithm instance, a context per row: a
+  row that fails, the one-band image, then one that does): each row's success and the files in
+  the batch's folder.
 """
 
 import json
@@ -97,7 +101,22 @@ def main(plugins_dir: str, image: str, out_dir: str, one_band_image: str) -> dic
     algorithm = QgsApplication.processingRegistry().createAlgorithmById("segtile:segment")
     _, succeeded = algorithm.run({"INPUT": one_band_image, "OUTPUT": str(out / "failed.tif")},
                                  QgsProcessingContext(), recording)
-    return {"loaded": loaded, "canceled": canceled, "failed": {"succeeded": succeeded, "lines": recording.lines}}
+    failed = {"succeeded": succeeded, "lines": recording.lines}
+    return {"loaded": loaded, "canceled": canceled, "failed": failed, "batch": batch(image, one_band_image, out)}
+
+
+def batch(image: str, one_band_image: str, out: Path) -> dict:
+    """The rows of a "Run as batch process" table, run as QGIS's batch dialog runs them."""
+    from qgis.core import QgsProcessingAlgorithm
+
+    folder = out / "batch"
+    folder.mkdir()
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("segtile:segment")
+    rows = [{"INPUT": one_band_image, "OUTPUT": str(folder / "failed.tif")},
+            {"INPUT": image, "OUTPUT": str(folder / "second.tif"), "POLYGONS": str(folder / "second.gpkg")}]
+    succeeded = [algorithm.run(row, QgsProcessingContext(), Recording())[1] for row in rows]
+    return {"supports_batch": bool(algorithm.flags() & QgsProcessingAlgorithm.FlagSupportsBatch),
+            "succeeded": succeeded, "files": sorted(os.listdir(folder))}
 
 
 if __name__ == "__main__":

@@ -67,9 +67,11 @@ def test_the_input_is_never_an_output_even_with_overwrite(tmp_path, image, capsy
     assert "would replace the input" in capsys.readouterr().err
 
 
-def test_a_folder_as_input_is_named_so_even_with_the_output_inside(tmp_path, capsys):
+def test_a_folder_as_input_is_a_cohort_that_needs_a_placeholder_and_an_image(tmp_path, capsys):
     assert run(tmp_path, "-o", tmp_path / "m.tif", "--quiet") == 2
-    assert "input is a directory GDAL cannot read as a raster" in capsys.readouterr().err
+    assert "with several inputs each output needs a placeholder" in capsys.readouterr().err
+    assert run(tmp_path, "-o", tmp_path / "{stem}.tif", "--quiet") == 2
+    assert f"the folder {tmp_path} holds no image segtile reads" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -63,8 +63,8 @@ def test_an_import_against_the_layers_breaks_its_contract(site, module, line, co
 
 
 @pytest.mark.parametrize("room", ["segtile", "segtile.sources", "segtile.tiling", "segtile.inference", "segtile.engine",
-                                  "segtile.store", "segtile.writers", "segtile.training", "segtile.cli",
-                                  "segtile.models", "segtile.qgis_plugin"])
+                                  "segtile.store", "segtile.writers", "segtile.training", "segtile.batch",
+                                  "segtile.cli", "segtile.models", "segtile.qgis_plugin"])
 def test_every_public_name_of_a_room_is_there(room):
     package = importlib.import_module(room)
     assert package.__all__

@@ -179,6 +179,10 @@ def test_pyqgis_loads_styled_outputs_cancel_leaves_nothing_and_an_error_is_repor
     told = [line for line in failed["lines"] if "the image has 1 band" in line]
     assert told == ["error: the model takes 3 bands (bands 1,2,3 of its card) but the image has 1 band: choose 3 with "
                     "BANDS (e.g. BANDS=1,1,1) or use a model made for 1 band"]
+    batch = report["batch"]  # Processing's "Run as batch process": one instance, row after row
+    assert batch["supports_batch"]
+    assert batch["succeeded"] == [False, True]
+    assert [name for name in batch["files"] if not name.endswith((".qml", ".aux.xml"))] == ["second.gpkg", "second.tif"]
 
 
 def qgis_run(qgis, algorithm: str, **parameters) -> subprocess.CompletedProcess:

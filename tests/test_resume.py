@@ -23,13 +23,14 @@ class SlowPointwise(torch.nn.Module):
     """A 1x1 convolution made slow by many exact no-op steps: each pixel alone, so tiling can't
     change it, and slow enough to be killed part way."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: int = 150) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.conv = torch.nn.Conv2d(3, 3, 1)
+        self.steps = steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(150):
+        for _ in range(self.steps):
             x = torch.sqrt(x * x + 1.0) - 1.0 + x - torch.sqrt(x * x + 1.0) + 1.0
         return self.conv(x)
 

@@ -39,9 +39,9 @@ def identity(image, model, *options) -> dict:
     settings = segment_settings(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = segment(args.input, args.model, **settings)
+        result = segment(args.input[0], args.model, **settings)
     precision = probability_precision([output_kind("out.tif")], WriteOptions(probabilities=args.probabilities))
-    return json.loads(json.dumps(run_identity(result, args.input, args.model, precision, settings)))
+    return json.loads(json.dumps(run_identity(result, args.input[0], args.model, precision, settings)))
 
 
 def old_identity(path: Path) -> tuple:
@@ -118,7 +118,8 @@ def test_every_option_of_segment_is_in_the_identity_or_said_to_change_no_pixel()
     assert parameters == set(resume.GIVEN_OPTIONS) | set(resume.BY_EFFECT) | set(resume.LEFT_OUT)
     command_options = {action.dest for action in command_parser("segment")._actions}
     run_control = {"help", "input", "out", "model", "resume", "overwrite", "progress", "quiet", "scheduler", "gpus",
-                   "workers", "debug", "run"}
+                   "workers", "debug", "run", "summary",
+                   "mosaic"}  # the inputs as one image: each of them is in the identity's image
     writer_options = {"probabilities", "simplify", "min_area", "skip_classes", "qupath_objects", "creation_options",
                       "zarr_format"}
     assert command_options - run_control - writer_options == set(segment_settings(build_parser().parse_args(
@@ -227,9 +228,9 @@ def test_work_of_another_run_is_replaced_with_a_note_naming_what_differs(tmp_pat
         settings = segment_settings(parsed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = segment(parsed.input, parsed.model, **settings)
+            result = segment(parsed.input[0], parsed.model, **settings)
         with claim_work_folder(folder):
-            work = prepare_work(folder, result, run_identity(result, parsed.input, parsed.model, None, settings),
+            work = prepare_work(folder, result, run_identity(result, parsed.input[0], parsed.model, None, settings),
                                 None, resume_it)
             work.store.fill(result.products("labels"))
         return work

@@ -57,10 +57,10 @@ def kept_work(out: Path, model: Path, leave_out=frozenset()) -> Path:
     settings = segment_settings(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = segment(args.input, args.model, **settings)
+        result = segment(args.input[0], args.model, **settings)
     folder = work_folder(out)
     with claim_work_folder(folder):
-        work = prepare_work(folder, result, run_identity(result, args.input, args.model, None, settings), None,
+        work = prepare_work(folder, result, run_identity(result, args.input[0], args.model, None, settings), None,
                             resume=False)
         work.store.fill(result.products("labels", skip=leave_out), skip=leave_out)
     return folder

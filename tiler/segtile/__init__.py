@@ -15,6 +15,7 @@ from segtile.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "segtile.api": ("segment",),
+    "segtile.batch.run": ("segment_many", "ItemResult"),
     "segtile.result": ("Segmentation",),
     "segtile.sources": ("open_source", "open_mosaic"),
     "segtile.errors": ("SegtileError", "SegmentError", "ResolutionWarning"),

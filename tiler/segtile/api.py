@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -10,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from dask.base import tokenize
 
 from segtile.engine.cluster import current_client, task_threads
 from segtile.errors import ResolutionWarning, SegmentError
@@ -156,7 +158,8 @@ def segment(
     options = replace(options, batch_size=sizes.batch_size, chunk_size=sizes.chunk_size,
                       stripe_width=sizes.stripe_width)
     grid, mask_notes = with_masks(image, grid, tissue=tissue, threshold=tissue_threshold, area=mask)
-    spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"))
+    spec = ModelSpec(card=card, path=spec_kwargs.get("path"), module=spec_kwargs.get("module"),
+                     **({"token": spec_kwargs["token"]} if "token" in spec_kwargs else {}))
     notes = list(image.notes) + band_notes + notes + domain_notes + mask_notes + augmentation_notes
     plan_note = None if chunk_size is not None else small_chunks_note(sizes, classes=card.num_classes,
                                                                        threads=threads, limit=limit)
@@ -290,11 +293,21 @@ def _bands(count: int) -> str:
     return f"{count} band" if count == 1 else f"{count} bands"
 
 
+@functools.lru_cache(maxsize=4)
+def _checkpoint_card(path: str, size: int, modified: int, inode: int) -> tuple[ModelCard, str]:
+    """The card of the checkpoint at ``path`` as it is now (its size, modification time and
+    inode), and the token its model specs share: a loop over images (``segment_many``) loads the
+    checkpoint once, and the workers' cached predictors serve every image."""
+    return load_checkpoint(path).card, tokenize(path, size, modified, inode)
+
+
 def _model_spec_kwargs(model: Any) -> dict[str, Any]:
     """The card, path and module a :class:`ModelSpec` is built from, whatever ``model`` is."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        path = choose_model(model).path
-        return {"card": load_checkpoint(path).card, "path": os.path.abspath(path)}
+        path = os.path.abspath(choose_model(model).path)
+        state = os.stat(path)
+        card, token = _checkpoint_card(path, state.st_size, state.st_mtime_ns, state.st_ino)
+        return {"card": card, "path": path, "token": token}
     if isinstance(model, LoadedModel):
         return {"card": model.card, "module": model.module}
     if isinstance(model, torch.nn.Module):

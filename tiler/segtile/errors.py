@@ -184,6 +184,11 @@ class RunError(SegtileError, ValueError):
     """The command line asks for something that cannot be done."""
 
 
+class BatchError(SegtileError, ValueError):
+    """Many inputs cannot make one run (no image found, an output without placeholder, two
+    inputs writing one file), or some of its items failed."""
+
+
 class ConvertError(SegtileError, ValueError):
     """The conversion asked for cannot be done (options that do not fit together)."""
 

@@ -23,7 +23,9 @@ DESCRIPTION = (
     "Segment an image too large for memory with a PSPNet, tile by tile. The format of each output "
     "follows its extension: .tif/.tiff (Cloud-Optimised GeoTIFF mask), .zarr (labels and metadata), "
     ".ome.zarr (OME-Zarr labels), .gpkg/.geojson/.fgb/.shp (polygons). For slides, .zarr is OME-Zarr "
-    "and .geojson is QuPath's (objects in level-0 pixels)."
+    "and .geojson is QuPath's (objects in level-0 pixels). Several inputs run one after another in one "
+    "process (several at once on a cluster): an input whose outputs all exist is skipped, one that fails "
+    "does not stop the others; the exit status is 0 when every input is done or skipped, 2 when any failed."
 )
 
 
@@ -31,10 +33,14 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``segment`` subcommand to ``commands``."""
     parser = commands.add_parser("segment", help="segment an image (the default command)",
                                  description=DESCRIPTION)
-    parser.add_argument("input", metavar="INPUT",
-                        help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF)")
+    parser.add_argument("input", metavar="INPUT", nargs="+",
+                        help="image: any GDAL raster, or a whole-slide TIFF (.svs, .ndpi, OME-TIFF); several "
+                        "images, a folder (its images, by extension), a quoted glob ('slides/*.svs') or @LIST "
+                        "(a file naming one input per line) segment each in turn")
     parser.add_argument("-o", "--out", metavar="OUTPUT", action="append", required=True,
-                        help="output file; repeat for several outputs from one inference pass")
+                        help="output file; repeat for several outputs from one inference pass; with several "
+                        "inputs a template: {stem}, {name}, {parent}, {index} are the input's (e.g. "
+                        "masks/{stem}.tif)")
     parser.add_argument("--model", metavar="MODEL",
                         help="segtile checkpoint, TorchScript, ONNX or torch.export (.pt2) file, a model folder "
                         "(WSInfer, segmentation_models_pytorch), or the name of an installed model (default: $SEGTILE_MODEL "
@@ -111,7 +117,15 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run of the same command from the work it kept "
                         "(.FIRST_OUTPUT.segtile-work beside the first output)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that already exist (with several inputs: run the items whose "
+                        "outputs all exist, which are otherwise skipped)")
+    parser.add_argument("--mosaic", action="store_true",
+                        help="read every input as one image, a mosaic on the first input's grid (others warped "
+                        "onto it; the last input on top where they overlap): one set of outputs, no placeholder")
+    parser.add_argument("--summary", metavar="FILE.csv|FILE.json",
+                        help="write one row per input: input, status (done, skipped, failed), error, tiles, "
+                        "seconds, outputs")
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--progress", choices=("bar", "json"), default="bar",
                       help="progress on stderr: bars, or one JSON object per line for programs (default: bar)")
@@ -130,7 +144,7 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Check every option, then segment ``args.input`` and write every ``--out``."""
+    """Check every option, then segment each input and write every ``--out``."""
     from segtile.cli.segment_run import run_segment
 
     run_segment(args)

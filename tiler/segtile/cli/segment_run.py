@@ -1,41 +1,44 @@
-"""What ``segtile segment`` does once its arguments are parsed: check, segment, write, report."""
+"""What ``segtile segment`` does once its arguments are parsed: check, segment each input, report.
+
+The work of each input is :mod:`segtile.batch`'s (the Python API's ``segment_many``); this module
+checks the options, starts the cluster asked for, and reports: for one input as a single run
+(its errors raised, exit status 2), for several a line per item, a progress bar over the items,
+the ``--summary`` file, and exit status 2 when any item failed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import sys
-import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import Any, ContextManager, Iterator
+from typing import Any, ContextManager
 
-from segtile.api import segment
+from segtile.batch import (
+    ItemResult,
+    RunSettings,
+    check_summary_path,
+    names_many,
+    plan_items,
+    plan_mosaic,
+    run_items,
+    run_or_skip,
+    write_summary,
+)
 from segtile.engine.cluster import local_cluster, parse_gpus
-from segtile.engine.progress import Progress, TileTally
-from segtile.errors import ModelError, OutputError, RunError
+from segtile.errors import BatchError, RunError
 from segtile.inference.devices import check_device
 from segtile.models.builtin import choose_model
-from segtile.result import Segmentation
-from segtile.sources import open_source
-from segtile.store.identity import Work, claim_work_folder, prepare_work, run_identity, work_folder
-from segtile.store.staging import write_outputs
 from segtile.tiling.grid import check_tiling
-from segtile.writers.atomic import recover_leftovers
-from segtile.writers.outputs import WriteOptions, placement_notes, plan_outputs, probability_precision
-
-INFERENCE_SHARE = 0.8  # of the progress reported to a program (--progress json): the rest is writing
+from segtile.writers.outputs import WriteOptions
 
 
 def run_segment(args: argparse.Namespace) -> None:
-    """Segment ``args.input`` and write every ``--out`` from one inference pass.
+    """Segment every input of ``args.input`` and write its ``--out`` from one inference pass.
 
-    Every option is checked, and every output planned, before anything is read or computed.
-    The labels (and the probabilities, when an output writes them) are computed once into a
-    scratch store beside the outputs; each output is then written from it, so the progress
-    shows inference, then each output.
-    """
-    started = time.perf_counter()
+    Every option is checked, and the inputs expanded and their outputs named, before anything
+    is read or computed; each item's outputs are planned before its own work."""
     options = WriteOptions(probabilities=args.probabilities, simplify=args.simplify, min_area=args.min_area,
                            skip_classes=tuple(args.skip_classes), qupath_objects=args.qupath_objects,
                            creation_options=tuple(args.creation_options), zarr_format=args.zarr_format)
@@ -44,57 +47,34 @@ def run_segment(args: argparse.Namespace) -> None:
     on_cluster = bool(args.scheduler or args.gpus or args.workers)
     gpus = parse_gpus(args.gpus) if args.gpus else "none"
     check_device(args.device, args.precision, here=not on_cluster)
+    many = names_many(args.input) and not args.mosaic  # a mosaic is one image: a single run
+    if args.mosaic:
+        items = [plan_mosaic(args.input, args.out, options)]
+    else:
+        items = plan_items(args.input, args.out, many, options)
+    if args.summary:
+        check_summary_path(args.summary, args.overwrite)
     model = choose_model(args.model)
-    image = open_source(args.input)  # an input it cannot read is the error to give, before the outputs'
-    say = (lambda line: None) if args.quiet else (lambda line: print(f"segtile: {line}", file=sys.stderr))
+    say = _printer(quiet=args.quiet, many=many)
+    run = RunSettings(model=model.path, settings=segment_settings(args), options=options, overwrite=args.overwrite,
+                      resume=args.resume, progress="none" if args.quiet else args.progress, leave_bars=not many,
+                      named=many, model_origin=None if many else model.origin, say=say)
     with ExitStack() as stack:
-        stack.callback(image.close)
-        protected = [args.input, model.path, *([args.mask] if args.mask else [])]
-        for path in args.out:  # what a run that died left in the way, before the outputs are checked
-            for note in recover_leftovers(path):
-                say(f"note: {note}")
-        # a slide's outputs are of a slide's kinds (its .geojson is QuPath's)
-        planned = plan_outputs(args.out, options, overwrite=args.overwrite, protected=protected,
-                               slide=image.georef.is_slide)
-        folder = work_folder(planned[0].path)
-        stack.enter_context(claim_work_folder(folder))  # one run at a time for these outputs
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
         elif args.gpus or args.workers:
             stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
-        settings = segment_settings(args)
-        result = segment(image, model.path, **settings)
-        options.check(result.card)  # the classes to skip: known once the model's card is
-        # every polygon output can hold the regions where they are (GeoJSON: in longitude and latitude)
-        notes = [*result.notes, *placement_notes(planned, result.georef, result.shape)]
-        precision = probability_precision([p.kind for p in planned], options)
-        writing = (1 - INFERENCE_SHARE) / len(planned)
-        progress = Progress("none" if args.quiet else args.progress,
-                            [("inference", INFERENCE_SHARE), *((f"writing {p.path.name}", writing) for p in planned)])
-        say(f"model: {model.path} ({model.origin})")
-        for note in notes:
-            say(f"note: {note}")
-        identity = run_identity(result, args.input, model.path, precision, settings)
-        work = prepare_work(folder, result, identity, precision, args.resume)
-        if work.note:
-            say(f"note: {work.note}")
-        tally = TileTally()
-        with _keeping(work, say) as stage:
-            names = ("labels", "probabilities") if precision else ("labels",)
-            with result.progress(progress=progress, tally=tally, skip=work.done):
-                work.store.fill(result.products(*names, skip=work.done), skip=work.done,
-                                column_groups=result.column_groups)
-            if tally.valid and tally.nonfinite == tally.valid:
-                raise ModelError("the model gave NaN or infinite logits for every pixel: no output written")
-            stage.writing = True
-            written = write_outputs(work.store.layers(result.layers()), args.out, options, overwrite=args.overwrite,
-                                    protected=protected, progress=progress, stage=False)
-        work.store.remove()
-    if tally.nonfinite:
-        say(f"warning: the model gave NaN or infinite logits for {tally.nonfinite} of {tally.valid} pixels; "
-            "they are nodata in the outputs")
-    progress.summary(_summary(result, work.done, tally, written, time.perf_counter() - started),
-                     tiles_run=tally.run, tiles_skipped=tally.skipped, outputs=[str(p) for p in written])
+        if many:
+            say(f"model: {model.path} ({model.origin})")
+        # one input: a single run, whose error is the command's
+        results = _run_cohort(items, run, args) if many else [run_or_skip(items[0], run, skip_finished=False)]
+    if args.summary:
+        order = [item.input for item in items]
+        write_summary(args.summary, sorted(results, key=lambda result: order.index(result.input)))
+    if not many and results[0].exception is not None:
+        raise results[0].exception
+    if many:
+        _report(results, args.summary, say)
 
 
 def segment_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,50 +86,68 @@ def segment_settings(args: argparse.Namespace) -> dict[str, Any]:
                 stripe_width=args.stripe_width, memory_limit=args.memory_limit)
 
 
-@dataclass
-class _Stage:
-    """How far a run got: ``writing`` once its inference is complete in the work store."""
+def _printer(quiet: bool, many: bool) -> Callable[[str], None]:
+    """How a line for the user is printed: on stderr (around the items' bar when ``many``), or
+    not at all when ``quiet``."""
+    if quiet:
+        return lambda line: None
+    if many:
+        from tqdm import tqdm
 
-    writing: bool = False
+        return lambda line: tqdm.write(f"segtile: {line}", file=sys.stderr)
+    return lambda line: print(f"segtile: {line}", file=sys.stderr)
+
+
+def _run_cohort(items: Sequence, run: RunSettings, args: argparse.Namespace) -> list[ItemResult]:
+    """Run every item, a line for each as it ends (a failure's even with ``--quiet``)."""
+    results = []
+    with _items_progress(len(items), "none" if args.quiet else args.progress) as item_done:
+        for result in run_items(items, run):
+            results.append(result)
+            item_done(result)
+            if result.status == "failed" and args.quiet:
+                print(f"segtile: failed: {result.input}: {result.error}", file=sys.stderr)
+    return results
 
 
 @contextmanager
-def _keeping(work: Work, say) -> Iterator[_Stage]:
-    """On an interruption inside, or a failure to write (a full disk), keep the work store if it
-    holds finished chunks, and say how to continue from them; keep it on any failure once the
-    yielded stage is ``writing`` (a writer's: resuming, with or without that output, writes the
-    outputs without running the model again). On any other failure (a model that gives nothing,
-    a bug) remove it: resuming would only repeat it."""
-    stage = _Stage()
-    try:
-        yield stage
-    except BaseException as error:
-        if stage.writing or (isinstance(error, (KeyboardInterrupt, OSError, OutputError)) and work.store.done()):
-            complete = " (the inference is complete: it only writes the outputs)" if stage.writing else ""
-            error.add_note(f"the finished work is kept in {work.store.folder}: the same command with --resume "
-                           f"continues from it{complete}")
-        else:
-            work.store.remove()
-        raise
+def _items_progress(count: int, mode: str) -> Iterator[Callable[[ItemResult], None]]:
+    """A progress bar over ``count`` items (``mode`` ``bar``), one JSON object per item
+    (``json``), or nothing; yields the function told each item's result."""
+    if mode == "none":
+        yield lambda result: None
+        return
+    if mode == "json":
+        ended = [0]
+
+        def record(result: ItemResult) -> None:
+            ended[0] += 1
+            print(json.dumps({"item": ended[0], "items": count, **result.row()}), file=sys.stderr, flush=True)
+
+        yield record
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=count, unit="input", desc="segtile: inputs", dynamic_ncols=True, file=sys.stderr,
+              position=0) as bar:
+        def advance(result: ItemResult) -> None:
+            if result.status != "done":  # a done item has said so in its own last line
+                reason = f": {result.error}" if result.error else ": its outputs exist"
+                bar.write(f"segtile: {result.status}: {result.input}{reason}", file=sys.stderr)
+            bar.update(1)
+
+        yield advance
 
 
-def _summary(result: Segmentation, resumed: frozenset[tuple[int, int]], tally: TileTally, written: list,
-             seconds: float) -> str:
-    """The run's last line: tiles run and skipped, what was computed (not the chunks ``resumed``
-    from an earlier run's work), time, speed, outputs."""
-    names = ", ".join(str(path) for path in written)
-    if len(resumed) == math.prod(result.labels.numblocks):
-        return (f"nothing left to compute: all {len(resumed)} chunks were done by an earlier run; "
-                f"wrote {names} in {seconds:.1f} s")
-    rows, columns = result.labels.chunks
-    megapixels = (result.shape[0] * result.shape[1] - sum(rows[i] * columns[j] for i, j in resumed)) / 1e6
-    of_all = f" of {result.shape[0] * result.shape[1] / 1e6:.1f}" if resumed else ""
-    rest = " (the rest resumed)" if resumed else ""
-    share = f"{tally.skipped / tally.read:.0%} of them" if tally.read else ""
-    skipped = f", {tally.skipped} skipped (no valid pixel: {share})" if tally.skipped else ""
-    tiles = "1 tile" if tally.run == 1 else f"{tally.run} tiles"
-    return (f"{tiles} run{skipped}; {megapixels:.1f}{of_all} Mpx{rest} in {seconds:.1f} s "
-            f"({megapixels / seconds:.2f} Mpx/s); wrote {names}")
+def _report(results: Sequence[ItemResult], summary: str | None, say: Callable[[str], None]) -> None:
+    """The cohort's last line; raise :class:`BatchError` (exit status 2) when any item failed."""
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "skipped", "failed")}
+    where = f"; summary in {summary}" if summary else ""
+    line = f"{len(results)} inputs: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed"
+    if counts["failed"]:
+        first = next(r for r in results if r.status == "failed")
+        raise BatchError(f"{line} (the first: {first.input}: {first.error}){where}")
+    say(line + where)
 
 
 def _connect(address: str) -> ContextManager:

@@ -67,12 +67,16 @@ class Progress:
         mode: ``"bar"``, ``"json"`` or ``"none"``.
         stages: ``(name, share)`` of every stage, in order; the shares need not sum to 1.
         stream: where to print (stderr).
+        leave: keep each stage's bar on the screen once it is complete (a run over many inputs
+            clears them, under its bar over the inputs).
     """
 
-    def __init__(self, mode: str = "bar", stages: Sequence[tuple[str, float]] = (), stream: IO[str] | None = None):
+    def __init__(self, mode: str = "bar", stages: Sequence[tuple[str, float]] = (), stream: IO[str] | None = None,
+                 leave: bool = True):
         if mode not in MODES:
             raise ValueError(f"unknown progress mode {mode!r}: choose one of {', '.join(MODES)}")
         self.mode = mode
+        self.leave = leave
         self._stream = stream or sys.stderr
         total = sum(share for _, share in stages) or 1.0
         self._shares = {name: share / total for name, share in stages}
@@ -87,7 +91,8 @@ class Progress:
     def stage(self, name: str, total: int, unit: str = "chunk") -> Iterator[Callable[[int], None]]:
         """A stage of ``total`` units; yields ``advance(n)``, callable from any thread."""
         if self.mode == "bar":
-            with tqdm(total=total, unit=unit, desc=f"segtile: {name}", dynamic_ncols=True, file=self._stream) as bar:
+            with tqdm(total=total, unit=unit, desc=f"segtile: {name}", dynamic_ncols=True, file=self._stream,
+                      leave=self.leave) as bar:
                 yield bar.update
             return
         if self.mode == "none":
@@ -115,7 +120,7 @@ class Progress:
     def summary(self, text: str, **figures: object) -> None:
         """The run's last line: ``text`` for people, ``figures`` too in JSON."""
         if self.mode == "bar":
-            print(f"segtile: {text}", file=self._stream)
+            tqdm.write(f"segtile: {text}", file=self._stream)  # above any bar still drawn
         elif self.mode == "json":
             self._emit({"summary": text, **figures})
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,10 +157,12 @@ def _not_a_work_store(folder: Path) -> str:
             "segtile removes only what it wrote; move it away, or name the first output otherwise")
 
 
-def run_identity(result: Segmentation, image: str, model: str | os.PathLike, precision: str | None,
+def run_identity(result: Segmentation, image: str | Sequence[str], model: str | os.PathLike, precision: str | None,
                  settings: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two runs' chunks interchangeable (see the module docstring): ``result`` of
-    ``segtile.segment(image, model, **settings)``, keeping probabilities at ``precision``."""
+    ``segtile.segment(image, model, **settings)``, keeping probabilities at ``precision``;
+    ``image`` may be the inputs of a mosaic, each fingerprinted."""
+    images = [image] if isinstance(image, str) else list(image)
     options = result.options
     georef = result.georef
     given = {name: settings.get(name) for name in GIVEN_OPTIONS}
@@ -168,7 +170,7 @@ def run_identity(result: Segmentation, image: str, model: str | os.PathLike, pre
         given["mask"] = os.path.abspath(given["mask"])
     return {
         "segtile": version(),
-        "image": [fingerprint(path) for path in input_files(image)],
+        "image": [fingerprint(path) for one in images for path in input_files(one)],
         "mask": None if given["mask"] is None else [fingerprint(path) for path in input_files(given["mask"])],
         "model": {"sha256": model_digest(model), "files": [fingerprint(path) for path in model_data_files(model)]},
         "options": given,
