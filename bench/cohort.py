@@ -29,6 +29,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from bench.measure import cli_options, print_options
+
 IMAGE = Path(__file__).resolve().parents[1] / "examples" / "data" / "bahamas_rgb.tif"
 
 
@@ -84,6 +86,8 @@ def main() -> None:
         for folder in (tiles, separate, cohort):
             folder.mkdir()
         paths = make_tiles(tiles, args.count, args.size)
+        # the same settings either way: each tile is one item of the folder's command
+        print_options("each tile, both ways (the first)", cli_options([str(paths[0]), "--out", "x.tif", *model]))
         one_by_one = sum(segtile(path, "--out", separate / path.name, *model) for path in paths)
         together = segtile(tiles, "--out", cohort / "{stem}.tif", "--summary", root / "first.csv", *model)
         rerun = segtile(tiles, "--out", cohort / "{stem}.tif", "--summary", root / "rerun.csv", *model)

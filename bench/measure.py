@@ -118,7 +118,8 @@ def _pixels_processed(source: Any) -> str:
 
 def cli_options(argv: list[str]) -> Options:
     """What ``segtile segment ARGV...`` runs with (:func:`segtile_options`), found the way the
-    command finds it (its parser, its model choice, its ``segment`` settings) without running it."""
+    command finds it (its parser, its model choice, its ``segment`` settings) without running it;
+    for a command of several inputs, what its first one runs with."""
     from segtile import segment
     from segtile.cli.command import build_parser
     from segtile.cli.segment_run import segment_settings
@@ -127,7 +128,7 @@ def cli_options(argv: list[str]) -> Options:
     args = build_parser().parse_args(["segment", *argv])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the command says its notes when it runs
-        result = segment(args.input, choose_model(args.model).path, **segment_settings(args))
+        result = segment(args.input[0], choose_model(args.model).path, **segment_settings(args))
     return segtile_options(result, args.memory_limit)
 
 
