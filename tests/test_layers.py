@@ -77,3 +77,17 @@ def test_the_command_parser_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]"]
+
+
+def test_every_room_is_a_package_the_wheel_installs():
+    """Each folder of the two source roots with an ``__init__.py`` is listed in pyproject.toml's
+    packages: an editable install finds a room that is not, a wheel leaves it out (and the command
+    then fails on its import)."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    rooms = {"segtile." + ".".join(init.parent.relative_to(REPO / "tiler" / "segtile").parts)
+             for init in (REPO / "tiler" / "segtile").glob("*/**/__init__.py")}
+    rooms |= {"segtile.models." + ".".join(init.parent.relative_to(REPO / "models" / "segtile" / "models").parts)
+              for init in (REPO / "models" / "segtile" / "models").glob("*/**/__init__.py")}
+    assert rooms | {"segtile", "segtile.models"} <= listed, sorted(rooms - listed)
