@@ -23,7 +23,7 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 
-from bench.make_mosaic import make_mosaic
+from bench.make_mosaic import bench_mosaic
 from bench.measure import Options, pinned, print_options, run_workload, segtile_options
 from bench.workloads import pointwise_model
 from segtile import segment
@@ -74,9 +74,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---|---|---:|")
     ran_with: dict[str, Options] = {}
     for size in args.sizes:
-        mosaic, labels = OUT / f"mosaic_{size}.tif", OUT / f"cluster_labels_{size}.zarr"
-        if not mosaic.exists():
-            make_mosaic(size, mosaic)
+        mosaic, labels = bench_mosaic(size), OUT / f"cluster_labels_{size}.zarr"
         threaded_seconds, threaded, ran_with[f"{size} px on threads"] = threaded_peak(mosaic, labels)
         seconds, before, after, ran_with[f"{size} px on the cluster"] = cluster_peaks(mosaic, labels, args.workers)
         print(f"| {size} | {threaded_seconds:.1f} | {threaded:.0f} | {seconds:.1f} | {' / '.join(map(str, after))} "

@@ -36,14 +36,12 @@ import numpy as np
 import rasterio
 import torch
 
-from bench.make_mosaic import make_mosaic
+from bench.make_mosaic import bench_mosaic
 from bench.measure import Options, pinned, print_options, segtile_options
 from segtile import segment
 from segtile.inference.predictor import autocast
 from segtile.models import PSPNet
 from segtile.tiling.grid import tile_grid
-
-OUT = Path(__file__).resolve().parent / "out"
 
 
 def tile_batches(path: Path, tile_size: int, overlap: int, batch_size: int) -> list[torch.Tensor]:
@@ -147,9 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="a/b pairs")
     args = parser.parse_args()
 
-    path = OUT / f"mosaic_{args.size}.tif"
-    if not path.exists():
-        make_mosaic(args.size, path)
+    path = bench_mosaic(args.size)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = PSPNet(layers=args.layers, classes=args.classes, width=1.0).eval()

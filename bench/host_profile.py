@@ -31,7 +31,7 @@ import dask.array as da
 import torch
 from dask.diagnostics import Profiler
 
-from bench.make_mosaic import make_mosaic
+from bench.make_mosaic import bench_mosaic
 from bench.measure import pinned, print_options, segtile_options
 from bench.workloads import pointwise_model
 
@@ -80,9 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads == 1:
         torch.set_num_threads(1)
-    mosaic = OUT / f"mosaic_{args.size}.tif"
-    if not mosaic.exists():
-        make_mosaic(args.size, mosaic)
+    mosaic = bench_mosaic(args.size)
     from segtile import segment
 
     totals: collections.Counter = collections.Counter()

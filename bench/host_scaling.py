@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from bench.make_mosaic import make_mosaic
+from bench.make_mosaic import bench_mosaic
 from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -47,9 +47,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    mosaic = OUT / f"mosaic_{args.size}.tif"
-    if not mosaic.exists():
-        make_mosaic(args.size, mosaic)
+    mosaic = bench_mosaic(args.size)
     labels = OUT / f"host_scaling_{args.size}.zarr"
     megapixels = args.size * args.size / 1e6
     speeds: dict[str, list[float]] = {mode: [] for mode in MODES}

@@ -18,7 +18,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from bench.make_mosaic import make_mosaic
+from bench.make_mosaic import bench_mosaic
 from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -29,9 +29,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16000)
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
-    mosaic = OUT / f"mosaic_{args.size}.tif"
-    if not mosaic.exists():
-        make_mosaic(args.size, mosaic)
+    mosaic = bench_mosaic(args.size)
     labels = OUT / f"host_speed_{args.size}.zarr"
     megapixels = args.size * args.size / 1e6
     decode, engine = [], []

@@ -21,6 +21,7 @@ import rasterio
 from rasterio.windows import Window
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "data" / "landsat7.tif"
+BENCH_OUT = Path(__file__).resolve().parent / "out"
 BLOCK = 512
 
 
@@ -70,6 +71,14 @@ def make_mosaic(size: int, out: Path, source_path: Path = DEFAULT_SOURCE) -> Non
             rows = mirrored_indices(row_off, min(row_off + BLOCK, size), height)
             strip = pixels[:, rows][:, :, columns]
             mosaic.write(strip, window=Window(0, row_off, size, len(rows)))
+
+
+def bench_mosaic(size: int) -> Path:
+    """``bench/out/mosaic_SIZE.tif``, the benchmarks' shared input, built the first time it is asked for."""
+    path = BENCH_OUT / f"mosaic_{size}.tif"
+    if not path.exists():
+        make_mosaic(size, path)
+    return path
 
 
 def main() -> None:
