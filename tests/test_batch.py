@@ -7,13 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import rasterio
 import torch
+from distributed import Client, LocalCluster
 from rasterio.windows import Window
 
 import segtile
@@ -41,14 +44,20 @@ def tiles(tmp_path, data_dir) -> Path:
     """A folder of three crops of a real GeoTIFF, a text file that is no image, and no output."""
     folder = tmp_path / "tiles"
     folder.mkdir()
-    with rasterio.open(data_dir / "rmnp-rgb.tif") as source:
-        for name, window in CROPS.items():
-            profile = {**source.profile, "width": window.width, "height": window.height,
-                       "transform": source.window_transform(window)}
-            with rasterio.open(folder / f"{name}.tif", "w", **profile) as crop:
-                crop.write(source.read(window=window))
+    for name, window in CROPS.items():
+        crop_of(data_dir / "rmnp-rgb.tif", window, folder / f"{name}.tif")
     (folder / "notes.txt").write_text("not an image\n")
     return folder
+
+
+def crop_of(image: Path, window: Window, path: Path) -> Path:
+    """``window`` of a real GeoTIFF, written to ``path`` with its georeference."""
+    with rasterio.open(image) as source:
+        profile = {**source.profile, "width": window.width, "height": window.height,
+                   "transform": source.window_transform(window)}
+        with rasterio.open(path, "w", **profile) as crop:
+            crop.write(source.read(window=window))
+    return path
 
 
 def damage(path: Path) -> None:
@@ -203,15 +212,40 @@ def test_items_spread_over_cluster_workers_give_the_local_labels(tmp_path, tiles
         assert np.array_equal(labels(local / f"{name}.tif"), labels(spread / f"{name}.tif"))
 
 
+def test_an_item_whose_cluster_worker_dies_fails_alone_and_the_others_are_written(tmp_path, tiles, data_dir):
+    slow = tmp_path / "slow.pt"
+    save_torchscript(slow, torch.jit.script(SlowPointwise(steps=60)),
+                     ModelCard(classes=("water", "land", "cloud"), tile_size=64, overlap=16))
+    wide = crop_of(data_dir / "bahamas_rgb.tif", Window(100, 100, 256, 256), tiles / "a_wide.tif")
+    out = tmp_path / "out"
+    out.mkdir()
+    results: list = []
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        first_worker = list(client.nthreads())[0]  # where the first item goes
+        pid = client.run(os.getpid, workers=[first_worker])[first_worker]
+        cohort = threading.Thread(target=lambda: results.extend(segtile.segment_many(
+            [wide, tiles / "north.tif", tiles / "east.tif"], [out / "{stem}.tif"], slow, device="cpu",
+            chunk_size=64, batch_size=1)))
+        cohort.start()
+        done = out / ".a_wide.tif.segtile-work" / "done"
+        while cohort.is_alive() and not (done.is_dir() and os.listdir(done)):
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        cohort.join(timeout=120)
+    status = {Path(r.input).name: (r.status, r.error or "") for r in results}
+    assert sorted(status) == ["a_wide.tif", "east.tif", "north.tif"]
+    assert status["north.tif"][0] == status["east.tif"][0] == "done" and status["a_wide.tif"][0] == "failed"
+    assert "worker died" in status["a_wide.tif"][1]
+    assert (out / "north.tif").exists() and (out / "east.tif").exists() and not (out / "a_wide.tif").exists()
+
+
 def test_an_interrupted_cohort_resumes_each_item_from_its_own_work(tmp_path, tiles, data_dir, capsys):
     slow = tmp_path / "slow.pt"
     save_torchscript(slow, torch.jit.script(SlowPointwise(steps=60)),
                      ModelCard(classes=("water", "land", "cloud"), tile_size=64, overlap=16))
-    with rasterio.open(data_dir / "bahamas_rgb.tif") as source:
-        window = Window(100, 100, 256, 256)
-        profile = {**source.profile, "width": 256, "height": 256, "transform": source.window_transform(window)}
-        with rasterio.open(tiles / "wide.tif", "w", **profile) as crop:
-            crop.write(source.read(window=window))
+    crop_of(data_dir / "bahamas_rgb.tif", Window(100, 100, 256, 256), tiles / "wide.tif")
     out = tmp_path / "out"
     out.mkdir()
     args = [tiles / "north.tif", tiles / "wide.tif", "--model", slow, "-o", out / "{stem}.tif",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from distributed import Client, as_completed
+from distributed import Client, KilledWorker, as_completed
 
 from segtile.api import segment
 from segtile.batch.items import Item, finished, plan_items, plan_mosaic
@@ -296,6 +296,9 @@ def _reason(exc: BaseException) -> str:
     notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
     if isinstance(exc, SegtileError):
         return one_line(exc) + notes
+    if isinstance(exc, KilledWorker):
+        return ("the cluster's worker died while running it (out of memory, or a crash in native code; "
+                f"the workers' logs say which): {one_line(exc)}")
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or one_line(exc)}{notes}"
     return f"{type(exc).__name__}: {one_line(exc)}{notes}"
@@ -304,19 +307,30 @@ def _reason(exc: BaseException) -> str:
 def _on_workers(client: Client, items: Sequence[Item], run: RunSettings, skip_finished: bool) -> Iterator[ItemResult]:
     """Run ``items`` on the workers of ``client``, one item per worker at a time,
     each on its worker's own threads (its memory bounded as a single run's, its model loaded
-    once per worker); yield each result as it ends, after saying its notes here."""
+    once per worker); yield each result as it ends, after saying its notes here. An item whose
+    worker died under it (the cluster's ``KilledWorker``: out of memory, a crash in a decoder)
+    fails alone, and the next item goes to whichever worker the cluster has then."""
     on_worker = replace(run, progress="none", say=lambda line: None)  # notes come back with the result
     queue = list(reversed(items))
     running = as_completed()
+    started: dict[Any, tuple[Item, float]] = {}
 
-    def next_item_on(worker: str) -> None:
-        running.add(client.submit(_run_on_worker, queue.pop(), on_worker, skip_finished, workers=[worker],
-                                  allow_other_workers=False, pure=False))
+    def next_item_on(worker: str | None) -> None:
+        item = queue.pop()
+        where = {} if worker is None else {"workers": [worker], "allow_other_workers": False}
+        future = client.submit(_run_on_worker, item, on_worker, skip_finished, pure=False, **where)
+        started[future.key] = item, time.perf_counter()
+        running.add(future)
 
     for worker in list(client.nthreads())[:len(items)]:
         next_item_on(worker)
     for future in running:
-        worker, result = future.result()
+        item, since = started.pop(future.key)
+        try:
+            worker, result = future.result()
+        except Exception as exc:  # the worker was lost with the item: it fails alone, its worker may be gone
+            worker, result = None, ItemResult(item.input, "failed", error=_reason(exc), outputs=item.outputs,
+                                              seconds=time.perf_counter() - since)
         for note in result.notes:
             run.say(f"{result.input}: {note}")
         if queue:
