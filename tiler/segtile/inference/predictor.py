@@ -141,7 +141,11 @@ class Predictor:
         self._buffers = threading.local()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        """``array`` as a tensor on the device, in its own layout when that is the plain one or,
+        for a batch whose bands are interleaved (a slide's windows), channels-last."""
+        if not (array.flags.c_contiguous or (array.ndim == 4 and array.transpose(0, 2, 3, 1).flags.c_contiguous)):
+            array = np.ascontiguousarray(array)
+        tensor = torch.from_numpy(array)
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
@@ -241,8 +245,13 @@ class Predictor:
         weight is 0), in its layout. Normalising happens in the plain layout, where broadcasting
         a value per band runs over whole planes (several times faster than channels-last with
         its 3-value inner rows); for a channels-last network one tile at a time, each then
-        copied into its place in the batch, so the plain buffer is one tile, not a batch. The
+        copied into its place in the batch, so the plain buffer is one tile, not a batch. Pixels
+        that come channels-last (bands interleaved, as slides store them) go to a channels-last
+        network in one conversion and are normalised there, row by row (:func:`normalise_`). The
         buffers are this thread's, reused from batch to batch."""
+        if self.memory_format == torch.channels_last and _is_interleaved(pixels):
+            x = self._buffer("input", pixels.shape, self.memory_format)
+            return normalise_(x.copy_(pixels), self.normalisation, weight)
         if self.memory_format == torch.contiguous_format:
             plain = self._buffer("plain", pixels.shape, torch.contiguous_format)
             return normalise_(plain.copy_(pixels), self.normalisation, weight)
@@ -261,6 +270,11 @@ class Predictor:
             buffer = torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=memory_format)
             setattr(self._buffers, name, buffer)
         return buffer[:shape[0]]
+
+
+def _is_interleaved(pixels: torch.Tensor) -> bool:
+    """Whether the batch ``pixels`` ``(B, bands, h, w)`` has several bands, innermost in memory."""
+    return pixels.shape[1] > 1 and pixels.is_contiguous(memory_format=torch.channels_last)
 
 
 def _batch_text(x: torch.Tensor) -> str:
