@@ -13,10 +13,10 @@ the live data as the image streams through. Two remedies, both used:
   ones, a few-class batch's logits (8 MiB for 2 classes and 4 tiles of 512 px) above all, come
   from the heaps and reuse the memory the batch before freed: as mappings of their own (a
   threshold of 4 MiB, before) each cost 2048 page faults and an ``munmap`` that Dask's scheduler
-  thread ran holding the GIL, which kept a second core from adding more than 1.6 times the
-  first's throughput (docs/performance.md). The heaps keep up to twice that threshold free at
-  their top (glibc's own rule once it adjusts the threshold itself) rather than giving back
-  every 128 KiB to fault it in again.
+  thread ran holding the GIL: 2.2 times the page faults and 1.2 times the time of a 2-thread
+  run, for about 45 MiB less at the peak (docs/performance.md, section 15). The heaps keep up
+  to twice that threshold free at their top (glibc's own rule once it adjusts the threshold
+  itself) rather than giving back every 128 KiB to fault it in again.
 * :func:`release_free_memory` (``malloc_trim``) hands back the free pages of the heaps, once the
   resident memory has grown by 64 MiB above the least it was since it last did: trimming after
   every chunk returned pages that the next chunk faulted back in, twice the page faults for no

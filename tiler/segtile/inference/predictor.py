@@ -203,8 +203,8 @@ class Predictor:
 
     def _host_threads(self) -> AbstractContextManager:
         """The torch threads of this thread's host-side operations: one on the CPU once another
-        thread has run a batch too (two threads gave 1.74 times one's throughput so, against 1.57
-        with torch's threads on top of Dask's: docs/performance.md), else torch's own count."""
+        thread has run a batch too (in a paired run, two threads gave 1.74 times one's throughput so,
+        against 1.57 with torch's threads on top of Dask's: docs/performance.md), else torch's own count."""
         if self._first_thread is None:
             self._first_thread = threading.get_ident()
         elif not self._threads_share and threading.get_ident() != self._first_thread:
