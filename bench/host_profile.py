@@ -6,7 +6,8 @@ The stages are the engine's own functions, wrapped with a timer for the run; nes
 shown indented under the stage that calls them and counted in it; "other tasks" are the rest of
 the time Dask's threads spent in tasks (writing the Zarr chunks), "no task" the time they had none
 (building the graph, the scheduler's turns). The first run warms the process (oneDNN kernels,
-GDAL handles); the second is reported.
+GDAL handles); the second is reported, with its minor page faults, system time and involuntary
+context switches (``getrusage``).
 
     python -m bench.host_profile                  # the 8000 x 8000 mosaic
     python -m bench.host_profile --size 4000
