@@ -72,16 +72,24 @@ def test_threads_sharing_a_predictor_prepare_on_one_torch_thread_and_run_the_net
     pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
     weights = np.ones((2, 16, 16), dtype=np.float32)
     seen: dict[str, tuple] = {}
+    first_done, second_done = threading.Event(), threading.Event()
 
-    def run(name: str) -> None:
+    def run(name: str, done: threading.Event, wait_for: threading.Event | None) -> None:
+        if wait_for is not None:
+            wait_for.wait()
         logits = predictor(pixels, weights).logits.copy()
         with predictor._host_threads():
             host = torch.get_num_threads()
         seen[name] = (logits, host, torch.get_num_threads())
+        done.set()
+        if name == "first":  # alive until the second is done: another thread, not one reusing its id
+            second_done.wait()
 
-    for name in ("first", "second"):  # one after the other: the second thread is still another
-        thread = threading.Thread(target=run, args=(name,))
+    threads = [threading.Thread(target=run, args=("first", first_done, None)),
+               threading.Thread(target=run, args=("second", second_done, first_done))]
+    for thread in threads:
         thread.start()
+    for thread in threads:
         thread.join()
     # alone, the first thread kept torch's threads for everything; once a second thread ran
     # batches, its host-side operations went to one torch thread, its network stayed on two
