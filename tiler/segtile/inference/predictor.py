@@ -19,7 +19,7 @@ import torch
 
 from segtile.errors import ModelError, one_line
 from segtile.inference.devices import check_precision, resolve_device
-from segtile.inference.normalise import Normalisation, normalise_
+from segtile.inference.normalise import Normalisation, bands_innermost, normalise_
 from segtile.inference.tta import augmented
 from segtile.models import ModelCard
 from segtile.models.borrowed import copy_on_device, eval_mode, is_on_device
@@ -267,7 +267,7 @@ class Predictor:
         that come channels-last (bands interleaved, as slides store them) go to a channels-last
         network in one conversion and are normalised there, row by row (:func:`normalise_`). The
         buffers are this thread's, reused from batch to batch."""
-        if self.memory_format == torch.channels_last and _is_interleaved(pixels):
+        if self.memory_format == torch.channels_last and bands_innermost(pixels):
             x = self._buffer("input", pixels.shape, self.memory_format)
             return normalise_(x.copy_(pixels), self.normalisation, weight)
         if self.memory_format == torch.contiguous_format:
@@ -304,11 +304,6 @@ def _intra_op_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _is_interleaved(pixels: torch.Tensor) -> bool:
-    """Whether the batch ``pixels`` ``(B, bands, h, w)`` has several bands, innermost in memory."""
-    return pixels.shape[1] > 1 and pixels.is_contiguous(memory_format=torch.channels_last)
 
 
 def _batch_text(x: torch.Tensor) -> str:
