@@ -6,7 +6,8 @@ The stages are the engine's own functions, wrapped with a timer for the run; nes
 shown indented under the stage that calls them and counted in it; "other tasks" are the rest of
 the time Dask's threads spent in tasks (writing the Zarr chunks), "no task" the time they had none
 (building the graph, the scheduler's turns). The first run warms the process (oneDNN kernels,
-GDAL handles); the second is reported.
+GDAL handles); the second is reported, with its minor page faults, system time and involuntary
+context switches (``getrusage``).
 
     python -m bench.host_profile                  # the 8000 x 8000 mosaic
     python -m bench.host_profile --size 4000
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -90,17 +92,20 @@ def main() -> None:
     for _ in range(2):
         totals.clear()
         shutil.rmtree(labels, ignore_errors=True)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, usage = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         result = segment(str(mosaic), model, tile_size=512, overlap=64, blend="gaussian", device="cpu", **pinned())
         with dask.config.set(num_workers=threads), Profiler() as tasks:
             da.to_zarr(result.labels, str(labels))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        after = resource.getrusage(resource.RUSAGE_SELF)
     shutil.rmtree(labels, ignore_errors=True)
     print_options("segtile", segtile_options(result))
     thread_seconds = wall * threads
     in_tasks = sum(task.end_time - task.start_time for task in tasks.results)
     print(f"{args.size} x {args.size}: {wall:.2f} s on {threads} threads ({thread_seconds:.2f} thread-s), "
-          f"process CPU {cpu:.2f} s; Dask's threads in tasks {in_tasks / thread_seconds:.0%} of the time")
+          f"process CPU {cpu:.2f} s (system {after.ru_stime - usage.ru_stime:.2f}); Dask's threads in tasks "
+          f"{in_tasks / thread_seconds:.0%} of the time; {after.ru_minflt - usage.ru_minflt} minor page faults, "
+          f"{after.ru_nivcsw - usage.ru_nivcsw} involuntary context switches; load {os.getloadavg()[0]:.1f}")
     print("| stage | thread-s | share |\n|---|---:|---:|")
     for _, name, label, depth in STAGES:
         print(f"| {'&nbsp;&nbsp;' * depth}{label} | {totals[name]:.2f} | {totals[name] / thread_seconds:.0%} |")

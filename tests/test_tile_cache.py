@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import tifffile
+import torch
 from rasterio.windows import Window
 
 from segtile.sources.slide import SlideSource
@@ -117,3 +118,56 @@ def test_a_slide_rewritten_in_place_is_not_read_from_the_cache(tmp_path, empty_c
     write_slide(path, first + 7, "zlib")  # same size, same path
     os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1))  # whatever the clock's resolution
     assert SlideSource(path).read(Window(0, 0, 64, 64)).min() == 7
+
+
+def test_windows_keep_the_slide_s_interleaved_layout(tmp_path, empty_cache):
+    """A window is ``(bands, h, w)`` over memory whose samples are interleaved, as the tiles store
+    them: the engine stacks whole rows of it into a channels-last batch, never into planes."""
+    pixels = np.random.default_rng(5).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    write_slide(tmp_path / "slide.tif", pixels, "zlib")
+    window = SlideSource(tmp_path / "slide.tif").read(Window(5, 3, 60, 50))
+    assert window.shape == (3, 50, 60) and window.strides == (1, 60 * 3, 3)
+    np.testing.assert_array_equal(window, np.moveaxis(pixels[3:53, 5:65], -1, 0))
+
+
+def test_an_interleaved_slide_segments_as_the_same_pixels_stored_in_planes(tmp_path, pointwise_model, empty_cache):
+    """The same RGBA pixels (a transparent corner: masked in the network's input) stored interleaved,
+    read as interleaved windows and normalised channels-last, and stored as planes, read planar
+    and normalised plane by plane: the same logits to the bit, tiles cut by the edges included."""
+    from segtile import segment
+
+    pixels = np.random.default_rng(6).integers(0, 256, (150, 201, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    pixels[:40, :70, 3] = 0
+    interleaved, planar = tmp_path / "interleaved.tif", tmp_path / "planar.tif"
+    write_slide(interleaved, pixels, "zlib", extrasamples=["unassalpha"])
+    tifffile.imwrite(planar, np.moveaxis(pixels, -1, 0), tile=(32, 32), photometric="rgb", planarconfig="separate",
+                     compression="zlib", extrasamples=["unassalpha"], metadata=None)
+    model = pointwise_model(bands=3, classes=4)
+
+    def logits(path) -> np.ndarray:
+        result = segment(SlideSource(path), model, tile_size=64, overlap=16, device="cpu", mpp="native", tissue=False,
+                         tta="none")
+        return result.logits.compute()
+
+    from_interleaved, from_planes = logits(interleaved), logits(planar)
+    assert np.isnan(from_interleaved[:, :40, :70]).all()
+    assert np.isfinite(from_interleaved[:, 40:, 70:]).all()
+    np.testing.assert_array_equal(from_interleaved, from_planes)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_normalising_channels_last_gives_the_plain_layout_s_values(masked):
+    from segtile.inference.normalise import Normalisation, normalise_
+    from segtile.models import ModelCard
+
+    card = ModelCard(classes=("a", "b"), in_channels=3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), scale=255.0)
+    normalisation = Normalisation.of(card)
+    pixels = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (2, 3, 5, 7)).astype(np.float32))
+    valid = torch.rand(2, 5, 7) > 0.3 if masked else None
+    plain = normalise_(pixels.clone(), normalisation, valid)
+    channels_last = normalise_(pixels.contiguous(memory_format=torch.channels_last), normalisation, valid)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, channels_last)
+    if masked:
+        assert (plain.permute(0, 2, 3, 1)[~valid] == 0).all() and (plain.permute(0, 2, 3, 1)[valid] != 0).any()

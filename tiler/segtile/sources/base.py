@@ -40,7 +40,9 @@ class Source(ABC):
     def read(self, window: Window, level: int = 0) -> np.ndarray:
         """Pixels of ``window`` (in ``level``'s pixel grid) as an array ``(bands, h, w)``.
 
-        The window must lie inside the image; callers pad themselves.
+        The window must lie inside the image; callers pad themselves. The array may be a view
+        in another memory order than C's: a slide's windows keep their samples interleaved, as
+        stored (``(h, w, bands)`` memory), which is the order a channels-last network takes.
         """
 
     def read_valid(self, window: Window, level: int = 0) -> np.ndarray | None:

@@ -115,20 +115,26 @@ class TiledPage:
 
     def read(self, rows: slice, cols: slice, samples: list[int]) -> np.ndarray:
         """The 0-based ``samples`` over ``rows`` and ``cols`` (within the page): ``(len(samples), h, w)``,
-        copied once from the tiles under them."""
+        copied once from the tiles under them.
+
+        The window keeps the tiles' layout, samples interleaved (the array is a view of
+        ``(h, w, samples)`` memory): each tile's rows are copied whole, and a channels-last network
+        takes the pixels in that order (:class:`segtile.inference.predictor.Predictor`), so no one
+        reorders them into planes and back (a strided copy costing as much as a third of the
+        decoding: docs/performance.md)."""
         tile_h, tile_w, count = self._tile_shape
         every = samples == list(range(count))
-        out = np.empty((len(samples), rows.stop - rows.start, cols.stop - cols.start), dtype=self._page.dtype)
+        out = np.empty((rows.stop - rows.start, cols.stop - cols.start, len(samples)), dtype=self._page.dtype)
         for tile_row in range(rows.start // tile_h, (rows.stop - 1) // tile_h + 1):
             top, bottom = max(rows.start, tile_row * tile_h), min(rows.stop, (tile_row + 1) * tile_h)
             for tile_col in range(cols.start // tile_w, (cols.stop - 1) // tile_w + 1):
                 left, right = max(cols.start, tile_col * tile_w), min(cols.stop, (tile_col + 1) * tile_w)
                 tile = self._tile(tile_row * self._across + tile_col)
-                part = tile[:, top - tile_row * tile_h:bottom - tile_row * tile_h,
+                part = tile[top - tile_row * tile_h:bottom - tile_row * tile_h,
                             left - tile_col * tile_w:right - tile_col * tile_w]
-                out[:, top - rows.start:bottom - rows.start, left - cols.start:right - cols.start] = (
-                    part if every else part[samples])
-        return out
+                out[top - rows.start:bottom - rows.start, left - cols.start:right - cols.start] = (
+                    part if every else part[..., samples])
+        return out.transpose(2, 0, 1)
 
     def _tile(self, index: int) -> np.ndarray:
         """Tile ``index`` decoded, from the cache or from the file (then kept)."""
@@ -140,15 +146,15 @@ class TiledPage:
         return tile
 
     def _decoded(self, index: int) -> np.ndarray:
-        """Tile ``index`` ``(samples, h, w)``: planar once, so that windows copy whole rows of it."""
+        """Tile ``index`` ``(h, w, samples)``, as decoded."""
         page = self._page
         offsets, counts = page.dataoffsets, page.databytecounts
         if index >= len(offsets) or not offsets[index] or not counts[index]:
-            tile = np.zeros((self._tile_shape[2], *self._tile_shape[:2]), dtype=page.dtype)
+            tile = np.zeros(self._tile_shape, dtype=page.dtype)
         else:
             handle = page.parent.filehandle
             handle.seek(offsets[index])
             data = handle.read(counts[index])
-            tile = np.moveaxis(page.decode(data, index, **self._decode_args)[0].reshape(self._tile_shape), -1, 0).copy()
+            tile = page.decode(data, index, **self._decode_args)[0].reshape(self._tile_shape)
         tile.flags.writeable = False
         return tile
