@@ -20,13 +20,14 @@ Three kinds of task, all small and picklable:
 
 Each chunk task also takes a data-free marker of the completion of the chunk before it in its
 stripe, so each stripe is stitched row by row (stripes are independent: computing part of the
-result runs only the stripes it touches, down to the rows it asks for). Dask's local scheduler
-then runs the batches in the order the stitches need them. A ``dask.distributed`` scheduler
+result runs only the stripes it touches, down to the rows it asks for). On Dask's local
+scheduler each batch waits behind the stitching too, and the stripes a computation asks for are
+stitched one after another (:mod:`segtile.engine.order`): a slowed-down thread no longer lets
+the others run ahead, whoever consumes the result. A ``dask.distributed`` scheduler
 runs every ready batch it can, far ahead of the stitching: a graph built while a client is
 current therefore makes each batch task wait for the marker of the last chunk of the row
-``BATCH_LEAD_ROWS`` above its first tile (the local scheduler orders better without that, and
-holds less). Dask frees a batch as soon as the chunks that need it are done, so memory is
-bounded by the batches in flight, the band of batches one tile row high and one stripe wide
+``BATCH_LEAD_ROWS`` above its first tile. Dask frees a batch as soon as the chunks that need it
+are done, so memory is bounded by the batches in flight, the band of batches one tile row high and one stripe wide
 that straddles the current chunk row, and the chunks being stitched, whatever the image size;
 :func:`segtile.tiling.budget.plan_memory` sizes stripes, chunks and batches to the class count so that
 bound holds for 2 classes and for 150.
@@ -47,10 +48,11 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from segtile.engine.cluster import current_client
+from segtile.engine.cluster import current_client, task_threads
 from segtile.engine.events import TileCounts, report
 from segtile.engine.heap import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.engine.interrupt import stop_if_asked
+from segtile.engine.order import OrderedLayer, StripeOrder
 from segtile.inference.devices import resolve_device
 from segtile.inference.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
@@ -347,10 +349,12 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     names = {product: f"segtile-{product}-{products_token}" for product in products}
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
+    stripes: list[StripeOrder] = []
     for s, stripe in enumerate(plan_stripes(height, width, options)):
         needed = batches_per_chunk(stripe.batches, height, width, size)
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         stitched_through: list[tuple | None] = []  # the last marker of the chain once row i is done
+        chain: list[tuple[tuple[int, int], tuple]] = []  # the stripe's chunks and markers, in stitching order
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
                 for product, name in names.items():
@@ -366,15 +370,18 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
                 graph[(chunk_tasks, i, j)] = (stitch_chunk, chunk, num_classes, tuple(products), previous, *deps)
                 previous = (done_name, i, j)
                 graph[previous] = (_done, (chunk_tasks, i, j))
+                chain.append(((i, j), previous))
             stitched_through.append(previous)
         for b, batch in enumerate(stripe.batches):
             row = -1 if lead is None else batch[0].window.row_off // size - lead
             after = stitched_through[row] if row >= 0 else None
             graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, on_device,
                                           after)
+        stripes.append(StripeOrder([(batch_tasks, s, b) for b in range(len(stripe.batches))], chain, needed))
+    layer = graph if lead is not None else OrderedLayer(graph, stripes, names.values(), lead=task_threads())
     arrays = {}
     for product, name in names.items():
-        hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+        hlg = HighLevelGraph.from_collections(name, layer, dependencies=())
         if product == "labels":
             arrays[product] = da.Array(hlg, name, (row_chunks, col_chunks), dtype=label_dtype(num_classes)[0])
         else:
