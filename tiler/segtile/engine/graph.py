@@ -52,7 +52,7 @@ from segtile.engine.cluster import current_client, task_threads
 from segtile.engine.events import TileCounts, report
 from segtile.engine.heap import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.engine.interrupt import stop_if_asked
-from segtile.engine.order import OrderedLayer, StripeOrder
+from segtile.engine.order import OrderedLayer, StripeOrder, done
 from segtile.inference.devices import resolve_device
 from segtile.inference.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
@@ -126,11 +126,11 @@ def _valid_count(valid: np.ndarray | None, size: int) -> int:
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
-              progress_topic: str, on_device: bool = False, _after: None = None) -> list[TileResult]:
+              progress_topic: str, on_device: bool = False, *_after: None) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.engine.events`).
     ``on_device`` keeps the results on the model's device (tensors) for :func:`stitch_chunk` to
-    sum there. ``_after`` is the marker of the stitched chunk the batch waits for (its data is
+    sum there. ``_after`` are the markers the batch waits for (:mod:`segtile.engine.order`; their data is
     nothing)."""
     stop_if_asked()
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
@@ -159,11 +159,6 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
             results.append(TileResult(inside, predicted.logits[row, :h, :w], weight[:h, :w], predicted.weighted))
     report(progress_topic, TileCounts(read=len(tiles), run=len(keep), valid=valid, nonfinite=nonfinite))
     return results
-
-
-def _done(_: object) -> None:
-    """A marker that a chunk is stitched: carries the order of the chunks, not their data."""
-    return None
 
 
 _SCRATCH = threading.local()
@@ -345,7 +340,7 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     products_token = tokenize(token, products, sorted(skip), lead, on_device)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_tasks, chunk_tasks = f"{BATCH_PREFIX}{token}", f"segtile-chunk-{products_token}"
-    done_name = f"segtile-done-{products_token}"
+    done_name, ran_name = f"segtile-done-{products_token}", f"segtile-ran-{products_token}"
     names = {product: f"segtile-{product}-{products_token}" for product in products}
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
@@ -369,16 +364,18 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
                 deps = [(batch_tasks, s, b) for b in needed.get((i, j), ())]
                 graph[(chunk_tasks, i, j)] = (stitch_chunk, chunk, num_classes, tuple(products), previous, *deps)
                 previous = (done_name, i, j)
-                graph[previous] = (_done, (chunk_tasks, i, j))
+                graph[previous] = (done, (chunk_tasks, i, j))
                 chain.append(((i, j), previous))
             stitched_through.append(previous)
         for b, batch in enumerate(stripe.batches):
             row = -1 if lead is None else batch[0].window.row_off // size - lead
             after = stitched_through[row] if row >= 0 else None
             graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, on_device,
-                                          after)
+                                          *([after] if after else []))
+            if lead is None:
+                graph[(ran_name, s, b)] = (done, (batch_tasks, s, b))
         stripes.append(StripeOrder([(batch_tasks, s, b) for b in range(len(stripe.batches))], chain, needed))
-    layer = graph if lead is not None else OrderedLayer(graph, stripes, names.values(), lead=task_threads())
+    layer = graph if lead is not None else OrderedLayer(graph, stripes, names.values(), ran_name, lead=task_threads())
     arrays = {}
     for product, name in names.items():
         hlg = HighLevelGraph.from_collections(name, layer, dependencies=())
