@@ -15,6 +15,7 @@ group of batches released by one chunk). The stripes a computation needs are sti
 another, the first batches of the next waiting for the stitching of the one before, so the
 results alive are those of the stitching frontier and ``lead`` batches more, whoever consumes
 the result.
+
 Which stripes and how far down each is needed is only known when a computation asks for its keys:
 :class:`OrderedLayer` adds the waits as Dask culls the graph to those keys, so a slice of the
 result runs only the stripes and rows it needs, as before (a graph never culled, computed with
