@@ -1,11 +1,16 @@
 """The engine: seam-free stitching, nodata skipping, georeference, schedulers."""
 
+import threading
+import time
+
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 import rasterio
 import torch
 from affine import Affine
+from dask.callbacks import Callback
 
 from segtile import segment
 from segtile.tiling.blend import BLENDS
@@ -348,6 +353,92 @@ def test_on_a_cluster_no_batch_starts_before_the_chunk_row_above_it_is_stitched(
         (marker,) = markers
         assert marker[1:] == (row, min(2 * stripe + 1, 4))  # the last chunk of that row in the stripe (2 columns)
     assert waiting > len(batches) / 2
+
+
+class SlowOnce(torch.nn.Module):
+    """A 1x1 convolution to ``classes`` that takes ``seconds`` over its third batch, as a thread
+    slowed down by the machine's load would."""
+
+    def __init__(self, classes: int, seconds: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, classes, 1)
+        self.seconds, self.calls, self.lock = seconds, 0, threading.Lock()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.calls += 1
+            slow = self.calls == 3
+        if slow:
+            time.sleep(self.seconds)
+        return self.conv(x)
+
+
+class BatchesAlive(Callback):
+    """The most batch results alive at once during a computation: held by the scheduler for the
+    chunks that need them, or being made; and every batch task run, by stripe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock, self.running, self.most, self.run = threading.Lock(), set(), 0, []
+
+    def _pretask(self, key, dsk, state) -> None:
+        with self.lock:
+            self.running.add(key)
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        from segtile.engine.graph import BATCH_PREFIX
+
+        def is_batch(k) -> bool:
+            return isinstance(k, tuple) and str(k[0]).startswith(BATCH_PREFIX)
+
+        with self.lock:
+            self.running.discard(key)
+            if is_batch(key):
+                self.run.append(key[1:])
+            self.most = max(self.most, sum(map(is_batch, set(state["cache"]) | self.running)))
+
+
+@pytest.mark.parametrize("consumer", ["compute", "to_zarr"])
+def test_a_slow_thread_lets_no_other_run_ahead_of_the_stitching(tmp_path, consumer):
+    """A thread slowed down over one batch let the other run every later batch of the stripe, and
+    then other stripes, each result waiting in memory for the slow one (27 batch results alive
+    here where the memory plan counts under 10). Each batch now waits behind the stitching, so
+    the results alive stay within what the plan counts, whoever consumes the result."""
+    from segtile.tiling.budget import held_tiles
+
+    image = random_image(3, 600, 96)
+    sizes = {"tile_size": 32, "overlap": 8, "batch_size": 1, "chunk_size": 16, "stripe_width": 48}
+    with dask.config.set(scheduler="threads", num_workers=2):
+        result = segment(image, SlowOnce(classes=8, seconds=0.5).eval(), device="cpu", **sizes)
+        alive = BatchesAlive()
+        with alive:
+            if consumer == "compute":
+                labels = result.labels.compute()
+            else:
+                da.to_zarr(result.labels, tmp_path / "labels.zarr")
+    planned = held_tiles(32, 8, 16, 48, 1) + 2 - 1  # the stitching frontier, a batch on the other thread
+    assert alive.most <= planned
+    if consumer == "compute":
+        model = SlowOnce(classes=8, seconds=0)
+        np.testing.assert_array_equal(labels, np.argmax(whole_image_logits(model.conv, image), axis=0))
+
+
+def test_a_slice_runs_only_the_stripes_and_rows_it_asks_for():
+    """The waits behind the stitching are added for the stripes a computation asks for, down to
+    the rows it asks for: a slice runs no batch of a stripe it does not touch."""
+    image = random_image(3, 200, 96)
+    result = segment(image, SlowOnce(classes=4, seconds=0).eval(), tile_size=32, overlap=8, batch_size=1,
+                     chunk_size=16, stripe_width=48, device="cpu")
+    whole = result.labels.compute()
+    for rows, columns, stripes in [(slice(150, 200), slice(60, 90), {1}), (slice(0, 20), slice(30, 70), {0, 1})]:
+        alive = BatchesAlive()
+        with alive:
+            part = result.labels[rows, columns].compute()
+        np.testing.assert_array_equal(part, whole[rows, columns])
+        assert {stripe for stripe, _ in alive.run} == stripes
+        if rows.start == 0:
+            assert len(alive.run) < 12  # the two stripes' top rows only
 
 
 def test_results_stitched_on_the_device_are_those_stitched_on_the_host(pointwise_model):

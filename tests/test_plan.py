@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from segtile.tiling.grid import tile_grid, tile_starts, tiles_along
 from segtile.tiling.plan import (
+    BATCH_TASKS,
     CHUNK_TASKS,
     TilingOptions,
     batches_per_chunk,
@@ -109,7 +110,7 @@ def test_the_tasks_counted_without_a_plan_are_at_least_those_planned(plan, align
     assert tiles_along(height, options.tile_size, options.overlap, alignment) == len(
         tile_starts(height, options.tile_size, options.overlap, alignment))
     stripes = plan_stripes(height, width, options)
-    planned = sum(len(stripe.batches) for stripe in stripes) + CHUNK_TASKS * len(
+    planned = BATCH_TASKS * sum(len(stripe.batches) for stripe in stripes) + CHUNK_TASKS * len(
         {(i, j) for i in range(-(-height // options.chunk_size)) for j in range(-(-width // options.chunk_size))})
     counted = count_tasks(height, width, options)
     assert planned <= counted <= 2 * planned + 2

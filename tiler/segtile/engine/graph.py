@@ -20,13 +20,14 @@ Three kinds of task, all small and picklable:
 
 Each chunk task also takes a data-free marker of the completion of the chunk before it in its
 stripe, so each stripe is stitched row by row (stripes are independent: computing part of the
-result runs only the stripes it touches, down to the rows it asks for). Dask's local scheduler
-then runs the batches in the order the stitches need them. A ``dask.distributed`` scheduler
+result runs only the stripes it touches, down to the rows it asks for). On Dask's local
+scheduler each batch waits behind the stitching too, and the stripes a computation asks for are
+stitched one after another (:mod:`segtile.engine.order`): a slowed-down thread no longer lets
+the others run ahead, whoever consumes the result. A ``dask.distributed`` scheduler
 runs every ready batch it can, far ahead of the stitching: a graph built while a client is
 current therefore makes each batch task wait for the marker of the last chunk of the row
-``BATCH_LEAD_ROWS`` above its first tile (the local scheduler orders better without that, and
-holds less). Dask frees a batch as soon as the chunks that need it are done, so memory is
-bounded by the batches in flight, the band of batches one tile row high and one stripe wide
+``BATCH_LEAD_ROWS`` above its first tile. Dask frees a batch as soon as the chunks that need it
+are done, so memory is bounded by the batches in flight, the band of batches one tile row high and one stripe wide
 that straddles the current chunk row, and the chunks being stitched, whatever the image size;
 :func:`segtile.tiling.budget.plan_memory` sizes stripes, chunks and batches to the class count so that
 bound holds for 2 classes and for 150.
@@ -47,10 +48,11 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from rasterio.windows import Window, intersect, intersection
 
-from segtile.engine.cluster import current_client
+from segtile.engine.cluster import current_client, task_threads
 from segtile.engine.events import TileCounts, report
 from segtile.engine.heap import keep_large_arrays_off_the_heap, release_free_memory
 from segtile.engine.interrupt import stop_if_asked
+from segtile.engine.order import OrderedLayer, StripeOrder, done
 from segtile.inference.devices import resolve_device
 from segtile.inference.predictor import ModelSpec, get_predictor
 from segtile.sources import Source
@@ -124,11 +126,11 @@ def _valid_count(valid: np.ndarray | None, size: int) -> int:
 
 
 def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: TilingOptions,
-              progress_topic: str, on_device: bool = False, _after: None = None) -> list[TileResult]:
+              progress_topic: str, on_device: bool = False, *_after: None) -> list[TileResult]:
     """Read ``tiles``, predict those holding valid pixels, weight them; one task of the graph.
     The tile counts are then reported under ``progress_topic`` (:mod:`segtile.engine.events`).
     ``on_device`` keeps the results on the model's device (tensors) for :func:`stitch_chunk` to
-    sum there. ``_after`` is the marker of the stitched chunk the batch waits for (its data is
+    sum there. ``_after`` are the markers the batch waits for (:mod:`segtile.engine.order`; their data is
     nothing)."""
     stop_if_asked()
     keep_large_arrays_off_the_heap()  # once per process, wherever the batches run
@@ -155,11 +157,6 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
             results.append(TileResult(inside, predicted.logits[row, :h, :w], weight[:h, :w], predicted.weighted))
     report(progress_topic, TileCounts(read=len(tiles), run=len(keep), valid=valid, nonfinite=nonfinite))
     return results
-
-
-def _done(_: object) -> None:
-    """A marker that a chunk is stitched: carries the order of the chunks, not their data."""
-    return None
 
 
 _SCRATCH = threading.local()
@@ -351,14 +348,16 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
     products_token = tokenize(token, products, sorted(skip), lead, on_device)
     source_key, spec_key = f"segtile-source-{token}", f"segtile-model-{token}"
     batch_tasks, chunk_tasks = f"{BATCH_PREFIX}{token}", f"segtile-chunk-{products_token}"
-    done_name = f"segtile-done-{products_token}"
+    done_name, ran_name = f"segtile-done-{products_token}", f"segtile-ran-{products_token}"
     names = {product: f"segtile-{product}-{products_token}" for product in products}
     graph: dict = {source_key: source, spec_key: spec}
     row_chunks, col_chunks = _chunks(height, size), _chunks(width, size)
+    stripes: list[StripeOrder] = []
     for s, stripe in enumerate(plan_stripes(height, width, options)):
         needed = batches_per_chunk(stripe.batches, height, width, size)
         previous = None  # one chain per stripe: a chunk needs only the stripe above it, not others
         stitched_through: list[tuple | None] = []  # the last marker of the chain once row i is done
+        chain: list[tuple[tuple[int, int], tuple]] = []  # the stripe's chunks and markers, in stitching order
         for i, chunk_h in enumerate(row_chunks):
             for j in stripe.chunk_columns:
                 for product, name in names.items():
@@ -373,16 +372,21 @@ def build_products(source: Source, spec: ModelSpec, options: TilingOptions, prod
                 deps = [(batch_tasks, s, b) for b in needed.get((i, j), ())]
                 graph[(chunk_tasks, i, j)] = (stitch_chunk, chunk, num_classes, tuple(products), previous, *deps)
                 previous = (done_name, i, j)
-                graph[previous] = (_done, (chunk_tasks, i, j))
+                graph[previous] = (done, (chunk_tasks, i, j))
+                chain.append(((i, j), previous))
             stitched_through.append(previous)
         for b, batch in enumerate(stripe.batches):
             row = -1 if lead is None else batch[0].window.row_off // size - lead
             after = stitched_through[row] if row >= 0 else None
             graph[(batch_tasks, s, b)] = (run_batch, source_key, spec_key, batch, options, batch_tasks, on_device,
-                                          after)
+                                          *([after] if after else []))
+            if lead is None:
+                graph[(ran_name, s, b)] = (done, (batch_tasks, s, b))
+        stripes.append(StripeOrder([(batch_tasks, s, b) for b in range(len(stripe.batches))], chain, needed))
+    layer = graph if lead is not None else OrderedLayer(graph, stripes, names.values(), ran_name, lead=task_threads())
     arrays = {}
     for product, name in names.items():
-        hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+        hlg = HighLevelGraph.from_collections(name, layer, dependencies=())
         if product == "labels":
             arrays[product] = da.Array(hlg, name, (row_chunks, col_chunks), dtype=label_dtype(num_classes)[0])
         else:

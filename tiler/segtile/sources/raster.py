@@ -35,8 +35,10 @@ from segtile.sources.remote import check_range_requests, is_url
 from segtile.sources.selection import band_positions, compose_bands, window_bounds
 
 # GDAL's block cache defaults to 5% of the machine's memory, and fills with decoded blocks as a
-# large image streams through: bound it (in MB) unless the user chose a size.
-os.environ.setdefault("GDAL_CACHEMAX", "64")
+# large image streams through: bound it (in MB) unless the user chose a size. 16 MB hold the blocks
+# shared by neighbouring tiles of a batch; 64 MB took 45 MB more at the peak for the same CPU time
+# (ZSTD and JPEG GeoTIFFs of 4000 and 8000 px, docs/performance.md section 3).
+os.environ.setdefault("GDAL_CACHEMAX", "16")
 
 # Colour interpretations that name a band better than its number; grey and undefined do not.
 _NAMED_COLOURS = {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha}

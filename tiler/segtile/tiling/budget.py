@@ -52,9 +52,9 @@ at about 0.75 GiB (docs/performance.md)."""
 MAX_BATCH, MAX_CHUNK, MAX_STRIPE = 4, 1024, 8192
 CHUNK_SIZES = (1024, 512, 256, 128, 64)
 READ_CACHE = 64 * 2**20
-"""GDAL's block cache as segtile bounds it (:mod:`segtile.sources.raster`), or for slides the cache
-of decoded tiles (:data:`segtile.sources.tile_cache.DECODED_TILE_BYTES`): decoded blocks of the
-image, held whatever the plan."""
+"""The larger of GDAL's block cache as segtile bounds it for rasters (16 MB, :mod:`segtile.sources.raster`)
+and, for slides, the cache of decoded tiles (:data:`segtile.sources.tile_cache.DECODED_TILE_BYTES`):
+decoded blocks of the image, held whatever the plan."""
 TASK_BYTES = 2**10
 """Memory per task of the Dask graph, held for the whole job: its entries and the plan's objects
 (measured: 0.4-0.8 KiB per task; docs/performance.md)."""

@@ -26,6 +26,9 @@ from segtile.tiling.grid import Tile, aligned_tiling, check_tiling, tile_grid, t
 CHUNK_TASKS = 4
 """Graph entries per output chunk: its stitch, the marker of its completion, and one per product
 asked for (labels, probabilities: the usual pair)."""
+BATCH_TASKS = 2
+"""Graph entries per batch of tiles: its task and the marker that it ran, which orders the batches
+(:mod:`segtile.engine.order`)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,9 @@ def tile_runs(height: int, width: int, options: TilingOptions, skip: frozenset[t
 
 def count_tasks(height: int, width: int, options: TilingOptions) -> int:
     """About how many tasks the graph of a ``height`` x ``width`` image has (:mod:`segtile.engine.graph`:
-    a batch task per ``batch_size`` tile runs, tiles on a stripe boundary once per stripe; and
-    :data:`CHUNK_TASKS` per output chunk), counted without building anything, for a grid of
-    any size. An upper bound: it counts every tile column a stripe boundary may cross."""
+    :data:`BATCH_TASKS` per batch of ``batch_size`` tile runs, tiles on a stripe boundary once per
+    stripe; and :data:`CHUNK_TASKS` per output chunk), counted without building anything, for a grid
+    of any size. An upper bound: it counts every tile column a stripe boundary may cross."""
     rows = tiles_along(height, options.tile_size, options.overlap, options.alignment)
     columns = tiles_along(width, options.tile_size, options.overlap, options.alignment)
     chunk_columns = -(-width // options.chunk_size)
@@ -150,4 +153,4 @@ def count_tasks(height: int, width: int, options: TilingOptions) -> int:
     crossing = -(-options.tile_size // (options.tile_size - options.overlap)) + 1
     runs = rows * min(columns * stripes, columns + (stripes - 1) * crossing)
     batches = -(-runs // options.batch_size) + stripes
-    return batches + CHUNK_TASKS * -(-height // options.chunk_size) * chunk_columns
+    return BATCH_TASKS * batches + CHUNK_TASKS * -(-height // options.chunk_size) * chunk_columns
