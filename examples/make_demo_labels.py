@@ -20,7 +20,7 @@ the whole scene, 0 = water, 1 = land, 255 = unlabelled. **These come from rules 
 eye on pictures of each scene (``--pictures DIR`` writes them), not from ground truth:
 
 * bahamas_water.tif, for bahamas_rgb.tif (RGB only): :func:`bahamas_rule`, its clouds unlabelled;
-* gsl_landsat7_water.tif, gsl_north_landsat7_water.tif, naip_2020_water.tif, naip_2010_water.tif,
+* gsl_landsat7_water.tif, gsl_north_landsat7_water.tif and naip_YYYY_water.tif (2010, 2014-2020),
   for the red/green/blue/near-infrared scenes of the same names (Landsat 7 at 30 m, NAIP at 10 m):
   :func:`nir_rule` (NDWI and near-infrared thresholds; the pixels neither threshold is sure of
   are left unlabelled).
@@ -119,8 +119,8 @@ def write_labels(path: Path, labels: np.ndarray, like: rasterio.io.DatasetReader
 WATER_SCENES = {  # image -> its water / land labels, for the default model
     "gsl_landsat7_rgbn.tif": "gsl_landsat7_water.tif",
     "gsl_north_landsat7_rgbn.tif": "gsl_north_landsat7_water.tif",
-    "naip_2020_rgbn_10m.tif": "naip_2020_water.tif",
     "naip_2010_rgbn_10m.tif": "naip_2010_water.tif",
+    **{f"naip_{year}_rgbn_10m.tif": f"naip_{year}_water.tif" for year in (2014, 2015, 2016, 2017, 2018, 2019, 2020)},
 }
 PALETTE = {WATER: (31, 95, 191), LAND: (63, 155, 63), UNLABELLED: (255, 0, 255)}
 
