@@ -95,6 +95,24 @@ def test_nodata_tiles_are_skipped_and_nodata_pixels_stay_nodata(tmp_path, pointw
     assert np.isnan(result.logits.compute()[:, ~valid]).all()
 
 
+class SmoothedAgainstItself(torch.nn.Module):
+    """Class 0 where a pixel's 3x3 neighbourhood (within the tile) is as bright as the pixel, 1
+    where it is darker: on a uniform image every pixel is 0 unless the network is shown a band of
+    zeros beside the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = x[:, :1]
+        smoothed = torch.nn.functional.avg_pool2d(first, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([smoothed * 1.01, first], dim=1)
+
+
+def test_the_padding_past_the_image_edge_is_shown_to_the_network_as_the_reflected_image(tmp_path):
+    path = tmp_path / "uniform.tif"
+    write_geotiff(path, np.ones((3, 37, 45), dtype=np.float32))
+    labels = segment(path, SmoothedAgainstItself(), tile_size=64, overlap=16, device="cpu").labels.compute()
+    assert labels.shape == (37, 45) and (labels == 0).all()  # zeroed padding made the last row and column 1
+
+
 def test_georeference_comes_from_a_real_geotiff(data_dir, pointwise_model):
     path = data_dir / "bahamas_rgb.tif"
     result = segment(path, pointwise_model(bands=3, classes=2), tile_size=256, overlap=32, device="cpu")

@@ -115,6 +115,21 @@ def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None
     return pixels, (None if valid is not None and valid.all() else valid)
 
 
+def _seen(valid: np.ndarray | None, window: Window, source: Source) -> np.ndarray | None:
+    """The pixels of a tile the network sees as they are (``None``: all): the image's valid
+    pixels, and the padding past the image's edge where it reflects valid ones. The padding
+    counts for nothing in the blend (:func:`read_tile` marks it invalid), but zeroed it would be
+    a band the network never saw in training, and the image's last rows are classified beside it."""
+    if valid is None:
+        return None
+    inside = intersection(window, Window(0, 0, source.width, source.height))
+    pad = ((0, window.height - inside.height), (0, window.width - inside.width))
+    inner = valid[:inside.height, :inside.width]
+    if inner.all():
+        return None
+    return np.pad(inner, pad, mode="reflect" if min(inner.shape) > 1 else "edge")
+
+
 def _masked_weight(tile: Tile, valid: np.ndarray | None, options: TilingOptions) -> np.ndarray:
     """The tile's blend weight, zero on invalid pixels; the shared cached array when all are valid."""
     weight = tile_weight(options.blend, options.tile_size, options.overlap, tile.edges)
@@ -145,10 +160,13 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
         if pixels.dtype != np.uint8:
             pixels = pixels.astype(np.float32)
         predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
-        all_valid = all(reads[i][1] is None for i in keep)
         size = options.tile_size
+        seen = [_seen(reads[i][1], tiles[i].window, source) for i in keep]
+        all_seen = all(mask is None for mask in seen)
+        stacked_seen = None if all_seen else np.stack(
+            [np.ones((size, size), dtype=bool) if mask is None else mask for mask in seen])
         stacked_weights = np.stack([weights[i] for i in keep], out=_scratch("weights", (len(keep), size, size)))
-        predicted = predictor(pixels, stacked_weights, all_valid, on_device)
+        predicted = predictor(pixels, stacked_weights, all_seen, on_device, stacked_seen)
         valid, nonfinite = sum(counts), predicted.nonfinite
         for row, i in enumerate(keep):
             inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))

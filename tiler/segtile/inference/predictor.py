@@ -157,10 +157,14 @@ class Predictor:
         return tensor
 
     def __call__(self, pixels: np.ndarray, weights: np.ndarray, all_valid: bool = False,
-                 on_device: bool = False) -> BatchResult:
+                 on_device: bool = False, seen: np.ndarray | None = None) -> BatchResult:
         """Weighted logits for ``pixels`` ``(B, bands, h, w)`` (any numeric dtype) and blend
         ``weights`` ``(B, h, w)``, 0 on invalid pixels (which the network sees as 0 once
-        normalised, whatever they hold: NaN included); ``all_valid`` says there are none.
+        normalised, whatever they hold: NaN included); ``all_valid`` says the network sees every
+        pixel as it is. ``seen`` ``(B, h, w)``, when given, says which pixels the network sees
+        as they are instead of the weights: a tile's padding past the image's edge, reflected
+        from the image, counts for nothing in the blend but is seen, so that the image's last
+        rows are not classified beside a band of zeros.
         ``on_device`` keeps the weighted logits and the weights on the device, as tensors of
         their own, for a stitcher that sums them there (:mod:`segtile.engine.graph`).
 
@@ -178,7 +182,8 @@ class Predictor:
         network_threads = torch.get_num_threads()
         with torch.inference_mode(), self._host_threads():
             weight = self._to_device(weights).unsqueeze(-1)  # (B, h, w, 1)
-            x = self._prepared(self._to_device(pixels), None if all_valid else weight[..., 0])
+            mask = None if all_valid else weight[..., 0] if seen is None else self._to_device(seen)
+            x = self._prepared(self._to_device(pixels), mask)
             with (self._lock, eval_mode(self.module) if self.borrowed else nullcontext(),
                   _intra_op_threads(network_threads)):
                 logits = augmented(self.augmentation, self._network, x)
