@@ -2,8 +2,8 @@
 
 The mosaic (``bench/make_mosaic.py``: SIZE x SIZE px, mirror-tiled ``examples/data/landsat7.tif``,
 30 m, tiled 512, ZSTD, no overviews) is built in ``bench/out`` when missing. In one process, with
-the default model (``landsat_rgb_psp18``) on the image's own 30 m grid (``resolution="native"``; at
-the card's 300 m the full job would be a hundred times smaller), no test-time augmentation, CPU,
+the default model (``landsat_rgb_psp18``) on the image's own 30 m grid (``resolution="native"``, which
+the card's 10-600 m range serves as it is: the setting pins it), no test-time augmentation, CPU,
 one after another:
 
 1. ``result.preview()`` (1024 px on the longer side) of the mosaic as it is: no overviews, so
