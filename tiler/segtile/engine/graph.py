@@ -115,18 +115,19 @@ def read_tile(source: Source, tile: Tile) -> tuple[np.ndarray, np.ndarray | None
     return pixels, (None if valid is not None and valid.all() else valid)
 
 
-def _seen(valid: np.ndarray | None, window: Window, source: Source) -> np.ndarray | None:
+def _seen(valid: np.ndarray | None, inside: Window) -> np.ndarray | None:
     """The pixels of a tile the network sees as they are (``None``: all): the image's valid
-    pixels, and the padding past the image's edge where it reflects valid ones. The padding
-    counts for nothing in the blend (:func:`read_tile` marks it invalid), but zeroed it would be
-    a band the network never saw in training, and the image's last rows are classified beside it."""
+    pixels, and the padding past the image's edge where it reflects valid ones. ``valid`` is the
+    tile's validity from :func:`read_tile`, ``inside`` the part of its window within the image.
+    The padding counts for nothing in the blend (:func:`read_tile` marks it invalid), but zeroed
+    it would be a band the network never saw in training, and the image's last rows are
+    classified beside it."""
     if valid is None:
         return None
-    inside = intersection(window, Window(0, 0, source.width, source.height))
-    pad = ((0, window.height - inside.height), (0, window.width - inside.width))
     inner = valid[:inside.height, :inside.width]
     if inner.all():
         return None
+    pad = ((0, valid.shape[0] - inside.height), (0, valid.shape[1] - inside.width))
     return np.pad(inner, pad, mode="reflect" if min(inner.shape) > 1 else "edge")
 
 
@@ -161,7 +162,9 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
             pixels = pixels.astype(np.float32)
         predictor = get_predictor(spec, options.device, options.precision, options.augmentation)
         size = options.tile_size
-        seen = [_seen(reads[i][1], tiles[i].window, source) for i in keep]
+        image = Window(0, 0, source.width, source.height)
+        insides = {i: intersection(tiles[i].window, image) for i in keep}
+        seen = [_seen(reads[i][1], insides[i]) for i in keep]
         all_seen = all(mask is None for mask in seen)
         stacked_seen = None if all_seen else np.stack(
             [np.ones((size, size), dtype=bool) if mask is None else mask for mask in seen])
@@ -169,7 +172,7 @@ def run_batch(source: Source, spec: ModelSpec, tiles: list[Tile], options: Tilin
         predicted = predictor(pixels, stacked_weights, all_seen, on_device, stacked_seen)
         valid, nonfinite = sum(counts), predicted.nonfinite
         for row, i in enumerate(keep):
-            inside = intersection(tiles[i].window, Window(0, 0, source.width, source.height))
+            inside = insides[i]
             h, w = inside.height, inside.width
             weight = weights[i] if predicted.weights is None else predicted.weights[row]
             results.append(TileResult(inside, predicted.logits[row, :h, :w], weight[:h, :w], predicted.weighted))
