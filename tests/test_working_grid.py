@@ -1,5 +1,7 @@
 """The grid the model runs on: a pyramid level, a pixel size in metres or µm, or the model's own."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
@@ -16,6 +18,8 @@ from segtile.models import LoadedModel, ModelCard
 from segtile.sources import SourceError, open_source
 from segtile.sources.resample import ResampledSource, at_level, at_pixel_size
 from segtile.sources.working_grid import GridChoiceError, choose_grid
+
+CORPUS = Path(__file__).resolve().parent / "data" / "corpus"  # other projects' test files
 
 
 def whole_image_average(path, shape):
@@ -200,6 +204,16 @@ def test_a_raster_in_degrees_runs_on_its_own_pixels_with_a_note_when_far_from_th
                      "trained at 300 m: it runs on the image's own pixels (segtile resamples only projected "
                      "rasters: reproject it, e.g. with gdalwarp -t_srs and -tr, to match the model)"]
     assert choose_grid(source, card(150.0, "m")) == (source, [])
+
+
+def test_a_raster_placed_without_a_crs_runs_on_its_own_pixels_with_a_note(data_dir):
+    source = open_source(CORPUS / "a39se10.jpg")  # a JPEG placed by its .jgw world file: no CRS, 3.28 units
+    chosen, notes = choose_grid(source, card(None, "m", (10.0, 600.0)))
+    assert chosen is source and len(notes) == 1
+    assert notes[0].startswith("the image has no coordinate reference system, so its pixels' size is unknown (its "
+                               "transform: 3.28078 x 3.28078 units of no known kind)")
+    assert choose_grid(source, card(None, "m", (10.0, 600.0)), resolution="native") == (source, [])
+    assert choose_grid(open_source(data_dir / "landsat7.tif"), card(None, "m", (10.0, 600.0)))[1] == []
 
 
 def test_grid_values_are_checked(data_dir):

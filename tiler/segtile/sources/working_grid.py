@@ -19,7 +19,8 @@ pixels.
 
 Otherwise the image's own grid is used, with a note when the model was trained on the other kind
 of image (metres: rasters; µm: slides), or on a pixel size far from this image's approximate one
-(a raster in degrees, which is never resampled to metres).
+(a raster in degrees, which is never resampled to metres), or when the image's transform has no
+CRS (a world file alone: its units, and so its pixels' size, are unknown).
 """
 
 from __future__ import annotations
@@ -165,7 +166,16 @@ def _own_grid_notes(source: Source, card: ModelCard, served: tuple[float, float]
         return [f"the model was trained on {trained_on} ({_describe(served, unit)} pixels) and this image is "
                 f"{this_image} ({own[0]:g} {UNITS[own[1]]} pixels): it runs on the image's own pixels; choose a "
                 "model trained on images like this one"]
-    metres = degree_pixel_metres(source.georef, source.height, source.width)
+    georef = source.georef
+    if unit == "m" and georef.crs is None and georef.transform is not None and not georef.transform.is_identity:
+        flag, keyword = _option(unit)
+        return [f"the image has no coordinate reference system, so its pixels' size is unknown (its transform: "
+                f"{abs(georef.transform.a):g} x {abs(georef.transform.e):g} units of no known kind), and the model "
+                f"was trained at {_describe(served, unit)}: it runs on the image's own pixels; if they are far from "
+                "that size the labels are meaningless: give the image its CRS (e.g. gdal_edit.py -a_srs EPSG:...) so "
+                f"that segtile can resample it, or choose {flag} {NATIVE} to say they are right "
+                f"(Python: {keyword}={NATIVE!r})"]
+    metres = degree_pixel_metres(georef, source.height, source.width)
     if unit != "m" or metres is None or _nearest_served(math.sqrt(metres[0] * metres[1]), served) is None:
         return []
     return [f"the image's pixels are in degrees, about {metres[0]:.3g} x {metres[1]:.3g} m at its centre, and the "
