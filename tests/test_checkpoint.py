@@ -65,7 +65,8 @@ def test_round_trip_keeps_weights_card_and_architecture(tmp_path):
     assert_same_weights(loaded.module, model)
     assert loaded.card == replace(card, alignment=8)  # a PSPNet's tiles line up on 8 px
     assert loaded.config == {"name": "pspnet", "layers": 18, "classes": 3, "bins": [1, 2],
-                             "dropout": 0.1, "zoom_factor": 8, "in_channels": 4, "width": 0.125}
+                             "dropout": 0.1, "zoom_factor": 8, "in_channels": 4, "width": 0.125,
+                             "output_stride": 8}
     assert not loaded.module.training
     x = torch.randn(1, 4, 40, 33)
     with torch.inference_mode():

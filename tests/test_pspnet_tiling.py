@@ -13,10 +13,27 @@ from segtile.models.builtin import DEFAULT_MODEL, builtin_models
 
 
 def test_pspnet_checkpoints_and_networks_carry_their_alignment():
-    assert load_checkpoint(builtin_models()[DEFAULT_MODEL]).card.alignment == 8
+    assert load_checkpoint(builtin_models()[DEFAULT_MODEL]).card.alignment == 8  # saved before output_stride was
     from segtile.models import load_model
 
-    assert load_model(PSPNet(layers=18, classes=2, width=0.125)).card.alignment == 8
+    for stride in (8, 4, 2):
+        assert load_model(PSPNet(layers=18, classes=2, width=0.125, output_stride=stride)).card.alignment == stride
+
+
+@pytest.mark.parametrize("stride", [8, 4, 2])
+def test_the_features_sit_every_output_stride_pixels_and_a_checkpoint_keeps_the_stride(tmp_path, stride):
+    from segtile.models import ModelCard, save_checkpoint
+
+    torch.manual_seed(0)
+    net = PSPNet(layers=18, classes=2, width=0.125, output_stride=stride).eval()
+    x = torch.randn(1, 3, 8 * 8 + 1, 8 * 6 + 1)
+    with torch.inference_mode():
+        features = net.layer4(net.layer3(net.layer2(net.layer1(net.layer0(x)))))
+        assert features.shape[-2:] == (64 // stride + 1, 48 // stride + 1)
+        save_checkpoint(tmp_path / "net.pt", net, ModelCard(classes=("a", "b"), in_channels=3))
+        loaded = load_checkpoint(tmp_path / "net.pt")
+        assert loaded.config["output_stride"] == stride
+        torch.testing.assert_close(loaded.module(x), net(x))
 
 
 @pytest.mark.parametrize("tile, overlap", [(128, 32), (256, 64)])

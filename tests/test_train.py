@@ -436,7 +436,8 @@ def test_a_resumed_run_keeps_its_settings(tmp_path, scene, capsys):
     common = ["--image", image, "--labels", labels, "--resume", first, "--out", tmp_path / "next.pt", "--quiet"]
     for extra, fragment in ((["--tile-size", "64"], "--tile-size 64 differs from the resumed run's 32"),
                             (["--classes", "a,b"], "differ from the resumed network's dark,bright"),
-                            (["--layers", "34"], "--layers 34 differs from the resumed network's 18")):
+                            (["--layers", "34"], "--layers 34 differs from the resumed network's 18"),
+                            (["--output-stride", "4"], "--output-stride 4 differs from the resumed network's 8")):
         assert run("train", *common, *extra) == 2
         assert fragment in capsys.readouterr().err
 
@@ -454,3 +455,12 @@ def test_progress_as_json_records_for_programs(tmp_path, scene, capsys):
                                                            "progress": 1.0}
     assert [line.split(":")[0] for line in lines if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
     assert captured.out == ""
+
+
+def test_a_finer_output_stride_is_trained_and_saved_with_the_tile_alignment_it_needs(tmp_path, scene):
+    image, labels = scene
+    out = tmp_path / "fine.pt"
+    assert run("train", "--image", image, "--labels", labels, "--classes", "dark,bright", "--out", out,
+               "--epochs", "1", "--steps-per-epoch", "1", "--output-stride", "4", *TINY) == 0
+    model = load_checkpoint(out)
+    assert model.config["output_stride"] == 4 and model.card.alignment == 4

@@ -19,7 +19,8 @@ from segtile.inference.devices import check_device
 from segtile.inference.domain import DOMAIN_KEY, domain_note
 from segtile.inference.predictor import ModelSpec
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
-from segtile.models.builtin import choose_model
+from segtile.models.builtin import ChosenModel, choose_model, depends_on_image
+from segtile.models.card import bands_by_name
 from segtile.models.checkpoint import with_network_alignment
 from segtile.result import Segmentation
 from segtile.sources import Source, open_source
@@ -77,7 +78,7 @@ def segment(
             (:func:`segtile.models.load_checkpoint`), or any ``torch.nn.Module`` mapping
             ``(N, bands, h, w)`` to ``(N, classes, h, w)``; a bare module gets the pixels as
             float32 with no normalisation. ``None``: ``$SEGTILE_MODEL`` when set, else the
-            installed default model.
+            installed default for the image's bands (:func:`segtile.models.builtin.installed_default`).
         tile_size, overlap: the tiling; default to the model card's suggestion.
         blend: ``gaussian``, ``cosine``, ``linear`` or ``constant``.
         batch_size: tiles per model call (default: 4, fewer when a batch of a many-class model
@@ -124,10 +125,10 @@ def segment(
         (dask arrays), the georeference, the card, and writers.
     """
     check_device(device, precision, here=current_client() is None)
-    spec_kwargs = _model_spec_kwargs(model)
-    card: ModelCard | None = spec_kwargs.get("card")
     image = open_source(source)  # every band: tissue is found in a slide's colours, whatever the model reads
     opened = open_source(image, bands=bands)
+    spec_kwargs = _model_spec_kwargs(model, opened)
+    card: ModelCard | None = spec_kwargs.get("card")
     if card is None:
         card = with_network_alignment(probe_card(spec_kwargs["module"], bands=opened.count), spec_kwargs["module"])
     _check_chosen_bands(bands, image.count, card)
@@ -220,15 +221,13 @@ def _in_colour_for(source: Source, card: ModelCard) -> tuple[Source, list[str]]:
 
 def _bands_named_by_card(source: Source, card: ModelCard) -> list[int] | None:
     """The 1-based image bands that bear the names of the card's bands (``band_names``, those
-    of the images it was trained on: colours, descriptions such as ``B4``), in the card's order;
-    ``None`` unless each name is found on exactly one band and none is a mere number."""
+    of the images it was trained on: colours, descriptions such as ``B4``, compared without case),
+    in the card's order; ``None`` unless each name is found on exactly one band and none is a mere
+    number."""
     names = card.extra.get("band_names")
     if not names or len(names) != card.in_channels or any(_NUMBERED_BAND.match(str(n)) for n in names):
         return None
-    image = list(source.band_names)
-    if any(image.count(name) != 1 for name in names):
-        return None
-    return [image.index(name) + 1 for name in names]
+    return bands_by_name(source.band_names, names)
 
 
 def _domain_notes(opened: Source, grid: Source, card: ModelCard) -> list[str]:
@@ -301,10 +300,20 @@ def _checkpoint_card(path: str, size: int, modified: int, inode: int) -> tuple[M
     return load_checkpoint(path).card, tokenize(path, size, modified, inode)
 
 
-def _model_spec_kwargs(model: Any) -> dict[str, Any]:
-    """The card, path and module a :class:`ModelSpec` is built from, whatever ``model`` is."""
+def model_for(source: Source, model: str | os.PathLike | None, bands: Sequence[int] | None = None) -> ChosenModel:
+    """The file of ``model`` (a path or an installed model's name) and how it was chosen; for
+    ``None``, ``$SEGTILE_MODEL`` or the installed default for the bands of ``source`` that are
+    read (``bands``, else all): :func:`segtile.models.builtin.installed_default`."""
+    if not depends_on_image(model):
+        return choose_model(model)
+    return choose_model(None, band_names=open_source(source, bands=bands).band_names)
+
+
+def _model_spec_kwargs(model: Any, source: Source) -> dict[str, Any]:
+    """The card, path and module a :class:`ModelSpec` is built from, whatever ``model`` is (the
+    installed default for the bands of ``source`` when ``None``)."""
     if model is None or isinstance(model, (str, os.PathLike)):
-        path = os.path.abspath(choose_model(model).path)
+        path = os.path.abspath(model_for(source, model).path)
         state = os.stat(path)
         card, token = _checkpoint_card(path, state.st_size, state.st_mtime_ns, state.st_ino)
         return {"card": card, "path": path, "token": token}

@@ -2,7 +2,10 @@
 
 The demo models live in ``models/segtile/models/demo/`` (package data, so they install with segtile); each is
 known by its file's stem (``--model landsat_rgb_psp18``). With no ``--model``, segtile uses
-``$SEGTILE_MODEL`` when it is set, else :data:`DEFAULT_MODEL`.
+``$SEGTILE_MODEL`` when it is set, else the installed default for the image's bands:
+:data:`NEAR_INFRARED_MODEL` when the image has bands named red, green, blue and nir (its
+descriptions or colours say so: water is found by its near-infrared absorption, which true colour
+cannot see), else :data:`DEFAULT_MODEL` (true colour, red, green and blue).
 """
 
 from __future__ import annotations
@@ -10,11 +13,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from segtile.errors import ModelNotFoundError
+from segtile.models.card import bands_by_name
 
 FOLDER = Path(__file__).resolve().parent / "demo"
 DEFAULT_MODEL = "landsat_rgb_psp18"
+NEAR_INFRARED_MODEL = "water_rgbn_psp18"
+NEAR_INFRARED_BANDS = ("red", "green", "blue", "nir")  # the band names of its card, in its order
+DEFAULTS = (f"the installed default for each image: {NEAR_INFRARED_MODEL} where its bands are named red, green, "
+            f"blue and nir, else {DEFAULT_MODEL}")
 ENVIRONMENT_VARIABLE = "SEGTILE_MODEL"
 
 
@@ -31,10 +40,11 @@ def builtin_models() -> dict[str, Path]:
     return {path.stem: path for path in sorted(FOLDER.glob("*.pt"))}
 
 
-def choose_model(model: str | os.PathLike | None, given_by: str = "--model") -> ChosenModel:
+def choose_model(model: str | os.PathLike | None, given_by: str = "--model",
+                 band_names: Sequence[str] = ()) -> ChosenModel:
     """The file of ``model``: a path, the name of an installed model, or (``None``) the
-    default: ``$SEGTILE_MODEL``, else the installed default model. ``given_by`` names the
-    argument in messages.
+    default: ``$SEGTILE_MODEL``, else the installed default for an image whose bands are named
+    ``band_names`` (:func:`installed_default`). ``given_by`` names the argument in messages.
 
     Raises:
         ModelNotFoundError: no such file or installed model.
@@ -43,8 +53,28 @@ def choose_model(model: str | os.PathLike | None, given_by: str = "--model") -> 
         chosen = os.environ.get(ENVIRONMENT_VARIABLE)
         if chosen:
             return ChosenModel(_existing(chosen, f"${ENVIRONMENT_VARIABLE}"), f"from ${ENVIRONMENT_VARIABLE}")
-        return ChosenModel(builtin_models()[DEFAULT_MODEL], "the installed default")
+        return installed_default(band_names)
     return ChosenModel(_existing(model, given_by), f"from {given_by}")
+
+
+def depends_on_image(model: str | os.PathLike | None) -> bool:
+    """Whether the model ``model`` names is the installed default, which depends on each image's
+    bands (no model given and no ``$SEGTILE_MODEL``)."""
+    return model is None and not os.environ.get(ENVIRONMENT_VARIABLE)
+
+
+def installed_default(band_names: Sequence[str]) -> ChosenModel:
+    """The installed default model for an image whose bands are named ``band_names``: the
+    near-infrared model when they include red, green, blue and nir (any case), else the
+    true-colour one."""
+    if bands_by_name(band_names, NEAR_INFRARED_BANDS) is not None:
+        return ChosenModel(builtin_models()[NEAR_INFRARED_MODEL],
+                           "the installed default for images with red, green, blue and nir bands")
+    origin = "the installed default"
+    if len(band_names) >= len(NEAR_INFRARED_BANDS):  # it may have a near-infrared band not named so
+        origin += (f"; where a band is near-infrared, --model {NEAR_INFRARED_MODEL} with --bands naming red, green, "
+                   "blue and near-infrared finds water by it")
+    return ChosenModel(builtin_models()[DEFAULT_MODEL], origin)
 
 
 def _existing(model: str | os.PathLike, given_by: str) -> Path:

@@ -253,3 +253,14 @@ def default_card(num_classes: int, in_channels: int) -> ModelCard:
         classes=tuple(f"class_{i}" for i in range(num_classes)),
         in_channels=in_channels,
     )
+
+
+def bands_by_name(image_names: Sequence[str], names: Sequence[str]) -> list[int] | None:
+    """The 1-based positions in ``image_names`` (an image's band names) of ``names`` (those a
+    card's model was trained on), in the order of ``names``, compared without case (``NIR`` is
+    ``nir``); ``None`` unless each name is found on exactly one band."""
+    image = [str(name).casefold() for name in image_names]
+    wanted = [str(name).casefold() for name in names]
+    if not wanted or any(image.count(name) != 1 for name in wanted):
+        return None
+    return [image.index(name) + 1 for name in wanted]

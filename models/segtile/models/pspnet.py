@@ -62,7 +62,7 @@ def classifier(in_channels: int, hidden: int, classes: int, dropout: float) -> n
 
 
 class PSPNet(nn.Module):
-    """Pyramid Scene Parsing Network over a dilated ResNet (output stride 8).
+    """Pyramid Scene Parsing Network over a dilated ResNet (output stride 8, the paper's, or 4, 2).
 
     Args:
         layers: ResNet depth: 50, 101 (or 152) with bottleneck blocks, the reference's layout;
@@ -74,6 +74,9 @@ class PSPNet(nn.Module):
             ``(H - 1) * zoom_factor // 8 + 1`` (the reference's ``(H - 1) / 8 * zoom + 1``).
         in_channels: number of input bands.
         width: multiplies every channel count, backbone and heads (1.0 is the reference).
+        output_stride: the features sit every 8 pixels (the reference), or 4 or 2: finer masks
+            of small objects, at 4 or 16 times the computation of the backbone's later stages
+            (:data:`segtile.models.resnet.OUTPUT_STRIDES`).
 
     In training mode ``forward`` returns ``(main_logits, aux_logits)``, the auxiliary head
     reading ``layer3``; in eval mode it returns the main logits only.
@@ -81,17 +84,18 @@ class PSPNet(nn.Module):
 
     def __init__(self, layers: int = 50, classes: int = 150, bins: Sequence[int] = (1, 2, 3, 6),
                  dropout: float = 0.1, zoom_factor: int = 8, in_channels: int = 3,
-                 width: float = 1.0) -> None:
+                 width: float = 1.0, output_stride: int = 8) -> None:
         super().__init__()
         bins = tuple(int(b) for b in bins)
         _check_options(classes, bins, dropout, zoom_factor, in_channels)
         self._config = {
             "layers": int(layers), "classes": int(classes), "bins": list(bins),
             "dropout": float(dropout), "zoom_factor": int(zoom_factor),
-            "in_channels": int(in_channels), "width": float(width),
+            "in_channels": int(in_channels), "width": float(width), "output_stride": int(output_stride),
         }
         self.zoom_factor = int(zoom_factor)
-        backbone = dilated_resnet(layers, in_channels, width)
+        self.output_stride = int(output_stride)
+        backbone = dilated_resnet(layers, in_channels, width, int(output_stride))
         self.layer0, self.layer1, self.layer2, self.layer3, self.layer4 = backbone.stages
         self.ppm = PyramidPooling(backbone.out_channels, bins)
         self.cls = classifier(self.ppm.out_channels, scaled_channels(512, width), classes, dropout)
@@ -102,8 +106,9 @@ class PSPNet(nn.Module):
     @property
     def alignment(self) -> int:
         """Tiles line up pixel for pixel when they start at multiples of this and are ``8k + 1``
-        wide: the features sit every 8 pixels and are upsampled with ``align_corners=True``."""
-        return 8
+        wide: the features sit every ``output_stride`` pixels and are upsampled with
+        ``align_corners=True``."""
+        return self.output_stride
 
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this network: ``PSPNet(**net.config())``."""

@@ -1,10 +1,13 @@
-"""Dilated ResNet backbones with output stride 8, in the layout of hszhao/semseg's PSPNet.
+"""Dilated ResNet backbones with output stride 8 (or 4, 2), in the layout of hszhao/semseg's PSPNet.
 
 The backbone is five ``nn.Sequential`` stages, ``layer0`` (a deep stem of three 3x3 convolutions
 and a max-pool, stride 4) and ``layer1`` … ``layer4`` (residual stages). ``layer2`` halves the
 resolution once more; ``layer3`` and ``layer4`` keep it (stride 1) and dilate their 3x3
 convolutions by 2 and 4 instead, so the features sit at 1/8 of the input size while the
-receptive field grows as in an undilated ResNet. For bottleneck depths (50, 101, 152) at width 1
+receptive field grows as in an undilated ResNet. Output stride 4 keeps ``layer2``'s resolution
+too (dilations 2, 4, 8) and 2 drops the stem's max-pool as well (dilations 2, 4, 8, 16): the same
+receptive field and weights' shapes, finer features (for small objects such as 10 m ponds) at 4
+or 16 times the computation of the stages that run finer. For bottleneck depths (50, 101, 152) at width 1
 the parameter names and shapes are exactly those of the reference implementation, whose
 checkpoints therefore load with ``strict=True``.
 """
@@ -28,9 +31,13 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 
-# Stage strides and dilations that give output stride 8 (stem 4, then layer2 x2).
-_STRIDES = (1, 2, 1, 1)
-_DILATIONS = (1, 1, 2, 4)
+# output stride -> the stages' strides and dilations, and whether the stem max-pools. 8 is the
+# reference's (stem 4, then layer2 x2); each stride given up doubles the dilations after it.
+OUTPUT_STRIDES: dict[int, tuple[tuple[int, ...], tuple[int, ...], bool]] = {
+    8: ((1, 2, 1, 1), (1, 1, 2, 4), True),
+    4: ((1, 1, 1, 1), (1, 2, 4, 8), True),
+    2: ((1, 1, 1, 1), (2, 4, 8, 16), False),
+}
 _STAGE_PLANES = (64, 128, 256, 512)
 RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -110,13 +117,14 @@ _BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
 }
 
 
-def deep_stem(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
-    """``layer0``: three 3x3 conv-BN-ReLU (the first with stride 2), then a stride-2 max-pool."""
+def deep_stem(in_channels: int, hidden: int, out_channels: int, pool: bool = True) -> nn.Sequential:
+    """``layer0``: three 3x3 conv-BN-ReLU (the first with stride 2), then a stride-2 max-pool
+    (unless not ``pool``: output stride 2)."""
     return nn.Sequential(
         conv3x3(in_channels, hidden, stride=2), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
         conv3x3(hidden, hidden), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
         conv3x3(hidden, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        *([nn.MaxPool2d(kernel_size=3, stride=2, padding=1)] if pool else []),
     )
 
 
@@ -144,8 +152,9 @@ class Backbone:
     out_channels: int  # layer4's output: what the pyramid pooling module reads
 
 
-def dilated_resnet(layers: int, in_channels: int = 3, width: float = 1.0) -> Backbone:
-    """Build the ``layer0`` … ``layer4`` stages of a ResNet of depth ``layers``.
+def dilated_resnet(layers: int, in_channels: int = 3, width: float = 1.0, output_stride: int = 8) -> Backbone:
+    """Build the ``layer0`` … ``layer4`` stages of a ResNet of depth ``layers`` whose features sit
+    every ``output_stride`` pixels (:data:`OUTPUT_STRIDES`).
 
     The stem's output is 128 channels for bottleneck depths (as the reference) and 64 for
     basic-block depths (so ``layer1`` needs no projection, as in torchvision's ResNet-18/34).
@@ -155,13 +164,16 @@ def dilated_resnet(layers: int, in_channels: int = 3, width: float = 1.0) -> Bac
         raise ArchitectureError(f"ResNet depth {layers} is not one of {sorted(DEPTHS)}")
     if not width > 0:
         raise ArchitectureError(f"width must be positive, not {width}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ArchitectureError(f"output stride must be one of {sorted(OUTPUT_STRIDES)}, not {output_stride}")
+    strides, dilations, pool = OUTPUT_STRIDES[output_stride]
     kind, counts = DEPTHS[layers]
     block = _BLOCKS[kind]
     stem_hidden = scaled_channels(64, width)
     channels = scaled_channels(128 if kind == "bottleneck" else 64, width)
-    stages = [deep_stem(in_channels, stem_hidden, channels)]
+    stages = [deep_stem(in_channels, stem_hidden, channels, pool)]
     stage_channels = []
-    for planes, blocks, stride, dilation in zip(_STAGE_PLANES, counts, _STRIDES, _DILATIONS):
+    for planes, blocks, stride, dilation in zip(_STAGE_PLANES, counts, strides, dilations):
         planes = scaled_channels(planes, width)
         stages.append(residual_stage(block, channels, planes, blocks, stride, dilation))
         channels = planes * block.expansion

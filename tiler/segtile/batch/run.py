@@ -10,18 +10,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import dask
 from distributed import Client, KilledWorker, as_completed
 
-from segtile.api import segment
+from segtile.api import model_for, segment
 from segtile.batch.items import Item, finished, plan_items, plan_mosaic
 from segtile.engine.cluster import current_client
 from segtile.engine.progress import Progress, TileTally
 from segtile.errors import ModelError, OutputError, SegtileError, one_line
-from segtile.models.builtin import choose_model
+from segtile.models.builtin import ChosenModel, choose_model, depends_on_image
 from segtile.result import Segmentation
 from segtile.store.identity import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.store.staging import write_outputs
@@ -64,7 +63,9 @@ class RunSettings:
     """How every item of a run is segmented and written.
 
     Attributes:
-        model: the model's file (a checkpoint, TorchScript or ONNX file).
+        model: the model's file (a checkpoint, TorchScript or ONNX file) and how it was chosen;
+            ``None``: the installed default for each image's bands
+            (:func:`segtile.models.builtin.installed_default`).
         settings: the keyword arguments of :func:`segtile.segment`.
         options: what the outputs hold (probabilities, polygon options...).
         overwrite: replace outputs that exist.
@@ -72,12 +73,12 @@ class RunSettings:
         progress: ``"bar"``, ``"json"`` or ``"none"``, for each item's stages.
         leave_bars: keep each item's bars on the screen once complete (a single run's).
         named: begin each line said about an item with its input (several items).
-        model_origin: how the model was chosen, said with its path once the item's work is
-            planned (a single run's first line); ``None``: not said.
+        say_model: say the model's file and how it was chosen once the item's work is planned
+            (a single run's first line).
         say: prints a line for the user (a note, the model); by default nothing.
     """
 
-    model: Path
+    model: ChosenModel | None
     settings: dict[str, Any]
     options: WriteOptions = WriteOptions()
     overwrite: bool = False
@@ -85,7 +86,7 @@ class RunSettings:
     progress: str = "none"
     leave_bars: bool = True
     named: bool = False
-    model_origin: str | None = None
+    say_model: bool = False
     say: Callable[[str], None] = lambda line: None
 
 
@@ -111,7 +112,8 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
     image = item.open()  # an input it cannot read is the error to give, before the outputs'
     with ExitStack() as stack:
         stack.callback(image.close)
-        protected = [*item.reads, run.model, *([run.settings["mask"]] if run.settings.get("mask") else [])]
+        model = run.model or model_for(image, None, run.settings.get("bands"))
+        protected = [*item.reads, model.path, *([run.settings["mask"]] if run.settings.get("mask") else [])]
         for path in item.outputs:  # what a run that died left in the way, before the outputs are checked
             for note in recover_leftovers(path):
                 say(f"note: {note}")
@@ -120,12 +122,12 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
                                slide=image.georef.is_slide)
         folder = work_folder(planned[0].path)
         stack.enter_context(claim_work_folder(folder))  # one run at a time for these outputs
-        result = segment(image, run.model, **run.settings)
+        result = segment(image, model.path, **run.settings)
         options.check(result.card)  # the classes to skip: known once the model's card is
         # every polygon output can hold the regions where they are (GeoJSON: in longitude and latitude)
         found = [*result.notes, *placement_notes(planned, result.georef, result.shape)]
-        if run.model_origin:
-            run.say(f"model: {run.model} ({run.model_origin})")
+        if run.say_model:
+            run.say(f"model: {model.path} ({model.origin})")
         for note in found:
             say(f"note: {note}")
         precision = probability_precision([p.kind for p in planned], options)
@@ -133,7 +135,7 @@ def run_item(item: Item, run: RunSettings) -> ItemResult:
         progress = Progress(run.progress, [("inference", INFERENCE_SHARE),
                                            *((f"writing {p.path.name}", writing) for p in planned)],
                             leave=run.leave_bars)
-        identity = run_identity(result, item.reads, run.model, precision, run.settings)
+        identity = run_identity(result, item.reads, model.path, precision, run.settings)
         work = prepare_work(folder, result, identity, precision, run.resume)
         if work.note:
             say(f"note: {work.note}")
@@ -261,8 +263,9 @@ def segment_many(
                            skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
                            creation_options=tuple((creation_options or {}).items()), zarr_format=zarr_format)
     items = [plan_mosaic(inputs, outputs, options)] if mosaic else plan_items(inputs, outputs, options=options)
-    run = RunSettings(model=choose_model(model).path, settings=settings, options=options, overwrite=overwrite,
-                      resume=resume, progress=progress, say=say or (lambda line: None))
+    run = RunSettings(model=None if depends_on_image(model) else choose_model(model), settings=settings,
+                      options=options, overwrite=overwrite, resume=resume, progress=progress,
+                      say=say or (lambda line: None))
     yield from run_items(items, run, skip_finished=skip_finished)
 
 

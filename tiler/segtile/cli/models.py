@@ -6,7 +6,7 @@ import argparse
 
 DESCRIPTION = (
     "List the models installed with segtile (the names --model and convert accept), each with its "
-    "card's summary: classes, bands, pixel size, tiling. The default model is marked."
+    "card's summary: classes, bands, pixel size, tiling. The default models are marked."
 )
 
 
@@ -18,10 +18,12 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Print one line per installed model: its name, ``(default)`` for the default, its summary."""
+    """Print one line per installed model: its name, whether it is a default, its summary."""
     from segtile.models import load_checkpoint
-    from segtile.models.builtin import DEFAULT_MODEL, builtin_models
+    from segtile.models.builtin import DEFAULT_MODEL, NEAR_INFRARED_MODEL, builtin_models
 
+    marks = {DEFAULT_MODEL: " (default)",
+             NEAR_INFRARED_MODEL: " (default for images with red, green, blue and nir bands)"}
     for name, path in builtin_models().items():
-        default = " (default)" if name == DEFAULT_MODEL else ""
+        default = marks.get(name, "")
         print(f"{name}{default}: {load_checkpoint(path).card.summary()}")

@@ -29,7 +29,7 @@ from segtile.batch import (
 from segtile.engine.cluster import local_cluster, parse_gpus
 from segtile.errors import BatchError, RunError
 from segtile.inference.devices import check_device
-from segtile.models.builtin import choose_model
+from segtile.models.builtin import DEFAULTS, choose_model, depends_on_image
 from segtile.tiling.grid import check_tiling
 from segtile.writers.outputs import WriteOptions
 
@@ -54,18 +54,18 @@ def run_segment(args: argparse.Namespace) -> None:
         items = plan_items(args.input, args.out, many, options)
     if args.summary:
         check_summary_path(args.summary, args.overwrite)
-    model = choose_model(args.model)
+    model = None if depends_on_image(args.model) else choose_model(args.model)  # else chosen by each image's bands
     say = _printer(quiet=args.quiet, many=many)
-    run = RunSettings(model=model.path, settings=segment_settings(args), options=options, overwrite=args.overwrite,
+    run = RunSettings(model=model, settings=segment_settings(args), options=options, overwrite=args.overwrite,
                       resume=args.resume, progress="none" if args.quiet else args.progress, leave_bars=not many,
-                      named=many, model_origin=None if many else model.origin, say=say)
+                      named=many, say_model=not many, say=say)
     with ExitStack() as stack:
         if args.scheduler:
             stack.enter_context(_connect(args.scheduler))
         elif args.gpus or args.workers:
             stack.enter_context(local_cluster(workers=args.workers, gpus=gpus))
         if many:
-            say(f"model: {model.path} ({model.origin})")
+            say(f"model: {model.path} ({model.origin})" if model else f"model: {DEFAULTS}")
         # one input: a single run, whose error is the command's
         results = _run_cohort(items, run, args) if many else [run_or_skip(items[0], run, skip_finished=False)]
     if args.summary:

@@ -30,6 +30,9 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="ResNet depth of the backbone (default: 18)")
     parser.add_argument("--width", type=finite_float(0.0, strict=True), metavar="F",
                         help="channel width multiplier, 1 = the reference network (default: 1)")
+    parser.add_argument("--output-stride", type=int, choices=(8, 4, 2),
+                        help="the network's features sit every N pixels: 8 is PSPNet's; 4 or 2 give finer "
+                        "masks of small objects (ponds of a few pixels) at more computation (default: 8)")
     parser.add_argument("--epochs", type=positive_int, metavar="N", help="epochs to train (default: 20)")
     parser.add_argument("--steps-per-epoch", type=positive_int, metavar="N",
                         help="optimiser steps per epoch (default: about one window per labelled block of the "

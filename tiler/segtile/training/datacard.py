@@ -25,7 +25,7 @@
   kept (the windows it saw enlarged hold no detail a truly finer image would).
 * **tile size and overlap**: the training tile, rounded up to ``8k + 1`` pixels, and an overlap
   of ``8m + 1`` pixels near an eighth of it, so that tiles starting on multiples of 8 line up
-  (PSPNet's ``alignment`` of 8).
+  (PSPNet's ``alignment`` of 8; with a finer output stride ``s``, ``sk + 1`` and multiples of ``s``).
 """
 
 from __future__ import annotations
@@ -114,19 +114,20 @@ def suggested_tiling(tile_size: int, alignment: int = PSPNET_ALIGNMENT) -> tuple
 
 def card_from_data(data: TrainingData, classes: Sequence[str], colors: Sequence[str] | None,
                    bands: Sequence[int], band_names: Sequence[str], zoom: float = 1.0,
-                   sensor: str | None = None) -> ModelCard:
+                   sensor: str | None = None, alignment: int = PSPNET_ALIGNMENT) -> ModelCard:
     """The card of a PSPNet trained on ``data`` with scale augmentation up to ``zoom``, of images
-    from ``sensor`` when known (see the module's docstring)."""
+    from ``sensor`` when known, whose features sit every ``alignment`` pixels (its output
+    stride; see the module's docstring)."""
     first = data.images[0]
     scale = value_scale(first.dtype)
     mean, std, sample = band_statistics(data, scale)
     resolution, unit, grid_extra = native_resolution(first.georef)
-    tile, overlap = suggested_tiling(data.tile_size)
+    tile, overlap = suggested_tiling(data.tile_size, alignment)
     return ModelCard(
         classes=tuple(classes), colors=tuple(colors or ()), in_channels=len(bands), bands=tuple(bands),
         mean=mean, std=std, scale=scale, resolution=resolution, resolution_unit=unit,
         resolution_range=trained_range(data, unit, zoom),
-        tile_size=tile, overlap=overlap, alignment=PSPNET_ALIGNMENT,
+        tile_size=tile, overlap=overlap, alignment=alignment,
         extra={"band_names": list(band_names), **grid_extra, DOMAIN_KEY: domain_record(sample, first.dtype, sensor)},
     )
 

@@ -30,7 +30,7 @@ from segtile.training.loop import EpochResult, TrainingState, TrainOptions, epoc
 from segtile.training.sampling import TrainingData
 from segtile.writers.atomic import atomic_output, check_output
 
-DEFAULTS = {"layers": 18, "width": 1.0, "epochs": 20, "tile_size": 256, "batch_size": 8, "lr": 0.01,
+DEFAULTS = {"layers": 18, "width": 1.0, "output_stride": 8, "epochs": 20, "tile_size": 256, "batch_size": 8, "lr": 0.01,
             "val_fraction": 0.1, "seed": 0, "steps_per_epoch": None, "scale_augment": 1.0}
 """The options' values when not given (argparse leaves them ``None``, so a resumed run can tell
 what was asked for from what was not)."""
@@ -88,12 +88,12 @@ def _fit(args: argparse.Namespace, data: TrainingData, classes: tuple[str, ...],
     else:
         torch.manual_seed(options.seed)
         model = PSPNet(layers=_given(args, "layers"), classes=len(classes), width=_given(args, "width"),
-                       in_channels=data.bands)
+                       in_channels=data.bands, output_stride=_given(args, "output_stride"))
         if init_weights is not None:
             _load_backbone(model, init_weights, args.init)
         first = data.images[0]
         card = card_from_data(data, classes, args.colors, _band_indices(first), first.band_names,
-                              options.scale_augment, args.sensor)
+                              options.scale_augment, args.sensor, model.alignment)
     overwrite, saved = args.overwrite, []
 
     def save(result: EpochResult, state: TrainingState) -> None:
@@ -131,10 +131,11 @@ def _resumed(args: argparse.Namespace) -> Resumed:
     training = read_training_state(args.resume)
     if training is None:
         raise TrainError(f"{args.resume}: no training state to resume from (not written by segtile train)")
-    for name in ("layers", "width"):
+    for name in ("layers", "width", "output_stride"):
         value = getattr(args, name)
         if value is not None and value != model.config[name]:
-            raise TrainError(f"--{name} {value} differs from the resumed network's {model.config[name]}")
+            option = "--" + name.replace("_", "-")
+            raise TrainError(f"{option} {value} differs from the resumed network's {model.config[name]}")
     return Resumed(model, TrainingState.from_dict(training))
 
 
