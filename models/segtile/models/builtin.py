@@ -72,8 +72,8 @@ def installed_default(band_names: Sequence[str]) -> ChosenModel:
                            "the installed default for images with red, green, blue and nir bands")
     origin = "the installed default"
     if len(band_names) >= len(NEAR_INFRARED_BANDS):  # it may have a near-infrared band not named so
-        origin += (f"; where a band is near-infrared, --model {NEAR_INFRARED_MODEL} with --bands naming red, green, "
-                   "blue and near-infrared finds water by it")
+        origin += (f"; if one of its bands is near-infrared, --model {NEAR_INFRARED_MODEL} --bands R,G,B,NIR (their "
+                   "numbers) finds water by it")
     return ChosenModel(builtin_models()[DEFAULT_MODEL], origin)
 
 
