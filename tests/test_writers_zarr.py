@@ -118,3 +118,21 @@ def test_bad_inputs(tmp_path, arrays):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
     with pytest.raises(ZarrStoreError, match="not a segtile Zarr store"):
         read_zarr(tmp_path / "other.zarr")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_chunks_of_nothing_but_nodata_are_left_out_and_read_as_nodata(tmp_path, arrays, zarr_format):
+    labels, probabilities = arrays
+    labels, probabilities = labels.copy(), probabilities.copy()
+    labels[:32, :48] = 255  # the first chunk: all nodata
+    probabilities[:, :32, :48] = np.nan
+    labels[60, 100] = 255  # one nodata pixel in a chunk of labels: the chunk is written
+    path = tmp_path / "out.zarr"
+    write_zarr(path, da.from_array(labels, chunks=(32, 48)), Georef(), CARD,
+               probabilities=da.from_array(probabilities, chunks=(3, 32, 48)), zarr_format=zarr_format)
+    group = zarr.open_group(str(path), mode="r")
+    assert group["labels"].nchunks_initialized == 3 * 3 - 1
+    assert group["probabilities"].nchunks_initialized == 3 * 3 - 1
+    stored_labels, stored_probabilities, _, _ = read_zarr(path)
+    assert stored_labels.compute().tolist() == labels.tolist()
+    assert np.array_equal(stored_probabilities.compute(), probabilities, equal_nan=True)

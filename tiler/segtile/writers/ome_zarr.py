@@ -52,7 +52,7 @@ from segtile.engine.cluster import joined_threads
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import as_labels, as_probabilities
+from segtile.writers.blocks import WRITE_EVERY_CHUNK, SparseChunks, as_labels, as_probabilities
 from segtile.writers.legend import colour_table, rgb_palette
 from segtile.writers.pyramid import halved, level_shapes, mean_2x2, mode_2x2
 from segtile.writers.zarr_store import regular_chunks, segtile_attributes
@@ -203,7 +203,7 @@ def _probability_image(root: zarr.Group, card: ModelCard, space: _Space, shapes:
 def _array(group: zarr.Group, level: int, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any,
            fill: float, dimensions: tuple[str, ...]) -> zarr.Array:
     return group.create_array(str(level), shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                              dimension_names=dimensions)
+                              dimension_names=dimensions, config=WRITE_EVERY_CHUNK)
 
 
 def _drawn(labels: da.Array, palette: np.ndarray) -> da.Array:
@@ -215,4 +215,4 @@ def _drawn(labels: da.Array, palette: np.ndarray) -> da.Array:
 def _store(sources: list[da.Array], targets: list[zarr.Array]) -> None:
     """Compute ``sources`` in one pass (shared work computed once) into ``targets``, chunk by chunk."""
     with joined_threads():
-        da.store(sources, targets, lock=False, compute=True)
+        da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)

@@ -30,7 +30,9 @@ root ``zarr.json``, as zarr-python writes it), which xarray opens without a warn
 
 Arrays are chunked as the dask arrays handed in (made regular when they are not) and written
 chunk by chunk in one ``da.store`` call, so labels and probabilities computed from the same logits
-share one pass.
+share one pass. A chunk of nothing but nodata is left out, as Zarr does (it reads as the fill
+value), but checked in the Dask threads rather than in Zarr's one event-loop thread
+(:class:`~segtile.writers.blocks.SparseChunks`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from segtile.errors import WriterInputError, ZarrStoreError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import as_labels, as_probabilities
+from segtile.writers.blocks import WRITE_EVERY_CHUNK, SparseChunks, as_labels, as_probabilities
 
 ZARR_FORMATS = (2, 3)
 GRID_MAPPING = "spatial_ref"
@@ -88,7 +90,7 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
             targets.append(_create(group, "probabilities", probabilities.shape, probabilities.chunksize,
                                    np.dtype(np.float32), np.nan, ("class", "y", "x"), placed))
         with joined_threads():
-            da.store(sources, targets, lock=False, compute=True)
+            da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)
         with warnings.catch_warnings():  # zarr warns that v3 has no consolidated metadata in its specification yet
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
             zarr.consolidate_metadata(str(target))
@@ -100,9 +102,10 @@ def _create(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[
     """An array of ``group`` whose dimensions are named as its Zarr format does."""
     if group.metadata.zarr_format == 2:
         return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
-                                  attributes={**attributes, "_ARRAY_DIMENSIONS": list(dimensions)})
+                                  attributes={**attributes, "_ARRAY_DIMENSIONS": list(dimensions)},
+                                  config=WRITE_EVERY_CHUNK)
     return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
-                              dimension_names=dimensions, attributes=attributes)
+                              dimension_names=dimensions, attributes=attributes, config=WRITE_EVERY_CHUNK)
 
 
 def _grid_mapping(group: zarr.Group, georef: Georef, shape: tuple[int, int]) -> dict[str, Any]:
