@@ -93,7 +93,7 @@ def test_the_default_for_a_named_near_infrared_landsat_scene_runs_it_on_its_own_
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no note at all: right bands, own grid, in the model's domain
         result = segment(DATA / "gsl_north_landsat7_rgbn.tif", device="cpu")
-    assert result.spec.path == str(DEMO / "water_rgbn_psp18.pt") and result.labels.shape == (387, 1000)
+    assert result.spec.path == str(builtin_models()["water_rgbn_psp18"]) and result.labels.shape == (387, 1000)
 
 
 def test_the_default_model_records_its_training_images_for_the_domain_check():
