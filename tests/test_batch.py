@@ -50,13 +50,17 @@ def tiles(tmp_path, data_dir) -> Path:
     return folder
 
 
-def crop_of(image: Path, window: Window, path: Path) -> Path:
-    """``window`` of a real GeoTIFF, written to ``path`` with its georeference."""
+def crop_of(image: Path, window: Window, path: Path, descriptions: tuple[str, ...] | None = None) -> Path:
+    """``window`` of a real GeoTIFF, written to ``path`` with its georeference and its bands'
+    colours and descriptions (``descriptions`` instead, when given)."""
     with rasterio.open(image) as source:
         profile = {**source.profile, "width": window.width, "height": window.height,
-                   "transform": source.window_transform(window)}
+                   "transform": source.window_transform(window),
+                   "alpha": "unspecified"}  # else GDAL makes a fourth band of red, green, blue an alpha band
         with rasterio.open(path, "w", **profile) as crop:
             crop.write(source.read(window=window))
+            for band, description in enumerate(descriptions or source.descriptions, start=1):
+                crop.set_band_description(band, description or "")
     return path
 
 

@@ -19,6 +19,7 @@ from segtile.models.builtin import (
     builtin_models,
     installed_default,
 )
+from tests.test_batch import crop_of
 
 
 @pytest.fixture(autouse=True)
@@ -26,18 +27,9 @@ def no_model_from_the_environment(monkeypatch):
     monkeypatch.delenv("SEGTILE_MODEL", raising=False)
 
 
-def crop(image: Path, path: Path, descriptions: tuple[str | None, ...] | None = None, size: int = 96) -> Path:
-    """A ``size``-pixel corner of a real GeoTIFF with its georeference, its bands described by
-    ``descriptions`` (``None``: as in the image)."""
-    window = Window(0, 0, size, size)
-    with rasterio.open(image) as source:
-        profile = {**source.profile, "width": size, "height": size, "transform": source.window_transform(window),
-                   "alpha": "unspecified"}  # else GDAL makes a fourth band of red, green, blue an alpha band
-        with rasterio.open(path, "w", **profile) as out:
-            out.write(source.read(window=window))
-            for band, description in enumerate(descriptions or source.descriptions, start=1):
-                out.set_band_description(band, description or "")
-    return path
+def crop(image: Path, path: Path, descriptions: tuple[str, ...] | None = None) -> Path:
+    """The top-left 96 x 96 px of a real GeoTIFF (:func:`tests.test_batch.crop_of`)."""
+    return crop_of(image, Window(0, 0, 96, 96), path, descriptions)
 
 
 def test_the_near_infrared_models_card_names_the_bands_it_is_chosen_by():

@@ -19,7 +19,7 @@ from segtile.inference.devices import check_device
 from segtile.inference.domain import DOMAIN_KEY, domain_note
 from segtile.inference.predictor import ModelSpec
 from segtile.models import LoadedModel, ModelCard, load_checkpoint, probe_card
-from segtile.models.builtin import ChosenModel, choose_model, depends_on_image
+from segtile.models.builtin import ChosenModel, chosen_before_the_image, installed_default
 from segtile.models.card import bands_by_name
 from segtile.models.checkpoint import with_network_alignment
 from segtile.result import Segmentation
@@ -304,9 +304,8 @@ def model_for(source: Source, model: str | os.PathLike | None, bands: Sequence[i
     """The file of ``model`` (a path or an installed model's name) and how it was chosen; for
     ``None``, ``$SEGTILE_MODEL`` or the installed default for the bands of ``source`` that are
     read (``bands``, else all): :func:`segtile.models.builtin.installed_default`."""
-    if not depends_on_image(model):
-        return choose_model(model)
-    return choose_model(None, band_names=open_source(source, bands=bands).band_names)
+    chosen = chosen_before_the_image(model)
+    return chosen or installed_default(open_source(source, bands=bands).band_names)
 
 
 def _model_spec_kwargs(model: Any, source: Source) -> dict[str, Any]:

@@ -40,11 +40,11 @@ def builtin_models() -> dict[str, Path]:
     return {path.stem: path for path in sorted(FOLDER.glob("*.pt"))}
 
 
-def choose_model(model: str | os.PathLike | None, given_by: str = "--model",
-                 band_names: Sequence[str] = ()) -> ChosenModel:
+def choose_model(model: str | os.PathLike | None, given_by: str = "--model") -> ChosenModel:
     """The file of ``model``: a path, the name of an installed model, or (``None``) the
-    default: ``$SEGTILE_MODEL``, else the installed default for an image whose bands are named
-    ``band_names`` (:func:`installed_default`). ``given_by`` names the argument in messages.
+    default: ``$SEGTILE_MODEL``, else the installed default for an image whose bands are not
+    known, the true-colour one (:func:`installed_default` chooses by an image's bands).
+    ``given_by`` names the argument in messages.
 
     Raises:
         ModelNotFoundError: no such file or installed model.
@@ -53,14 +53,17 @@ def choose_model(model: str | os.PathLike | None, given_by: str = "--model",
         chosen = os.environ.get(ENVIRONMENT_VARIABLE)
         if chosen:
             return ChosenModel(_existing(chosen, f"${ENVIRONMENT_VARIABLE}"), f"from ${ENVIRONMENT_VARIABLE}")
-        return installed_default(band_names)
+        return installed_default(())
     return ChosenModel(_existing(model, given_by), f"from {given_by}")
 
 
-def depends_on_image(model: str | os.PathLike | None) -> bool:
-    """Whether the model ``model`` names is the installed default, which depends on each image's
-    bands (no model given and no ``$SEGTILE_MODEL``)."""
-    return model is None and not os.environ.get(ENVIRONMENT_VARIABLE)
+def chosen_before_the_image(model: str | os.PathLike | None, given_by: str = "--model") -> ChosenModel | None:
+    """:func:`choose_model` of ``model`` when the image does not enter the choice (a model given,
+    or ``$SEGTILE_MODEL``); ``None`` when it does: the installed default, chosen by each image's
+    bands (:func:`installed_default`)."""
+    if model is None and not os.environ.get(ENVIRONMENT_VARIABLE):
+        return None
+    return choose_model(model, given_by)
 
 
 def installed_default(band_names: Sequence[str]) -> ChosenModel:

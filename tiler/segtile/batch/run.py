@@ -20,7 +20,7 @@ from segtile.batch.items import Item, finished, plan_items, plan_mosaic
 from segtile.engine.cluster import current_client
 from segtile.engine.progress import Progress, TileTally
 from segtile.errors import ModelError, OutputError, SegtileError, one_line
-from segtile.models.builtin import ChosenModel, choose_model, depends_on_image
+from segtile.models.builtin import ChosenModel, chosen_before_the_image
 from segtile.result import Segmentation
 from segtile.store.identity import Work, claim_work_folder, prepare_work, run_identity, work_folder
 from segtile.store.staging import write_outputs
@@ -263,7 +263,7 @@ def segment_many(
                            skip_classes=tuple(skip_classes), qupath_objects=qupath_objects,
                            creation_options=tuple((creation_options or {}).items()), zarr_format=zarr_format)
     items = [plan_mosaic(inputs, outputs, options)] if mosaic else plan_items(inputs, outputs, options=options)
-    run = RunSettings(model=None if depends_on_image(model) else choose_model(model), settings=settings,
+    run = RunSettings(model=chosen_before_the_image(model), settings=settings,
                       options=options, overwrite=overwrite, resume=resume, progress=progress,
                       say=say or (lambda line: None))
     yield from run_items(items, run, skip_finished=skip_finished)

@@ -29,7 +29,7 @@ from segtile.batch import (
 from segtile.engine.cluster import local_cluster, parse_gpus
 from segtile.errors import BatchError, RunError
 from segtile.inference.devices import check_device
-from segtile.models.builtin import DEFAULTS, choose_model, depends_on_image
+from segtile.models.builtin import DEFAULTS, chosen_before_the_image
 from segtile.tiling.grid import check_tiling
 from segtile.writers.outputs import WriteOptions
 
@@ -54,7 +54,7 @@ def run_segment(args: argparse.Namespace) -> None:
         items = plan_items(args.input, args.out, many, options)
     if args.summary:
         check_summary_path(args.summary, args.overwrite)
-    model = None if depends_on_image(args.model) else choose_model(args.model)  # else chosen by each image's bands
+    model = chosen_before_the_image(args.model)  # None: chosen by each image's bands
     say = _printer(quiet=args.quiet, many=many)
     run = RunSettings(model=model, settings=segment_settings(args), options=options, overwrite=args.overwrite,
                       resume=args.resume, progress="none" if args.quiet else args.progress, leave_bars=not many,
