@@ -52,10 +52,11 @@ def waits_behind_stitching(chain: list[tuple[Chunk, Key]], needed: Mapping[Chunk
     waits: list[Key | None] = []
     last_needed, k, marker = -1, 0, None  # the latest batch the chain's first k chunks need
     for b in range(batches):
-        while k < len(chain) and max(last_needed, *needed.get(chain[k][0], [-1])) <= b - 1 - lead:
-            last_needed = max(last_needed, *needed.get(chain[k][0], [-1]))
-            marker = chain[k][1]
-            k += 1
+        while k < len(chain):
+            through = max(last_needed, *needed.get(chain[k][0], [-1]))  # the latest batch the first k + 1 need
+            if through > b - 1 - lead:
+                break
+            last_needed, marker, k = through, chain[k][1], k + 1
         waits.append(marker)
     return waits
 

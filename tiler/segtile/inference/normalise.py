@@ -38,7 +38,8 @@ def normalise_(x: torch.Tensor, normalisation: Normalisation, valid: torch.Tenso
     """Normalise float32 pixels ``x`` ``(N, bands, h, w)`` in place; zero where ``valid``
     (``(N, 1, h, w)`` or ``(N, h, w)``, bool or weights > 0) is false (``None``: all are
     valid). ``x`` may be in the plain layout or channels-last. Returns ``x``."""
-    if bands_innermost(x):
+    interleaved = bands_innermost(x)
+    if interleaved:
         _multiply_add_interleaved_(x.permute(0, 2, 3, 1), normalisation)
     else:
         x.mul_(normalisation.factor).add_(normalisation.offset)
@@ -46,7 +47,7 @@ def normalise_(x: torch.Tensor, normalisation: Normalisation, valid: torch.Tenso
         if valid.ndim == 3:
             valid = valid.unsqueeze(1)
         keep = valid if valid.dtype == torch.bool else valid > 0
-        if bands_innermost(x):  # the mask broadcast over the bands, innermost in memory
+        if interleaved:  # the mask broadcast over the bands, innermost in memory
             x.permute(0, 2, 3, 1).masked_fill_(~keep.permute(0, 2, 3, 1), 0.0)
         else:
             x.masked_fill_(~keep, 0.0)
