@@ -142,3 +142,11 @@ class SparseChunks:
 
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 """The Zarr array configuration of :class:`SparseChunks`' arrays: Zarr skips none itself."""
+
+
+def store_in_zarr(sources: list[da.Array], targets: list[Any]) -> None:
+    """Compute ``sources`` in one pass (work they share computed once) into the new Zarr arrays
+    ``targets`` (created with :data:`WRITE_EVERY_CHUNK`), chunk by chunk, leaving out the chunks
+    of nothing but the fill value (:class:`SparseChunks`)."""
+    with joined_threads():
+        da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)

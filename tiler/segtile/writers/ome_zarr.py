@@ -48,11 +48,10 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from segtile.engine.cluster import joined_threads
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import WRITE_EVERY_CHUNK, SparseChunks, as_labels, as_probabilities
+from segtile.writers.blocks import WRITE_EVERY_CHUNK, as_labels, as_probabilities, store_in_zarr
 from segtile.writers.legend import colour_table, rgb_palette
 from segtile.writers.pyramid import halved, level_shapes, mean_2x2, mode_2x2
 from segtile.writers.zarr_store import regular_chunks, segtile_attributes
@@ -91,15 +90,15 @@ def write_ome_zarr(path: str | PathLike, labels: Any, georef: Georef, card: Mode
         label_levels = _label_image(root, card, nodata, space, shapes, chunks, labels.dtype)
         probability_levels = [] if probabilities is None else _probability_image(root, card, space, shapes, chunks)
         # Level 0 in one pass: the labels, their colours and the probabilities share the inference.
-        _store([labels, _drawn(labels, palette), *([] if probabilities is None else [probabilities])],
-               [label_levels[0], image_levels[0], *probability_levels[:1]])
+        store_in_zarr([labels, _drawn(labels, palette), *([] if probabilities is None else [probabilities])],
+                      [label_levels[0], image_levels[0], *probability_levels[:1]])
         for k in range(1, len(shapes)):
             level = halved(da.from_zarr(label_levels[k - 1]), functools.partial(mode_2x2, nodata=nodata), nodata,
                            chunks)
-            _store([level, _drawn(level, palette)], [label_levels[k], image_levels[k]])
+            store_in_zarr([level, _drawn(level, palette)], [label_levels[k], image_levels[k]])
             if probability_levels:
-                _store([halved(da.from_zarr(probability_levels[k - 1]), mean_2x2, np.nan, chunks)],
-                       [probability_levels[k]])
+                store_in_zarr([halved(da.from_zarr(probability_levels[k - 1]), mean_2x2, np.nan, chunks)],
+                              [probability_levels[k]])
     return Path(path)
 
 
@@ -210,9 +209,3 @@ def _drawn(labels: da.Array, palette: np.ndarray) -> da.Array:
     """The labels drawn in ``palette``'s colours: ``(3, H, W)`` uint8."""
     return labels.map_blocks(lambda block: np.moveaxis(palette[block], -1, 0), new_axis=0,
                              chunks=((3,), *labels.chunks), dtype=np.uint8)
-
-
-def _store(sources: list[da.Array], targets: list[zarr.Array]) -> None:
-    """Compute ``sources`` in one pass (shared work computed once) into ``targets``, chunk by chunk."""
-    with joined_threads():
-        da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)

@@ -52,12 +52,11 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.rpc import RPC
 
-from segtile.engine.cluster import joined_threads
 from segtile.errors import WriterInputError, ZarrStoreError
 from segtile.georef import Georef
 from segtile.models.card import ModelCard
 from segtile.writers.atomic import destination
-from segtile.writers.blocks import WRITE_EVERY_CHUNK, SparseChunks, as_labels, as_probabilities
+from segtile.writers.blocks import WRITE_EVERY_CHUNK, as_labels, as_probabilities, store_in_zarr
 
 ZARR_FORMATS = (2, 3)
 GRID_MAPPING = "spatial_ref"
@@ -89,8 +88,7 @@ def write_zarr(path: str | PathLike, labels: Any, georef: Georef, card: ModelCar
             sources.append(probabilities)
             targets.append(_create(group, "probabilities", probabilities.shape, probabilities.chunksize,
                                    np.dtype(np.float32), np.nan, ("class", "y", "x"), placed))
-        with joined_threads():
-            da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)
+        store_in_zarr(sources, targets)
         with warnings.catch_warnings():  # zarr warns that v3 has no consolidated metadata in its specification yet
             warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
             zarr.consolidate_metadata(str(target))
