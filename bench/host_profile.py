@@ -5,7 +5,10 @@ Zarr labels).
 The stages are the engine's own functions, wrapped with a timer for the run; nested stages are
 shown indented under the stage that calls them and counted in it; "other tasks" are the rest of
 the time Dask's threads spent in tasks (writing the Zarr chunks), "no task" the time they had none
-(building the graph, the scheduler's turns). The first run warms the process (oneDNN kernels,
+(building the graph, the scheduler's turns). Beside each stage's wall time is the CPU time of the
+threads that ran it; the rest they spent off a CPU (waiting for the GIL, a lock, a free CPU, or
+another thread's work such as Zarr's event loop), and the headline gives the CPU time the process
+left unused on its cores. The first run warms the process (oneDNN kernels,
 GDAL handles); the second is reported, with its minor page faults, system time and involuntary
 context switches (``getrusage``).
 
@@ -53,8 +56,10 @@ STAGES = [
 ]
 
 
-def instrument(totals: collections.Counter) -> None:
-    """Wrap each stage so that its calls add their wall time to ``totals``."""
+def instrument(totals: collections.Counter, cpu: collections.Counter) -> None:
+    """Wrap each stage so that its calls add their wall time to ``totals`` and the CPU time of
+    the thread that made them to ``cpu`` (the difference is time off a CPU: waiting for the GIL,
+    a lock, a CPU, or another thread's work, such as Zarr's event loop)."""
     from segtile.engine import graph as engine
     from segtile.inference import predictor
     from segtile.sources import raster
@@ -65,11 +70,12 @@ def instrument(totals: collections.Counter) -> None:
         original = getattr(target, name)
 
         def timed(*args, _original=original, _name=name, **kwargs):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             try:
                 return _original(*args, **kwargs)
             finally:
                 totals[_name] += time.perf_counter() - start
+                cpu[_name] += time.thread_time() - start_cpu
 
         setattr(target, name, timed)
 
@@ -86,11 +92,13 @@ def main() -> None:
     from segtile import segment
 
     totals: collections.Counter = collections.Counter()
-    instrument(totals)
+    on_cpu: collections.Counter = collections.Counter()
+    instrument(totals, on_cpu)
     model, labels = pointwise_model(), OUT / f"host_profile_{args.size}.zarr"
     threads = args.threads
     for _ in range(2):
         totals.clear()
+        on_cpu.clear()
         shutil.rmtree(labels, ignore_errors=True)
         start, cpu, usage = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         result = segment(str(mosaic), model, tile_size=512, overlap=64, blend="gaussian", device="cpu", **pinned())
@@ -103,16 +111,18 @@ def main() -> None:
     thread_seconds = wall * threads
     in_tasks = sum(task.end_time - task.start_time for task in tasks.results)
     print(f"{args.size} x {args.size}: {wall:.2f} s on {threads} threads ({thread_seconds:.2f} thread-s), "
-          f"process CPU {cpu:.2f} s (system {after.ru_stime - usage.ru_stime:.2f}); Dask's threads in tasks "
+          f"process CPU {cpu:.2f} s (system {after.ru_stime - usage.ru_stime:.2f}; {thread_seconds - cpu:.2f} core-s "
+          f"unused); Dask's threads in tasks "
           f"{in_tasks / thread_seconds:.0%} of the time; {after.ru_minflt - usage.ru_minflt} minor page faults, "
           f"{after.ru_nivcsw - usage.ru_nivcsw} involuntary context switches; load {os.getloadavg()[0]:.1f}")
-    print("| stage | thread-s | share |\n|---|---:|---:|")
+    print("| stage | thread-s | share | of which on a CPU | off a CPU |\n|---|---:|---:|---:|---:|")
     for _, name, label, depth in STAGES:
-        print(f"| {'&nbsp;&nbsp;' * depth}{label} | {totals[name]:.2f} | {totals[name] / thread_seconds:.0%} |")
+        print(f"| {'&nbsp;&nbsp;' * depth}{label} | {totals[name]:.2f} | {totals[name] / thread_seconds:.0%} "
+              f"| {on_cpu[name]:.2f} | {totals[name] - on_cpu[name]:.2f} |")
     other_tasks = in_tasks - totals["run_batch"] - totals["stitch_chunk"]
     idle = thread_seconds - in_tasks
-    print(f"| other tasks: Zarr writes, markers | {other_tasks:.2f} | {other_tasks / thread_seconds:.0%} |")
-    print(f"| no task: building the graph, scheduling | {idle:.2f} | {idle / thread_seconds:.0%} |")
+    print(f"| other tasks: Zarr writes, markers | {other_tasks:.2f} | {other_tasks / thread_seconds:.0%} | | |")
+    print(f"| no task: building the graph, scheduling | {idle:.2f} | {idle / thread_seconds:.0%} | | |")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
-"""Do cores add up? The engine-bound case on one core, on two threads, and on two worker processes.
+"""Do cores add up? The engine-bound case on one core, on two threads, on two worker processes,
+and, for the machine's own ceiling, as two independent jobs side by side.
 
 The workload is ``bench/host_speed.py``'s (a 1x1 convolution from a GeoTIFF mosaic to Zarr
 labels, written by ``result.write``), each run a fresh process pinned to the CPUs it may use
-(its affinity, which Dask's and torch's thread counts follow): ``1 thread`` on one CPU, ``2
-threads`` on two, ``2 processes`` on two as a local cluster of two workers of one thread each
-(``--workers 2``). The modes alternate over ``--rounds`` rounds; each line gives the load average
-when it started (on a shared machine the figures are only as good as the quiet they ran in), and
-the last lines the median throughput of each mode over one thread's.
+(its affinity, which Dask's and torch's thread counts follow):
+
+* ``1 thread``: one CPU;
+* ``2 threads``: two CPUs, one process (the engine's default);
+* ``2 processes``: two CPUs as a local cluster of two workers of one thread each (``--workers 2``);
+* ``2 jobs side by side``: two ``1 thread`` processes at once, each on a CPU of its own and writing
+  its own store, the whole image each: throughput is both images' pixels over the time from the
+  first start to the last end. Nothing is shared between them but the machine, so this is what
+  two cores give where the engine itself costs nothing to share them: the ceiling the engine's
+  own two threads are measured against.
+
+The modes alternate over ``--rounds`` rounds; each line gives the load average when it started (on
+a shared machine the figures are only as good as the quiet they ran in), and the last lines the
+median throughput of each mode over one thread's.
 
     python -m bench.host_scaling                  # 8000 x 8000, 3 rounds
     python -m bench.host_scaling --size 4000 --rounds 2
@@ -18,28 +28,42 @@ import argparse
 import os
 import shutil
 import statistics
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 from bench.make_mosaic import bench_mosaic
 from bench.measure import print_options, run_workload
 
 OUT = Path(__file__).resolve().parent / "out"
-MODES = {"1 thread": (1, []), "2 threads": (2, []), "2 processes": (2, ["--workers", "2"])}
+# mode: (the CPUs of each job, extra workload arguments)
+MODES = {
+    "1 thread": ([[0]], []),
+    "2 threads": ([[0, 1]], []),
+    "2 processes": ([[0, 1]], ["--workers", "2"]),
+    "2 jobs side by side": ([[0], [1]], []),
+}
 
 
-@contextmanager
-def pinned(cpus: int) -> Iterator[None]:
-    """This process (and so the workloads it starts) pinned to its first ``cpus`` CPUs."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < cpus:
-        raise SystemExit(f"needs {cpus} CPUs, this process may use {len(allowed)}")
-    os.sched_setaffinity(0, allowed[:cpus])
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, allowed)
+def run_jobs(mosaic: Path, labels: Path, jobs: list[list[int]], extra: list[str],
+             allowed: list[int]) -> tuple[float, dict]:
+    """Run one workload per entry of ``jobs`` at once, each pinned to those positions of the CPUs
+    this process may use (``allowed``); the seconds from the first one's start to the last one's
+    end, and the first one's options."""
+    def job(index: int) -> dict:
+        out = labels.with_name(f"{labels.stem}_{index}.zarr")
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            return run_workload("segtile", "--input", str(mosaic), "--out", str(out), "--writer", *extra,
+                                cpus=[allowed[i] for i in jobs[index]]).report
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        reports = list(pool.map(job, range(len(jobs))))
+    if len(reports) == 1:
+        return reports[0]["seconds"], reports[0]["options"]
+    spanned = max(r["ended_at"] for r in reports) - min(r["started_at"] for r in reports)
+    return spanned, reports[0]["options"]
 
 
 def main() -> None:
@@ -47,6 +71,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise SystemExit(f"needs 2 CPUs, this process may use {len(allowed)}")
     mosaic = bench_mosaic(args.size)
     labels = OUT / f"host_scaling_{args.size}.zarr"
     megapixels = args.size * args.size / 1e6
@@ -55,20 +82,14 @@ def main() -> None:
     print("| round | mode | load (1 min) | seconds | Mpx/s |")
     print("|---:|---|---:|---:|---:|")
     for round_ in range(1, args.rounds + 1):
-        for mode, (cpus, extra) in MODES.items():
+        for mode, (jobs, extra) in MODES.items():
             load = os.getloadavg()[0]
-            shutil.rmtree(labels, ignore_errors=True)
-            try:
-                with pinned(cpus):
-                    report = run_workload("segtile", "--input", str(mosaic), "--out", str(labels), "--writer",
-                                          *extra).report
-            finally:
-                shutil.rmtree(labels, ignore_errors=True)
-            seconds = report["seconds"]
+            seconds, options = run_jobs(mosaic, labels, jobs, extra, allowed)
             if round_ == 1:
-                print_options(f"segtile, {mode}", report["options"])
-            speeds[mode].append(megapixels / seconds)
-            print(f"| {round_} | {mode} | {load:.1f} | {seconds:.1f} | {megapixels / seconds:.1f} |", flush=True)
+                print_options(f"segtile, {mode}", options)
+            speed = len(jobs) * megapixels / seconds
+            speeds[mode].append(speed)
+            print(f"| {round_} | {mode} | {load:.1f} | {seconds:.1f} | {speed:.1f} |", flush=True)
     one = statistics.median(speeds["1 thread"])
     for mode in MODES:
         median = statistics.median(speeds[mode])

@@ -157,18 +157,21 @@ def _sample_rss(pid: int, interval: float, trace: list[tuple[float, float]], sto
         return
 
 
-def run_workload(*args: str, env: dict[str, str] | None = None, interval: float = 0.5) -> Measured:
+def run_workload(*args: str, env: dict[str, str] | None = None, interval: float = 0.5,
+                 cpus: list[int] | None = None) -> Measured:
     """Run ``python -m bench.workloads ARGS...`` from the repository root; return its JSON
     report (its last stdout line), its peak RSS in MiB and its RSS trace.
 
     Relative paths in ``args`` are relative to the repository root; ``env`` adds environment
-    variables for the child (``GDAL_CACHEMAX``, say). Raises ``RuntimeError`` if
-    the child fails."""
+    variables for the child (``GDAL_CACHEMAX``, say); ``cpus`` pins the child to those CPUs
+    (``taskset``; Dask's and torch's thread counts follow its affinity). Raises ``RuntimeError``
+    if the child fails."""
     start = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.workloads", *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})},
-    )
+    command = [sys.executable, "-m", "bench.workloads", *args]
+    if cpus is not None:
+        command = ["taskset", "--cpu-list", ",".join(map(str, cpus)), *command]
+    child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
     trace: list[tuple[float, float]] = []
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_rss, args=(child.pid, interval, trace, stop), daemon=True)

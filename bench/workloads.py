@@ -64,7 +64,7 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
 
     model = segtile_model(args.model, args.classes)
     rss_before = psutil.Process().memory_info().rss / 2**20
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     source = open_slide(args.input) if args.slide else args.input
     sizes = {name: getattr(args, name) for name in ("batch_size", "chunk_size", "stripe_width", "memory_limit")
              if getattr(args, name) is not None}
@@ -72,6 +72,7 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
         if args.workers:  # the cluster's start and its workers' imports are not the engine's work
             client.run(importlib.import_module, "segtile.engine.graph")
             rss_before, start = psutil.Process().memory_info().rss / 2**20, time.perf_counter()
+            started_at = time.time()
         result = segment(source, model, tile_size=args.tile_size, overlap=args.overlap, blend="gaussian",
                          device=args.device, precision=args.precision, **sizes,
                          **pinned(slide=args.slide, tissue=args.tissue, device=args.device,
@@ -82,7 +83,8 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
                 result.write(args.out)  # segtile's own writer: Zarr with georeference and card
             else:
                 da.to_zarr(result.labels, args.out)
-    report = {"seconds": time.perf_counter() - start, "tasks": tasks, "shape": list(result.shape),
+    report = {"seconds": time.perf_counter() - start, "started_at": started_at, "ended_at": time.time(),
+              "tasks": tasks, "shape": list(result.shape),
               "rss_before_mib": rss_before, "options": segtile_options(result, args.memory_limit),
               "tiles_run": tally.run}
     if torch.cuda.is_available() and args.device != "cpu":
