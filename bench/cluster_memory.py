@@ -9,8 +9,13 @@ then the same on a fresh ``LocalCluster`` of worker processes (one thread each, 
 GPU runs); each worker's peak RSS is its own ``ru_maxrss``, read on the worker after the run.
 Prints a Markdown table with the ratio of the larger worker peak to the threaded peak.
 
+The cluster is Dask's own ``LocalCluster`` (as a user starts one, its nannies setting
+``MALLOC_TRIM_THRESHOLD_`` in the workers), or with ``--segtile-cluster`` the one ``segtile
+--workers`` starts (``segtile.engine.cluster.local_cluster``: workers with segtile's heap settings).
+
     python -m bench.cluster_memory                          # from the repository root
     python -m bench.cluster_memory --sizes 4000 16000 --workers 2
+    python -m bench.cluster_memory --sizes 4000 16000 --segtile-cluster
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import argparse
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from distributed import Client, LocalCluster
 
@@ -27,6 +34,7 @@ from bench.make_mosaic import bench_mosaic
 from bench.measure import Options, pinned, print_options, run_workload, segtile_options
 from bench.workloads import pointwise_model
 from segtile import segment
+from segtile.engine.cluster import local_cluster
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -46,11 +54,19 @@ def threaded_peak(mosaic: Path, labels: Path) -> tuple[float, float, Options]:
     return measured.report["seconds"], measured.peak_rss_mib, measured.report["options"]
 
 
-def cluster_peaks(mosaic: Path, labels: Path, workers: int) -> tuple[float, list[int], list[int], Options]:
-    """Seconds of the run on a fresh cluster, each worker's peak RSS after importing segtile
-    and after the run, and the options it ran with."""
+@contextmanager
+def dask_cluster(workers: int) -> Iterator[Client]:
+    """Dask's own local cluster of ``workers`` single-thread worker processes."""
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def cluster_peaks(mosaic: Path, labels: Path, workers: int, segtiles: bool
+                  ) -> tuple[float, list[int], list[int], Options]:
+    """Seconds of the run on a fresh cluster (segtile's own when ``segtiles``), each worker's
+    peak RSS after importing segtile and after the run, and the options it ran with."""
+    with (local_cluster(workers=workers) if segtiles else dask_cluster(workers)) as client:
         client.run(lambda: __import__("segtile.engine.graph"))
         before = list(client.run(peak_rss_mib).values())
         start = time.perf_counter()
@@ -68,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4000, 16000, 30000])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--segtile-cluster", action="store_true",
+                        help="the cluster segtile --workers starts, not Dask's own LocalCluster")
     args = parser.parse_args()
     print("| size (px) | threads: s | threads: peak RSS (MiB) | cluster: s | worker peak RSS (MiB) "
           "| worker RSS after imports (MiB) | larger worker peak / threaded peak |")
@@ -76,7 +94,8 @@ def main() -> None:
     for size in args.sizes:
         mosaic, labels = bench_mosaic(size), OUT / f"cluster_labels_{size}.zarr"
         threaded_seconds, threaded, ran_with[f"{size} px on threads"] = threaded_peak(mosaic, labels)
-        seconds, before, after, ran_with[f"{size} px on the cluster"] = cluster_peaks(mosaic, labels, args.workers)
+        seconds, before, after, ran_with[f"{size} px on the cluster"] = cluster_peaks(mosaic, labels, args.workers,
+                                                                              args.segtile_cluster)
         print(f"| {size} | {threaded_seconds:.1f} | {threaded:.0f} | {seconds:.1f} | {' / '.join(map(str, after))} "
               f"| {' / '.join(map(str, before))} | {max(after) / threaded:.2f} |", flush=True)
     print()

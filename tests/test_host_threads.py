@@ -1,7 +1,8 @@
 """Two threads adding up on the CPU: a few-class batch's arrays reuse the heap rather than being
-mapped afresh, and threads sharing a predictor keep torch's own threads for the network."""
+mapped afresh (in segtile's cluster workers too), and threads sharing a predictor keep torch's own threads for the network."""
 
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from segtile.engine import heap
+from segtile.engine.cluster import local_cluster
 from segtile.inference.predictor import Predictor
 from segtile.models import ModelCard
 
@@ -43,6 +45,31 @@ def test_a_few_class_batch_reuses_the_heap_and_a_many_class_one_is_given_back():
     reused_faults, kept_bytes = map(int, out.stdout.split())
     assert reused_faults < 2048
     assert kept_bytes < 8 * 2**20
+
+
+def _environ_and_page_faults_of_twenty_batches() -> tuple[str | None, int]:
+    """On a worker: its ``MALLOC_TRIM_THRESHOLD_``, and the page faults of twenty 8 MiB arrays
+    after segtile's heap settings (as the first batch makes them)."""
+    heap.keep_large_arrays_off_the_heap()
+    np.ones(2 * 2**20, np.float32)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        np.ones(2 * 2**20, np.float32)
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(heap._GLIBC is None, reason="the thresholds are glibc's")
+def test_the_workers_of_segtile_s_cluster_keep_segtile_s_heap_settings(monkeypatch):
+    """Dask's nannies set ``MALLOC_TRIM_THRESHOLD_`` in each worker, which made segtile leave the
+    heap as glibc then has it: every batch's arrays mapped afresh (20 x 2048 page faults here,
+    and ``--workers 2`` 10 % slower: docs/performance.md, section 15). The workers of
+    ``local_cluster`` (``--workers``, ``--gpus``) start without it."""
+    for name in [name for name in os.environ if name.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
+    with local_cluster(workers=1) as client:
+        ((environ, faults),) = client.run(_environ_and_page_faults_of_twenty_batches).values()
+    assert environ is None
+    assert faults < 2048
 
 
 class ThreadCounting(torch.nn.Module):

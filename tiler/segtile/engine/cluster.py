@@ -13,6 +13,7 @@ import dask.system
 from dask.base import get_scheduler
 from distributed import Client, LocalCluster
 
+from segtile.engine.heap import without_malloc_settings
 from segtile.errors import ClusterError
 
 
@@ -77,12 +78,16 @@ def local_cluster(*, workers: int | None = None, gpus: list[int] | None | str = 
     """A ``dask.distributed`` cluster on this machine, as the default client inside the block:
     one worker per GPU (``gpus``: a list, or ``None`` for all of them), each seeing only its
     own device (``cuda`` on a worker is its GPU), through dask-cuda's ``LocalCUDACluster`` when
-    installed; or ``workers`` CPU processes sharing the cores."""
-    if gpus != "none":
-        cluster = _gpu_cluster(gpus)
-    else:
-        threads = max(1, dask.system.cpu_count() // workers)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None)
+    installed; or ``workers`` CPU processes sharing the cores. The workers keep segtile's heap
+    settings (:mod:`segtile.engine.heap`), not the malloc variables Dask's nannies set."""
+    spawn_environ = without_malloc_settings(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ}):
+        if gpus != "none":
+            cluster = _gpu_cluster(gpus)
+        else:
+            threads = max(1, dask.system.cpu_count() // workers)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                                   dashboard_address=None)
     with cluster, Client(cluster) as client:
         yield client
 

@@ -30,6 +30,7 @@ import ctypes.util
 import os
 import sys
 import threading
+from typing import Any, Mapping
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers, from glibc's malloc.h
 LARGE_ARRAY_BYTES = 32 * 2**20
@@ -61,6 +62,15 @@ def keep_large_arrays_off_the_heap() -> None:
     if not any(name in os.environ for name in _USER_SETTINGS):
         _GLIBC.mallopt(M_MMAP_THRESHOLD, LARGE_ARRAY_BYTES)
         _GLIBC.mallopt(M_TRIM_THRESHOLD, HEAP_TOP_KEPT_BYTES)
+
+
+def without_malloc_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """``environ`` less glibc's malloc variables, which would make
+    :func:`keep_large_arrays_off_the_heap` leave the heap as they set it: for the workers of
+    segtile's own clusters, whose nannies set ``MALLOC_TRIM_THRESHOLD_`` (Dask's
+    ``distributed.nanny.pre-spawn-environ``), which in glibc also fixes the mmap threshold at
+    128 KiB, so every batch's arrays were mappings of their own (docs/performance.md, section 15)."""
+    return {name: value for name, value in environ.items() if name not in _USER_SETTINGS}
 
 
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
