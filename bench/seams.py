@@ -2,7 +2,8 @@
 
 For each tiling (tile size, overlap) a bundled image is segmented with a demo model (the nuclei
 model on the nuclei image; ``--model water_rgbn_psp18`` or ``landsat_rgb_psp18`` on a held-out
-scene of theirs, :data:`SCENES`), and the labels are compared with the labels of one tile covering the whole image (no seam
+scene of theirs, :data:`SCENES`), and the labels are compared with the labels of one tile covering
+the whole image (no seam
 anywhere). The **tile borders** are the lines inside the image where a tile starts or ends: a
 tile's outermost pixels see the least context, and a too narrow overlap stitches its strip from
 the outermost pixels of two tiles. Three figures per tiling:

@@ -76,7 +76,8 @@ def main() -> None:
                 print(f"| {'segtile, in the writing threads' if segtiles else 'Zarr, in its event loop'} | "
                       f"{threads} | {best:.3f} | {args.chunks ** 2 * SIDE ** 2 / 1e6 / best:.0f} |", flush=True)
         stored = [zarr.open_array(str(path), mode="r") for path in paths.values()]
-        assert np.array_equal(stored[0][:], stored[1][:]) and stored[0].nchunks_initialized == stored[1].nchunks_initialized
+        assert np.array_equal(stored[0][:], stored[1][:])
+        assert stored[0].nchunks_initialized == stored[1].nchunks_initialized
 
 
 if __name__ == "__main__":

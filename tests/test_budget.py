@@ -111,10 +111,11 @@ def test_sizes_the_user_gives_that_do_not_fit_are_refused():
 
 
 def test_a_tiling_no_size_fits_is_refused_with_what_it_needs():
-    with pytest.raises(BudgetError, match=r"^tiles of 513 px overlapping by 449 px with 150 classes on 2 thread\(s\) hold about "
-                       r"[\d.]+ GiB, more than the memory limit of 300 MiB whatever the sizes \(at least, with batches "
-                       r"of 1, chunks of 64 px and stripes of 64 px: .*\): give --memory-limit (\d+)M or more, "
-                       r"smaller tiles \(--tile-size\), a smaller --overlap or fewer threads \(DASK_NUM_WORKERS\)$") as refused:
+    refusal = (r"^tiles of 513 px overlapping by 449 px with 150 classes on 2 thread\(s\) hold about "
+               r"[\d.]+ GiB, more than the memory limit of 300 MiB whatever the sizes \(at least, with batches "
+               r"of 1, chunks of 64 px and stripes of 64 px: .*\): give --memory-limit (\d+)M or more, "
+               r"smaller tiles \(--tile-size\), a smaller --overlap or fewer threads \(DASK_NUM_WORKERS\)$")
+    with pytest.raises(BudgetError, match=refusal) as refused:
         plan_memory(classes=150, tile_size=513, overlap=449, threads=2, limit=parse_size("300M"))
     needed = parse_size(refused.value.args[0].split("--memory-limit ")[1].split(" ")[0])
     plan_memory(classes=150, tile_size=513, overlap=449, threads=2, limit=needed)  # what it said is enough

@@ -1,5 +1,6 @@
 """Two threads adding up on the CPU: a few-class batch's arrays reuse the heap rather than being
-mapped afresh (in segtile's cluster workers too), and threads sharing a predictor keep torch's own threads for the network."""
+mapped afresh (in segtile's cluster workers too), and threads sharing a predictor keep torch's own
+threads for the network."""
 
 import os
 import resource

@@ -29,13 +29,12 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from segtile.errors import CardError, CheckpointError, one_line
+from segtile.errors import CardError, CheckpointError, one_line, refuse_sequential
 from segtile.models.borrowed import eval_mode
 from segtile.models.card import ModelCard, default_card
 from segtile.models.patches import is_patch_classifier, load_patch_classifier
-from segtile.models.smp_folder import is_smp_folder, load_smp_folder
 from segtile.models.pspnet import PSPNet
-from segtile.errors import refuse_sequential
+from segtile.models.smp_folder import is_smp_folder, load_smp_folder
 
 FORMAT = "segtile-checkpoint"
 VERSION = 1

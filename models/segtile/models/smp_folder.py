@@ -3,7 +3,8 @@
 ``model.save_pretrained(folder)`` writes ``config.json`` (the architecture, ``_model_class``,
 and its keyword arguments: ``encoder_name``, ``encoder_weights``, ``in_channels``, ``classes``...)
 and ``model.safetensors`` (or ``pytorch_model.bin``). segtile builds the architecture with
-``encoder_weights=None`` (no weights are downloaded: the folder's replace the encoder's anyway) and loads the folder's weights, strictly.
+``encoder_weights=None`` (no weights are downloaded: the folder's replace the encoder's anyway) and
+loads the folder's weights, strictly.
 
 The card is made from the config: the band and class counts; the normalisation of the encoder's
 pretrained weights (smp's ``get_preprocessing_params``, which smp >= 0.5 reads from the

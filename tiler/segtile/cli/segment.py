@@ -43,8 +43,8 @@ def register(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "masks/{stem}.tif)")
     parser.add_argument("--model", metavar="MODEL",
                         help="segtile checkpoint, TorchScript, ONNX or torch.export (.pt2) file, a model folder "
-                        "(WSInfer, segmentation_models_pytorch), or the name of an installed model (default: $SEGTILE_MODEL "
-                        "when set, else the installed default model)")
+                        "(WSInfer, segmentation_models_pytorch), or the name of an installed model "
+                        "(default: $SEGTILE_MODEL when set, else the installed default model)")
     parser.add_argument("--tile-size", type=positive_int, metavar="N",
                         help="tile side in pixels (default: the model card's; at most the image's size)")
     parser.add_argument("--overlap", type=non_negative_int, metavar="N",

@@ -12,8 +12,7 @@ import rasterio
 import tifffile
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
-from segtile.errors import SourceError, root_cause_line
-from segtile.errors import refuse_sequential
+from segtile.errors import SourceError, refuse_sequential, root_cause_line
 from segtile.sources.remote import RemoteFile, is_url
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders

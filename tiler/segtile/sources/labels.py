@@ -46,8 +46,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from segtile.errors import LabelError, one_line, root_cause_line
-from segtile.errors import refuse_sequential
+from segtile.errors import LabelError, one_line, refuse_sequential, root_cause_line
 from segtile.sources.base import Source
 from segtile.sources.files import check_tiff_file_complete, is_tiff
 from segtile.sources.handles import PerThreadHandles

@@ -231,7 +231,8 @@ def _over_limit(needed: float, plan: MemoryPlan, limit: int, classes: int, tile_
         return (f"{named} as given {holds} with {classes} classes and tiles of {tile_size} px: "
                 f"leave them out to have them sized to the limit, or give --memory-limit {_mebibytes(needed)}")
     return (f"tiles of {tile_size} px overlapping by {overlap} px with {classes} classes on {threads} thread(s) "
-            f"{holds} whatever the sizes (at least, with batches of {plan.batch_size}, chunks of {plan.chunk_size} px and stripes of "
+            f"{holds} whatever the sizes (at least, with batches of {plan.batch_size}, "
+            f"chunks of {plan.chunk_size} px and stripes of "
             f"{plan.stripe_width} px: the tile results crossing a chunk row, those of the chunk being stitched, and "
             f"the plan's tasks): give --memory-limit {_mebibytes(needed)} or more, smaller tiles (--tile-size), a "
             "smaller --overlap or fewer threads (DASK_NUM_WORKERS)")
