@@ -55,6 +55,9 @@ READ_CACHE = 64 * 2**20
 """The larger of GDAL's block cache as segtile bounds it for rasters (16 MB, :mod:`segtile.sources.raster`)
 and, for slides, the cache of decoded tiles (:data:`segtile.sources.tile_cache.DECODED_TILE_BYTES`):
 decoded blocks of the image, held whatever the plan."""
+WRITE_QUEUE = 8 * 2**20
+"""The chunks handed to Zarr and not yet written, at most (a larger chunk waits alone:
+:class:`segtile.writers.blocks.ZarrWrites`): eight 1024 px chunks of labels."""
 TASK_BYTES = 2**10
 """Memory per task of the Dask graph, held for the whole job: its entries and the plan's objects
 (measured: 0.4-0.8 KiB per task; docs/performance.md)."""
@@ -104,9 +107,10 @@ def engine_bytes(plan: MemoryPlan, *, classes: int, tile_size: int, overlap: int
     """What a job of ``plan`` holds at most, about, when one thread stitches a chunk: the tile
     results waiting for the stitching (the chunk's among them), a batch in flight on each other
     thread, the buffers each thread keeps (a batch's ``bands`` in two layouts and its weights; a
-    chunk accumulator: the sums, the weights and a product), and GDAL's block cache
-    (:data:`READ_CACHE`); on an image of ``shape`` ``(height, width)``, never more tiles or chunk pixels than
-    it has (``None``: an image larger than any stripe)."""
+    chunk accumulator: the sums, the weights and a product), GDAL's block cache
+    (:data:`READ_CACHE`) and the chunks on their way into a Zarr store (:data:`WRITE_QUEUE`); on an
+    image of ``shape`` ``(height, width)``, never more tiles or chunk pixels than it has
+    (``None``: an image larger than any stripe)."""
     height, width = shape or (math.inf, math.inf)
     stripe = min(plan.stripe_width or (width if shape else MAX_STRIPE), width)  # 0: the whole width
     tiles = math.inf if shape is None else (tiles_along(height, tile_size, overlap, alignment)
@@ -116,7 +120,7 @@ def engine_bytes(plan: MemoryPlan, *, classes: int, tile_size: int, overlap: int
     batches = (threads - 1) * min(plan.batch_size, tiles) * tile
     chunks = threads * min(plan.chunk_size, height) * min(plan.chunk_size, width) * (classes * 8 + 4)
     inputs = threads * plan.batch_size * tile_size * tile_size * (bands * 8 + 4)
-    return batches + chunks + inputs + held * tile + READ_CACHE
+    return batches + chunks + inputs + held * tile + READ_CACHE + WRITE_QUEUE
 
 
 def plan_memory(*, classes: int, tile_size: int, overlap: int, threads: int, limit: int = DEFAULT_LIMIT,

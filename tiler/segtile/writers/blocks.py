@@ -12,7 +12,11 @@ fetched into this process as each completes.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import threading
+from concurrent.futures import Future
 from itertools import islice
 from typing import Any, Callable, Iterator
 
@@ -21,9 +25,10 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from segtile.engine.cluster import active_client, joined_threads
+from segtile.engine.cluster import active_client, current_client, joined_threads
 from segtile.errors import WriterInputError
 from segtile.models.card import ModelCard
+from segtile.tiling.budget import WRITE_QUEUE
 
 Key = tuple[slice, ...]
 Advance = Callable[[int], None]
@@ -120,24 +125,95 @@ def as_probabilities(probabilities: Any, card: ModelCard, shape: tuple[int, int]
     return probabilities
 
 
+class ZarrWrites:
+    """Zarr chunk writes started without waiting for them: each goes to Zarr's asynchronous API on
+    an event loop of this object's own, and the Dask thread that handed the chunk over goes on to
+    its next task while Zarr encodes and stores it. Waiting on each write (Zarr's synchronous
+    API: a round trip through its one event-loop thread) kept a second core from adding up
+    (docs/performance.md). At most ``limit`` bytes of chunks are on their way (a larger chunk goes
+    alone); a thread handing over more waits for room. A write that fails fails the next hand-over
+    and :meth:`finish`. Leaving the ``with`` block waits for every write started (after an
+    exception, those not yet running are cancelled) and closes the loop."""
+
+    def __init__(self, limit: int = WRITE_QUEUE) -> None:
+        self._limit = limit
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="segtile-zarr-writes", daemon=True)
+        self._thread.start()
+        self._changed = threading.Condition()
+        self._on_their_way = 0  # bytes of the chunks handed over and not yet written
+        self._writes: set[Future] = set()
+        self._error: BaseException | None = None
+
+    def submit(self, array: Any, key: Key, block: np.ndarray) -> None:
+        """Start writing ``block`` into ``array[key]`` (a ``zarr.Array``); return without waiting."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._error is not None or not self._on_their_way
+                                   or self._on_their_way + block.nbytes <= self._limit)
+            self._raise_error()
+            self._on_their_way += block.nbytes
+            write = asyncio.run_coroutine_threadsafe(array.async_array.setitem(key, block), self._loop)
+            self._writes.add(write)
+        write.add_done_callback(functools.partial(self._written, block.nbytes))
+
+    def _written(self, nbytes: int, write: Future) -> None:
+        with self._changed:
+            self._writes.discard(write)
+            self._on_their_way -= nbytes
+            if not write.cancelled() and write.exception() is not None and self._error is None:
+                self._error = write.exception()
+            self._changed.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """Wait until every chunk handed over is written; raise the first write's error."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._writes)
+            self._raise_error()
+
+    def __enter__(self) -> ZarrWrites:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        with self._changed:
+            writes = list(self._writes)
+        if exc_type is not None:
+            for write in writes:
+                write.cancel()
+        concurrent.futures.wait(writes)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
 class SparseChunks:
     """A Zarr array as a ``dask.array.store`` target that leaves out the chunks holding nothing
     but its fill value, as Zarr leaves them out itself: a chunk never written reads as the fill
     value. Zarr makes that check on its one event-loop thread, chunk after chunk, where it took
     two thirds of the time of writing labels and kept a second core from adding up
-    (docs/performance.md); here each Dask thread checks its own chunks. ``array`` must be new (a
-    chunk left out shows whatever the store held) and created with ``config={"write_empty_chunks":
-    True}`` (:data:`WRITE_EVERY_CHUNK`), so that Zarr does not check again."""
+    (docs/performance.md); here each Dask thread checks its own chunks and hands the others to
+    ``writes`` (``None``: writes them itself, as on a ``dask.distributed`` worker, where the target
+    travels). ``array`` must be new (a chunk left out shows whatever the store held) and created
+    with ``config={"write_empty_chunks": True}`` (:data:`WRITE_EVERY_CHUNK`), so that Zarr does not
+    check again."""
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, writes: ZarrWrites | None = None) -> None:
         self.array = array
+        self.writes = writes
         self.fill = array.fill_value
         self.fill_is_nan = isinstance(self.fill, (float, np.floating)) and bool(np.isnan(self.fill))
 
     def __setitem__(self, key: Key, block: np.ndarray) -> None:
         only_fill = np.isnan(block).all() if self.fill_is_nan else (block == self.fill).all()
-        if not only_fill:
+        if only_fill:
+            return
+        if self.writes is None:
             self.array[key] = block
+        else:
+            self.writes.submit(self.array, key, block)
 
 
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
@@ -147,6 +223,12 @@ WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 def store_in_zarr(sources: list[da.Array], targets: list[Any]) -> None:
     """Compute ``sources`` in one pass (work they share computed once) into the new Zarr arrays
     ``targets`` (created with :data:`WRITE_EVERY_CHUNK`), chunk by chunk, leaving out the chunks
-    of nothing but the fill value (:class:`SparseChunks`)."""
-    with joined_threads():
+    of nothing but the fill value (:class:`SparseChunks`); every chunk is written when this
+    returns. On the local scheduler the Dask threads do not wait for the writes
+    (:class:`ZarrWrites`); on a ``dask.distributed`` cluster each worker writes its chunks."""
+    if current_client() is not None:
         da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)
+        return
+    with ZarrWrites() as writes, joined_threads():
+        da.store(sources, [SparseChunks(target, writes) for target in targets], lock=False, compute=True)
+        writes.finish()

@@ -1,0 +1,84 @@
+"""Zarr chunk writes started without waiting for them (segtile.writers.blocks.ZarrWrites): a Dask
+thread hands a chunk over and goes on; the chunks on their way are bounded; errors are not lost."""
+
+import threading
+
+import numpy as np
+import pytest
+import zarr
+
+from segtile.writers.blocks import WRITE_EVERY_CHUNK, ZarrWrites
+
+CHUNK = (16, 16)
+
+
+@pytest.fixture
+def array(tmp_path):
+    return zarr.create_array(str(tmp_path / "labels.zarr"), shape=(32, 32), chunks=CHUNK, dtype="uint8",
+                             fill_value=255, config=WRITE_EVERY_CHUNK)
+
+
+def _held(writes: ZarrWrites) -> threading.Event:
+    """Hold the writes' event loop (no write can progress) until the returned event is set."""
+    release = threading.Event()
+    writes._loop.call_soon_threadsafe(release.wait, 30)
+    return release
+
+
+def _in_thread(function, *args) -> threading.Thread:
+    thread = threading.Thread(target=function, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_chunk_handed_over_is_written_while_the_thread_goes_on(array):
+    block = np.full(CHUNK, 7, dtype=np.uint8)
+    with ZarrWrites() as writes:
+        release = _held(writes)
+        handing_over = _in_thread(writes.submit, array, (slice(0, 16), slice(0, 16)), block)
+        handing_over.join(10)
+        assert not handing_over.is_alive()  # returned while the write could not even start
+        assert (array[:16, :16] == 255).all()  # not written yet: the fill value
+        release.set()
+        writes.finish()
+        assert (array[:16, :16] == 7).all()
+        assert (array[16:, :] == 255).all()
+
+
+def test_the_chunks_on_their_way_are_bounded(array):
+    block = np.full(CHUNK, 3, dtype=np.uint8)
+    with ZarrWrites(limit=block.nbytes) as writes:
+        release = _held(writes)
+        writes.submit(array, (slice(0, 16), slice(0, 16)), block)  # the first goes whatever its size
+        second = _in_thread(writes.submit, array, (slice(16, 32), slice(0, 16)), block)
+        second.join(0.5)
+        assert second.is_alive()  # waits for room
+        release.set()
+        second.join(10)
+        assert not second.is_alive()
+        writes.finish()
+    assert (array[:, :16] == 3).all()
+
+
+def test_a_failed_write_fails_finish_and_the_next_hand_over(array):
+    read_only = zarr.open_array(array.store_path.store.root, mode="r")
+    block = np.zeros(CHUNK, dtype=np.uint8)
+    with ZarrWrites() as writes:
+        writes.submit(read_only, (slice(0, 16), slice(0, 16)), block)
+        with pytest.raises(ValueError, match="read-only"):
+            writes.finish()
+        with pytest.raises(ValueError, match="read-only"):
+            writes.submit(read_only, (slice(16, 32), slice(0, 16)), block)
+
+
+def test_leaving_on_an_exception_waits_for_the_writes_and_closes_their_loop(array):
+    block = np.ones(CHUNK, dtype=np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        with ZarrWrites() as writes:
+            release = _held(writes)
+            writes.submit(array, (slice(0, 16), slice(0, 16)), block)
+            threading.Timer(0.2, release.set).start()
+            raise KeyboardInterrupt
+    assert not writes._thread.is_alive()
+    assert writes._loop.is_closed()
+    assert "segtile-zarr-writes" not in [thread.name for thread in threading.enumerate()]
