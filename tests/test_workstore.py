@@ -1,5 +1,7 @@
 """The store several outputs are written from: only what they need, at the precision they keep."""
 
+import threading
+
 import dask
 import dask.array as da
 import numpy as np
@@ -8,6 +10,8 @@ import zarr
 from segtile.georef import Georef
 from segtile.models import ModelCard
 from segtile.store.staging import stage
+from segtile.store.workstore import WorkStore, _write_chunk
+from segtile.writers.blocks import ZarrWrites
 from segtile.writers.outputs import Layers
 
 CARD = ModelCard(classes=tuple(f"c{i}" for i in range(150)))
@@ -68,3 +72,23 @@ def test_a_store_is_filled_one_stripe_after_another(tmp_path, pointwise_model, m
         stored = stage(result.layers(), tmp_path / "work", None)
     assert stripes_stitched == sorted(stripes_stitched) and len(stripes_stitched) == 15
     np.testing.assert_array_equal(stored.labels.compute(), result.labels.compute())
+
+
+def test_a_chunk_handed_over_without_waiting_is_marked_done_only_once_its_arrays_are_written(tmp_path):
+    """The store's tasks hand their chunks to Zarr and go on (ZarrWrites); the marker, with the
+    checksums of the chunk's files, still follows the arrays."""
+    given = layers()
+    work = WorkStore.create(tmp_path / "work", given.labels, 255, 150, "uint8", identity={"run": 1})
+    labels = given.labels.blocks[1, 2].compute()
+    probabilities = given.probabilities.blocks[0, 1, 2].compute()
+    region = (slice(16, 32), slice(32, 48))
+    with ZarrWrites() as writes:
+        release = threading.Event()
+        writes._loop.call_soon_threadsafe(release.wait, 30)  # no write can start until released
+        _write_chunk(str(work.folder), 1, 2, region, labels, probabilities, work.durable, writes)
+        assert work.done() == frozenset()  # the task returned; nothing written, nothing marked
+        release.set()
+        writes.finish()
+    assert work.verified() == (frozenset({(1, 2)}), 0)  # marked, and the files agree with the marker
+    stored = work.layers(given)
+    np.testing.assert_array_equal(stored.labels[16:32, 32:48].compute(), labels)

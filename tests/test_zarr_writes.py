@@ -1,6 +1,7 @@
 """Zarr chunk writes started without waiting for them (segtile.writers.blocks.ZarrWrites): a Dask
 thread hands a chunk over and goes on; the chunks on their way are bounded; errors are not lost."""
 
+import functools
 import threading
 
 import numpy as np
@@ -25,6 +26,10 @@ def _held(writes: ZarrWrites) -> threading.Event:
     return release
 
 
+def _write(writes: ZarrWrites, array, key, block) -> None:
+    writes.submit(functools.partial(array.async_array.setitem, key, block), block.nbytes)
+
+
 def _in_thread(function, *args) -> threading.Thread:
     thread = threading.Thread(target=function, args=args, daemon=True)
     thread.start()
@@ -35,7 +40,7 @@ def test_a_chunk_handed_over_is_written_while_the_thread_goes_on(array):
     block = np.full(CHUNK, 7, dtype=np.uint8)
     with ZarrWrites() as writes:
         release = _held(writes)
-        handing_over = _in_thread(writes.submit, array, (slice(0, 16), slice(0, 16)), block)
+        handing_over = _in_thread(_write, writes, array, (slice(0, 16), slice(0, 16)), block)
         handing_over.join(10)
         assert not handing_over.is_alive()  # returned while the write could not even start
         assert (array[:16, :16] == 255).all()  # not written yet: the fill value
@@ -49,8 +54,8 @@ def test_the_chunks_on_their_way_are_bounded(array):
     block = np.full(CHUNK, 3, dtype=np.uint8)
     with ZarrWrites(limit=block.nbytes) as writes:
         release = _held(writes)
-        writes.submit(array, (slice(0, 16), slice(0, 16)), block)  # the first goes whatever its size
-        second = _in_thread(writes.submit, array, (slice(16, 32), slice(0, 16)), block)
+        _write(writes, array, (slice(0, 16), slice(0, 16)), block)  # the first goes whatever its size
+        second = _in_thread(_write, writes, array, (slice(16, 32), slice(0, 16)), block)
         second.join(0.5)
         assert second.is_alive()  # waits for room
         release.set()
@@ -64,11 +69,11 @@ def test_a_failed_write_fails_finish_and_the_next_hand_over(array):
     read_only = zarr.open_array(array.store_path.store.root, mode="r")
     block = np.zeros(CHUNK, dtype=np.uint8)
     with ZarrWrites() as writes:
-        writes.submit(read_only, (slice(0, 16), slice(0, 16)), block)
+        _write(writes, read_only, (slice(0, 16), slice(0, 16)), block)
         with pytest.raises(ValueError, match="read-only"):
             writes.finish()
         with pytest.raises(ValueError, match="read-only"):
-            writes.submit(read_only, (slice(16, 32), slice(0, 16)), block)
+            _write(writes, read_only, (slice(16, 32), slice(0, 16)), block)
 
 
 def test_leaving_on_an_exception_waits_for_the_writes_and_closes_their_loop(array):
@@ -76,7 +81,7 @@ def test_leaving_on_an_exception_waits_for_the_writes_and_closes_their_loop(arra
     with pytest.raises(KeyboardInterrupt):
         with ZarrWrites() as writes:
             release = _held(writes)
-            writes.submit(array, (slice(0, 16), slice(0, 16)), block)
+            _write(writes, array, (slice(0, 16), slice(0, 16)), block)
             threading.Timer(0.2, release.set).start()
             raise KeyboardInterrupt
     assert not writes._thread.is_alive()

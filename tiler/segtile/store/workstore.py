@@ -19,6 +19,8 @@ Zarr store), else as bytes (``round(p * 255)``, what a probability GeoTIFF holds
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -38,9 +40,10 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from segtile.engine.cluster import joined_threads
+from segtile.engine.cluster import current_client, joined_threads
 from segtile.errors import OutputError
 from segtile.writers.atomic import write_failure
+from segtile.writers.blocks import ZarrWrites
 from segtile.writers.durable import fsync_folder, temporary_name, write_durably
 from segtile.writers.geotiff import PROBABILITY_SCALE
 from segtile.writers.outputs import Layers
@@ -145,13 +148,18 @@ class WorkStore:
     def fill(self, arrays: dict[str, da.Array], skip: frozenset[tuple[int, int]] = frozenset(),
              column_groups: Sequence[range] = ()) -> None:
         """Compute ``arrays`` (``labels`` and maybe ``probabilities``) into the store, chunk by
-        chunk, every chunk but those in ``skip``; each chunk's marker once it is written.
+        chunk, every chunk but those in ``skip``; each chunk's marker once it is written. On the
+        local scheduler a task hands its chunk to Zarr without waiting for the write
+        (:class:`~segtile.writers.blocks.ZarrWrites`); every chunk is written when this returns.
 
         ``column_groups`` (the engine's stripes) are computed one after another: a
         ``dask.distributed`` scheduler given every stripe at once works on all of them together,
         holding each one's band of batch results (two to three times the memory of one)."""
         labels = arrays["labels"]
         probabilities = arrays.get("probabilities")
+        # on the local scheduler the tasks hand their chunks over and go on (ZarrWrites); a
+        # dask.distributed worker, which the writes cannot travel to, writes its own
+        writes = ZarrWrites() if current_client() is None else None
         name = "segtile-store-" + tokenize(str(self.folder), labels.name, getattr(probabilities, "name", None),
                                            sorted(skip))
         graph: dict = {}
@@ -165,16 +173,19 @@ class WorkStore:
                 region = (slice(int(row_starts[i]), int(row_starts[i + 1])),
                           slice(int(col_starts[j]), int(col_starts[j + 1])))
                 graph[(name, i, j)] = (_write_chunk, str(self.folder), i, j, region, (labels.name, i, j),
-                                       None if probabilities is None else (probabilities.name, 0, i, j), self.durable)
+                                       None if probabilities is None else (probabilities.name, 0, i, j), self.durable,
+                                       writes)
         dependencies = [labels] if probabilities is None else [labels, probabilities]
         markers = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
                            ((1,) * len(labels.chunks[0]), (1,) * len(labels.chunks[1])), dtype=bool)
         groups = column_groups or (range(markers.shape[1]),)
         (self.folder / DONE).mkdir(exist_ok=True)  # a done/ deleted by hand: every marker in it is lost, not the run
         try:
-            with joined_threads():
+            with writes or nullcontext(), joined_threads():
                 for columns in groups:
                     markers[:, columns.start:columns.stop].compute()
+                if writes is not None:
+                    writes.finish()
         except OSError as exc:  # a full disk, a file size limit
             raise OutputError(f"cannot write the work store in {self.folder.parent}: "
                               f"{write_failure(exc, self.folder.parent)}") from exc
@@ -243,20 +254,40 @@ def _open_store(folder: str) -> zarr.Group:
 
 
 def _write_chunk(folder: str, i: int, j: int, region: tuple[slice, slice], labels: np.ndarray,
-                 probabilities: np.ndarray | None, durable: bool) -> np.ndarray:
+                 probabilities: np.ndarray | None, durable: bool, writes: ZarrWrites | None = None) -> np.ndarray:
     """Write one chunk's arrays, then its marker (a chunk without marker is not done). A
     ``durable`` store's marker holds the checksums of the chunk's files (one whose files disagree
     is done again), and they are on the disk before it is; a scratch store, never resumed, has
-    an empty marker."""
+    an empty marker. With ``writes``, both are handed over, in that order, and the task returns."""
     group = _open_store(folder)
-    group["labels"][region] = labels
+    blocks = [(group["labels"], region, labels)]
     if probabilities is not None:
         stored = group["probabilities"]
-        stored[(slice(None), *region)] = _as_bytes(probabilities) if stored.dtype == np.uint8 else probabilities
+        blocks.append((stored, (slice(None), *region),
+                       _as_bytes(probabilities) if stored.dtype == np.uint8 else probabilities))
+    if writes is None:
+        for array, key, block in blocks:
+            array[key] = block
+        _mark_done(folder, group, i, j, durable)
+    else:
+        writes.submit(functools.partial(_written_then_marked, folder, group, i, j, durable, blocks),
+                      sum(block.nbytes for *_, block in blocks))
+    return np.ones((1, 1), dtype=bool)
+
+
+async def _written_then_marked(folder: str, group: zarr.Group, i: int, j: int, durable: bool,
+                               blocks: list[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
+    """:func:`_write_chunk`'s writes through Zarr's asynchronous API, then the marker."""
+    await asyncio.gather(*(array.async_array.setitem(key, block) for array, key, block in blocks))
+    await asyncio.to_thread(_mark_done, folder, group, i, j, durable)
+
+
+def _mark_done(folder: str, group: zarr.Group, i: int, j: int, durable: bool) -> None:
+    """Chunk ``(i, j)``'s marker, its arrays written (see :func:`_write_chunk`)."""
     marker = Path(folder) / DONE / _marker_name(i, j)
     if not durable:
         marker.touch()
-        return np.ones((1, 1), dtype=bool)
+        return
     checksums = {}
     for name in group.array_keys():
         path = _chunk_file(folder, name, group[name], i, j)
@@ -264,7 +295,6 @@ def _write_chunk(folder: str, i: int, j: int, region: tuple[slice, slice], label
         if checksums[name] is not None:
             fsync_folder(path.parent)
     write_durably(marker, json.dumps(checksums).encode())
-    return np.ones((1, 1), dtype=bool)
 
 
 def _marker_name(i: int, j: int) -> str:

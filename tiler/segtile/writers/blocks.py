@@ -13,12 +13,11 @@ fetched into this process as each completes.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import threading
 from concurrent.futures import Future
 from itertools import islice
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 import dask.array as da
 import numpy as np
@@ -132,8 +131,8 @@ class ZarrWrites:
     API: a round trip through its one event-loop thread) kept a second core from adding up
     (docs/performance.md). At most ``limit`` bytes of chunks are on their way (a larger chunk goes
     alone); a thread handing over more waits for room. A write that fails fails the next hand-over
-    and :meth:`finish`. Leaving the ``with`` block waits for every write started (after an
-    exception, those not yet running are cancelled) and closes the loop."""
+    and :meth:`finish`. Leaving the ``with`` block waits for the writes (after an exception they
+    are cancelled, and only the file writes already under way finish) and closes the loop."""
 
     def __init__(self, limit: int = WRITE_QUEUE) -> None:
         self._limit = limit
@@ -145,16 +144,17 @@ class ZarrWrites:
         self._writes: set[Future] = set()
         self._error: BaseException | None = None
 
-    def submit(self, array: Any, key: Key, block: np.ndarray) -> None:
-        """Start writing ``block`` into ``array[key]`` (a ``zarr.Array``); return without waiting."""
+    def submit(self, write: Callable[[], Coroutine[Any, Any, Any]], nbytes: int) -> None:
+        """Start ``write()``, a coroutine of Zarr's asynchronous API (``array.async_array.setitem``,
+        say) holding ``nbytes`` until it is done; return without waiting for it."""
         with self._changed:
             self._changed.wait_for(lambda: self._error is not None or not self._on_their_way
-                                   or self._on_their_way + block.nbytes <= self._limit)
+                                   or self._on_their_way + nbytes <= self._limit)
             self._raise_error()
-            self._on_their_way += block.nbytes
-            write = asyncio.run_coroutine_threadsafe(array.async_array.setitem(key, block), self._loop)
-            self._writes.add(write)
-        write.add_done_callback(functools.partial(self._written, block.nbytes))
+            self._on_their_way += nbytes
+            started = asyncio.run_coroutine_threadsafe(write(), self._loop)
+            self._writes.add(started)
+        started.add_done_callback(functools.partial(self._written, nbytes))
 
     def _written(self, nbytes: int, write: Future) -> None:
         with self._changed:
@@ -183,10 +183,18 @@ class ZarrWrites:
         if exc_type is not None:
             for write in writes:
                 write.cancel()
-        concurrent.futures.wait(writes)
+        asyncio.run_coroutine_threadsafe(_drained(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+async def _drained() -> None:
+    """Wait, on the running loop, for its other tasks (cancelled ones too) and for the threads
+    they started (``asyncio.to_thread``: Zarr's file writes), so that nothing writes afterwards."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    await asyncio.gather(*others, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_default_executor()
 
 
 class SparseChunks:
@@ -213,7 +221,7 @@ class SparseChunks:
         if self.writes is None:
             self.array[key] = block
         else:
-            self.writes.submit(self.array, key, block)
+            self.writes.submit(functools.partial(self.array.async_array.setitem, key, block), block.nbytes)
 
 
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
