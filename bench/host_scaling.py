@@ -20,6 +20,7 @@ median throughput of each mode over one thread's.
 
     python -m bench.host_scaling                  # 8000 x 8000, 3 rounds
     python -m bench.host_scaling --size 4000 --rounds 2
+    python -m bench.host_scaling --work-store     # what the segtile command computes into
 """
 
 from __future__ import annotations
@@ -45,15 +46,15 @@ MODES = {
 
 
 def run_jobs(mosaic: Path, labels: Path, jobs: list[list[int]], extra: list[str],
-             allowed: list[int]) -> tuple[float, dict]:
+             allowed: list[int], store: list[str]) -> tuple[float, dict]:
     """Run one workload per entry of ``jobs`` at once, each pinned to those positions of the CPUs
     this process may use (``allowed``); the seconds from the first one's start to the last one's
-    end, and the first one's options."""
+    end, and the first one's options. ``store``: the workload's arguments saying what it writes."""
     def job(index: int) -> dict:
         out = labels.with_name(f"{labels.stem}_{index}.zarr")
         shutil.rmtree(out, ignore_errors=True)
         try:
-            return run_workload("segtile", "--input", str(mosaic), "--out", str(out), "--writer", *extra,
+            return run_workload("segtile", "--input", str(mosaic), "--out", str(out), *store, *extra,
                                 cpus=[allowed[i] for i in jobs[index]]).report
         finally:
             shutil.rmtree(out, ignore_errors=True)
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--work-store", action="store_true",
+                        help="fill the segtile command's durable work store rather than result.write to Zarr")
     args = parser.parse_args()
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
@@ -78,13 +81,15 @@ def main() -> None:
     labels = OUT / f"host_scaling_{args.size}.zarr"
     megapixels = args.size * args.size / 1e6
     speeds: dict[str, list[float]] = {mode: [] for mode in MODES}
-    print(f"{args.size} x {args.size}, 1x1 convolution, result.write to Zarr")
+    store = ["--work-store"] if args.work_store else ["--writer"]
+    target = "the command's work store" if args.work_store else "result.write to Zarr"
+    print(f"{args.size} x {args.size}, 1x1 convolution, {target}")
     print("| round | mode | load (1 min) | seconds | Mpx/s |")
     print("|---:|---|---:|---:|---:|")
     for round_ in range(1, args.rounds + 1):
         for mode, (jobs, extra) in MODES.items():
             load = os.getloadavg()[0]
-            seconds, options = run_jobs(mosaic, labels, jobs, extra, allowed)
+            seconds, options = run_jobs(mosaic, labels, jobs, extra, allowed, store)
             if round_ == 1:
                 print_options(f"segtile, {mode}", options)
             speed = len(jobs) * megapixels / seconds

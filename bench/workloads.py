@@ -20,11 +20,15 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 
 from bench.measure import Options, add_model_arguments, pinned, segtile_options
+
+if TYPE_CHECKING:
+    from segtile.result import Segmentation
 
 
 def pointwise_model(bands: int = 3, classes: int = 2) -> torch.nn.Module:
@@ -79,7 +83,9 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
                                   stitch_on_host=args.stitch_on_host))
         tasks = len(result.labels.__dask_graph__())
         with result.progress(enabled=False) as tally:  # counts the tiles run, shows nothing
-            if args.writer or args.workers:
+            if args.work_store:
+                fill_work_store(result, args.out)
+            elif args.writer or args.workers:
                 result.write(args.out)  # segtile's own writer: Zarr with georeference and card
             else:
                 da.to_zarr(result.labels, args.out)
@@ -90,6 +96,19 @@ def segtile_to_zarr(args: argparse.Namespace) -> dict:
     if torch.cuda.is_available() and args.device != "cpu":
         report["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return report
+
+
+def fill_work_store(result: Segmentation, folder: str) -> None:
+    """What the ``segtile`` command computes before it writes any output: the labels, chunk by
+    chunk, into its durable work store (each chunk and its marker flushed to the disk)."""
+    from segtile.store.workstore import WorkStore
+    from segtile.writers.zarr_store import regular_chunks
+
+    layers = result.layers()
+    labels = regular_chunks(layers.labels)
+    work = WorkStore.create(folder, labels, layers.nodata, layers.card.num_classes, None,
+                            identity={"bench": "work store"})
+    work.fill({"labels": labels}, column_groups=layers.column_groups)
 
 
 def tissue_detection(args: argparse.Namespace) -> dict:
@@ -223,6 +242,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="monai: give it the model in channels-last")
     parser.add_argument("--writer", action="store_true",
                         help="segtile: write with result.write(out) rather than dask.array.to_zarr")
+    parser.add_argument("--work-store", action="store_true",
+                        help="segtile: fill the command's durable work store at --out (a folder) instead")
     parser.add_argument("--workers", type=int, help="segtile: on a local cluster of this many worker processes "
                         "(sharing the CPUs; written with result.write)")
     parser.add_argument("--stripe-width", type=int,
