@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext, suppress
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +159,7 @@ class WorkStore:
         # on the local scheduler the tasks hand their chunks over and go on (ZarrWrites); a
         # dask.distributed worker, which the writes cannot travel to, writes its own
         writes = ZarrWrites() if current_client() is None else None
+        stored = self.writable_arrays()  # opened once, not once a chunk (each opening reads their metadata)
         name = "segtile-store-" + tokenize(str(self.folder), labels.name, getattr(probabilities, "name", None),
                                            sorted(skip))
         graph: dict = {}
@@ -172,7 +172,7 @@ class WorkStore:
                     continue
                 region = (slice(int(row_starts[i]), int(row_starts[i + 1])),
                           slice(int(col_starts[j]), int(col_starts[j + 1])))
-                graph[(name, i, j)] = (_write_chunk, str(self.folder), i, j, region, (labels.name, i, j),
+                graph[(name, i, j)] = (_write_chunk, str(self.folder), stored, i, j, region, (labels.name, i, j),
                                        None if probabilities is None else (probabilities.name, 0, i, j), self.durable,
                                        writes)
         dependencies = [labels] if probabilities is None else [labels, probabilities]
@@ -189,6 +189,10 @@ class WorkStore:
         except OSError as exc:  # a full disk, a file size limit
             raise OutputError(f"cannot write the work store in {self.folder.parent}: "
                               f"{write_failure(exc, self.folder.parent)}") from exc
+
+    def writable_arrays(self) -> dict[str, zarr.Array]:
+        """The store's arrays by name (``labels``, maybe ``probabilities``), open for writing."""
+        return dict(zarr.open_group(str(self.store), mode="r+").arrays())
 
     def open(self) -> zarr.Group:
         """The store's Zarr group, read-only."""
@@ -247,50 +251,45 @@ def _array(group: zarr.Group, name: str, shape: tuple, chunks: tuple, dtype: np.
                        config={"write_empty_chunks": True})
 
 
-@lru_cache(maxsize=8)
-def _open_store(folder: str) -> zarr.Group:
-    """The store of ``folder``, opened once per process (tasks write many chunks into it)."""
-    return zarr.open_group(str(Path(folder) / STORE), mode="r+")
-
-
-def _write_chunk(folder: str, i: int, j: int, region: tuple[slice, slice], labels: np.ndarray,
-                 probabilities: np.ndarray | None, durable: bool, writes: ZarrWrites | None = None) -> np.ndarray:
-    """Write one chunk's arrays, then its marker (a chunk without marker is not done). A
-    ``durable`` store's marker holds the checksums of the chunk's files (one whose files disagree
-    is done again), and they are on the disk before it is; a scratch store, never resumed, has
-    an empty marker. With ``writes``, both are handed over, in that order, and the task returns."""
-    group = _open_store(folder)
-    blocks = [(group["labels"], region, labels)]
+def _write_chunk(folder: str, stored: dict[str, zarr.Array], i: int, j: int, region: tuple[slice, slice],
+                 labels: np.ndarray, probabilities: np.ndarray | None, durable: bool,
+                 writes: ZarrWrites | None = None) -> np.ndarray:
+    """Write one chunk's arrays into the store's arrays ``stored``, then its marker (a chunk
+    without marker is not done). A ``durable`` store's marker holds the checksums of the chunk's
+    files (one whose files disagree is done again), and they are on the disk before it is; a
+    scratch store, never resumed, has an empty marker. With ``writes``, both are handed over, in
+    that order, and the task returns."""
+    blocks = [(stored["labels"], region, labels)]
     if probabilities is not None:
-        stored = group["probabilities"]
-        blocks.append((stored, (slice(None), *region),
-                       _as_bytes(probabilities) if stored.dtype == np.uint8 else probabilities))
+        array = stored["probabilities"]
+        blocks.append((array, (slice(None), *region),
+                       _as_bytes(probabilities) if array.dtype == np.uint8 else probabilities))
     if writes is None:
         for array, key, block in blocks:
             array[key] = block
-        _mark_done(folder, group, i, j, durable)
+        _mark_done(folder, stored, i, j, durable)
     else:
-        writes.submit(functools.partial(_written_then_marked, folder, group, i, j, durable, blocks),
+        writes.submit(functools.partial(_written_then_marked, folder, stored, i, j, durable, blocks),
                       sum(block.nbytes for *_, block in blocks))
     return np.ones((1, 1), dtype=bool)
 
 
-async def _written_then_marked(folder: str, group: zarr.Group, i: int, j: int, durable: bool,
+async def _written_then_marked(folder: str, stored: dict[str, zarr.Array], i: int, j: int, durable: bool,
                                blocks: list[tuple[zarr.Array, tuple[slice, ...], np.ndarray]]) -> None:
     """:func:`_write_chunk`'s writes through Zarr's asynchronous API, then the marker."""
     await asyncio.gather(*(array.async_array.setitem(key, block) for array, key, block in blocks))
-    await asyncio.to_thread(_mark_done, folder, group, i, j, durable)
+    await asyncio.to_thread(_mark_done, folder, stored, i, j, durable)
 
 
-def _mark_done(folder: str, group: zarr.Group, i: int, j: int, durable: bool) -> None:
+def _mark_done(folder: str, stored: dict[str, zarr.Array], i: int, j: int, durable: bool) -> None:
     """Chunk ``(i, j)``'s marker, its arrays written (see :func:`_write_chunk`)."""
     marker = Path(folder) / DONE / _marker_name(i, j)
     if not durable:
         marker.touch()
         return
     checksums = {}
-    for name in group.array_keys():
-        path = _chunk_file(folder, name, group[name], i, j)
+    for name, array in stored.items():
+        path = _chunk_file(folder, name, array, i, j)
         checksums[name] = _digest(path, durable=True)
         if checksums[name] is not None:
             fsync_folder(path.parent)
