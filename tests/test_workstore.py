@@ -84,7 +84,8 @@ def test_a_chunk_handed_over_without_waiting_is_marked_done_only_once_its_arrays
     region = (slice(16, 32), slice(32, 48))
     with ZarrWrites() as writes:
         release = threading.Event()
-        writes._loop.call_soon_threadsafe(release.wait, 30)  # no write can start until released
+        loop, _ = writes._running
+        loop.call_soon_threadsafe(release.wait, 30)  # no write can start until released
         _write_chunk(str(work.folder), work.writable_arrays(), 1, 2, region, labels, probabilities, work.durable,
                      writes)
         assert work.done() == frozenset()  # the task returned; nothing written, nothing marked

@@ -158,7 +158,7 @@ class WorkStore:
         probabilities = arrays.get("probabilities")
         # on the local scheduler the tasks hand their chunks over and go on (ZarrWrites); a
         # dask.distributed worker, which the writes cannot travel to, writes its own
-        writes = ZarrWrites() if current_client() is None else None
+        writes = ZarrWrites() if current_client() is None else None  # its loop runs inside the with block
         stored = self.writable_arrays()  # opened once, not once a chunk (each opening reads their metadata)
         name = "segtile-store-" + tokenize(str(self.folder), labels.name, getattr(probabilities, "name", None),
                                            sorted(skip))
@@ -259,7 +259,7 @@ def _write_chunk(folder: str, stored: dict[str, zarr.Array], i: int, j: int, reg
     files (one whose files disagree is done again), and they are on the disk before it is; a
     scratch store, never resumed, has an empty marker. With ``writes``, both are handed over, in
     that order, and the task returns."""
-    blocks = [(stored["labels"], region, labels)]
+    blocks: list[tuple[zarr.Array, tuple[slice, ...], np.ndarray]] = [(stored["labels"], region, labels)]
     if probabilities is not None:
         array = stored["probabilities"]
         blocks.append((array, (slice(None), *region),

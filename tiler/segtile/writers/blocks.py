@@ -135,10 +135,9 @@ class ZarrWrites:
     are cancelled, and only the file writes already under way finish) and closes the loop."""
 
     def __init__(self, limit: int = WRITE_QUEUE) -> None:
+        """Nothing runs yet: the loop and its thread start as the ``with`` block is entered."""
         self._limit = limit
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="segtile-zarr-writes", daemon=True)
-        self._thread.start()
+        self._running: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
         self._changed = threading.Condition()
         self._on_their_way = 0  # bytes of the chunks handed over and not yet written
         self._writes: set[Future] = set()
@@ -147,12 +146,13 @@ class ZarrWrites:
     def submit(self, write: Callable[[], Coroutine[Any, Any, Any]], nbytes: int) -> None:
         """Start ``write()``, a coroutine of Zarr's asynchronous API (``array.async_array.setitem``,
         say) holding ``nbytes`` until it is done; return without waiting for it."""
+        loop, _ = self._entered()
         with self._changed:
             self._changed.wait_for(lambda: self._error is not None or not self._on_their_way
                                    or self._on_their_way + nbytes <= self._limit)
             self._raise_error()
             self._on_their_way += nbytes
-            started = asyncio.run_coroutine_threadsafe(write(), self._loop)
+            started = asyncio.run_coroutine_threadsafe(write(), loop)
             self._writes.add(started)
         started.add_done_callback(functools.partial(self._written, nbytes))
 
@@ -163,6 +163,12 @@ class ZarrWrites:
             if not write.cancelled() and write.exception() is not None and self._error is None:
                 self._error = write.exception()
             self._changed.notify_all()
+
+    def _entered(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+        """The loop the writes run on and its thread, once the ``with`` block is entered."""
+        if self._running is None:
+            raise RuntimeError("ZarrWrites takes writes inside its with block only")
+        return self._running
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -175,6 +181,10 @@ class ZarrWrites:
             self._raise_error()
 
     def __enter__(self) -> ZarrWrites:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="segtile-zarr-writes", daemon=True)
+        thread.start()
+        self._running = loop, thread
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -183,10 +193,12 @@ class ZarrWrites:
         if exc_type is not None:
             for write in writes:
                 write.cancel()
-        asyncio.run_coroutine_threadsafe(_drained(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        loop, thread = self._entered()
+        asyncio.run_coroutine_threadsafe(_drained(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        self._running = None
 
 
 async def _drained() -> None:
