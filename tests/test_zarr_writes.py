@@ -53,28 +53,52 @@ def test_a_chunk_handed_over_is_written_while_the_thread_goes_on(array):
 
 def test_the_chunks_on_their_way_are_bounded(array):
     block = np.full(CHUNK, 3, dtype=np.uint8)
-    with ZarrWrites(limit=block.nbytes) as writes:
+    with ZarrWrites(writers=2, limit=block.nbytes) as writes:
         release = _held(writes)
-        _write(writes, array, (slice(0, 16), slice(0, 16)), block)  # the first goes whatever its size
-        second = _in_thread(_write, writes, array, (slice(16, 32), slice(0, 16)), block)
-        second.join(0.5)
-        assert second.is_alive()  # waits for room
+        _write(writes, array, (slice(0, 16), slice(0, 16)), block)  # within the bytes
+        _write(writes, array, (slice(16, 32), slice(0, 16)), block)  # over them, but one per writer goes
+        third = _in_thread(_write, writes, array, (slice(0, 16), slice(16, 32)), block)
+        third.join(0.5)
+        assert third.is_alive()  # waits for room
         release.set()
-        second.join(10)
-        assert not second.is_alive()
+        third.join(10)
+        assert not third.is_alive()
         writes.finish()
-    assert (array[:, :16] == 3).all()
+    assert (array[:, :16] == 3).all() and (array[:16, 16:] == 3).all()
 
 
-def test_a_failed_write_fails_finish_and_the_next_hand_over(array):
+def test_a_failed_write_fails_finish_the_next_hand_over_and_the_end_of_the_block(array):
     read_only = zarr.open_array(array.store_path.store.root, mode="r")
     block = np.zeros(CHUNK, dtype=np.uint8)
-    with ZarrWrites() as writes:
-        _write(writes, read_only, (slice(0, 16), slice(0, 16)), block)
-        with pytest.raises(ValueError, match="read-only"):
-            writes.finish()
-        with pytest.raises(ValueError, match="read-only"):
-            _write(writes, read_only, (slice(16, 32), slice(0, 16)), block)
+    with pytest.raises(ValueError, match="read-only"):  # the block's end too
+        with ZarrWrites() as writes:
+            _write(writes, read_only, (slice(0, 16), slice(0, 16)), block)
+            with pytest.raises(ValueError, match="read-only"):
+                writes.finish()
+            with pytest.raises(ValueError, match="read-only"):
+                _write(writes, read_only, (slice(16, 32), slice(0, 16)), block)
+
+
+def test_a_failed_write_is_not_lost_without_finish(array):
+    read_only = zarr.open_array(array.store_path.store.root, mode="r")
+    with pytest.raises(ValueError, match="read-only"):
+        with ZarrWrites() as writes:
+            _write(writes, read_only, (slice(0, 16), slice(0, 16)), np.zeros(CHUNK, dtype=np.uint8))
+
+
+def test_a_write_that_cannot_start_leaves_no_bytes_counted(array):
+    def not_a_coroutine():
+        raise TypeError("not a write")
+
+    block = np.zeros(CHUNK, dtype=np.uint8)
+    with ZarrWrites(writers=1, limit=block.nbytes) as writes:
+        with pytest.raises(TypeError):
+            writes.submit(not_a_coroutine, block.nbytes)
+        handing_over = _in_thread(_write, writes, array, (slice(0, 16), slice(0, 16)), block)
+        handing_over.join(10)
+        assert not handing_over.is_alive()  # room was left for it
+        writes.finish()
+    assert (array[:16, :16] == 0).all()
 
 
 def test_leaving_on_an_exception_waits_for_the_writes_and_closes_their_loop(array):

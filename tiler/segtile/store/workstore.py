@@ -39,7 +39,7 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from segtile.engine.cluster import current_client, joined_threads
+from segtile.engine.cluster import current_client, joined_threads, task_threads
 from segtile.errors import OutputError
 from segtile.writers.atomic import write_failure
 from segtile.writers.blocks import ZarrWrites
@@ -154,11 +154,27 @@ class WorkStore:
         ``column_groups`` (the engine's stripes) are computed one after another: a
         ``dask.distributed`` scheduler given every stripe at once works on all of them together,
         holding each one's band of batch results (two to three times the memory of one)."""
-        labels = arrays["labels"]
-        probabilities = arrays.get("probabilities")
         # on the local scheduler the tasks hand their chunks over and go on (ZarrWrites); a
         # dask.distributed worker, which the writes cannot travel to, writes its own
-        writes = ZarrWrites() if current_client() is None else None  # its loop runs inside the with block
+        writes = ZarrWrites(task_threads()) if current_client() is None else None  # its loop runs in the with block
+        try:
+            markers = self._chunk_writes(arrays, skip, writes)
+            (self.folder / DONE).mkdir(exist_ok=True)  # a done/ deleted by hand: its markers are lost, not the run
+            with writes or nullcontext(), joined_threads():
+                for columns in column_groups or (range(markers.shape[1]),):
+                    markers[:, columns.start:columns.stop].compute()
+                if writes is not None:
+                    writes.finish()
+        except OSError as exc:  # a full disk, a file size limit, a store that cannot be opened
+            raise OutputError(f"cannot write the work store in {self.folder.parent}: "
+                              f"{write_failure(exc, self.folder.parent)}") from exc
+
+    def _chunk_writes(self, arrays: dict[str, da.Array], skip: frozenset[tuple[int, int]],
+                      writes: ZarrWrites | None) -> da.Array:
+        """One task per chunk of ``arrays`` not in ``skip``, writing it and its marker
+        (:func:`_write_chunk`), as an array of markers ``(rows, columns)`` to compute."""
+        labels = arrays["labels"]
+        probabilities = arrays.get("probabilities")
         stored = self.writable_arrays()  # opened once, not once a chunk (each opening reads their metadata)
         name = "segtile-store-" + tokenize(str(self.folder), labels.name, getattr(probabilities, "name", None),
                                            sorted(skip))
@@ -176,19 +192,8 @@ class WorkStore:
                                        None if probabilities is None else (probabilities.name, 0, i, j), self.durable,
                                        writes)
         dependencies = [labels] if probabilities is None else [labels, probabilities]
-        markers = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
-                           ((1,) * len(labels.chunks[0]), (1,) * len(labels.chunks[1])), dtype=bool)
-        groups = column_groups or (range(markers.shape[1]),)
-        (self.folder / DONE).mkdir(exist_ok=True)  # a done/ deleted by hand: every marker in it is lost, not the run
-        try:
-            with writes or nullcontext(), joined_threads():
-                for columns in groups:
-                    markers[:, columns.start:columns.stop].compute()
-                if writes is not None:
-                    writes.finish()
-        except OSError as exc:  # a full disk, a file size limit
-            raise OutputError(f"cannot write the work store in {self.folder.parent}: "
-                              f"{write_failure(exc, self.folder.parent)}") from exc
+        return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=dependencies), name,
+                        ((1,) * len(labels.chunks[0]), (1,) * len(labels.chunks[1])), dtype=bool)
 
     def writable_arrays(self) -> dict[str, zarr.Array]:
         """The store's arrays by name (``labels``, maybe ``probabilities``), open for writing."""

@@ -56,8 +56,9 @@ READ_CACHE = 64 * 2**20
 and, for slides, the cache of decoded tiles (:data:`segtile.sources.tile_cache.DECODED_TILE_BYTES`):
 decoded blocks of the image, held whatever the plan."""
 WRITE_QUEUE = 8 * 2**20
-"""The chunks handed to Zarr and not yet written, at most (a larger chunk waits alone:
-:class:`segtile.writers.blocks.ZarrWrites`): eight 1024 px chunks of labels."""
+"""The chunks handed to Zarr and not yet written: eight 1024 px chunks of labels, or one chunk per
+thread whatever its size (:class:`segtile.writers.blocks.ZarrWrites`; a thread's chunk of
+probabilities is the product the plan counts for it, held while written as before)."""
 TASK_BYTES = 2**10
 """Memory per task of the Dask graph, held for the whole job: its entries and the plan's objects
 (measured: 0.4-0.8 KiB per task; docs/performance.md)."""

@@ -24,7 +24,7 @@ import numpy as np
 from dask.array.core import slices_from_chunks
 from distributed import Client, as_completed
 
-from segtile.engine.cluster import active_client, current_client, joined_threads
+from segtile.engine.cluster import active_client, current_client, joined_threads, task_threads
 from segtile.errors import WriterInputError
 from segtile.models.card import ModelCard
 from segtile.tiling.budget import WRITE_QUEUE
@@ -129,17 +129,22 @@ class ZarrWrites:
     an event loop of this object's own, and the Dask thread that handed the chunk over goes on to
     its next task while Zarr encodes and stores it. Waiting on each write (Zarr's synchronous
     API: a round trip through its one event-loop thread) kept a second core from adding up
-    (docs/performance.md). At most ``limit`` bytes of chunks are on their way (a larger chunk goes
-    alone); a thread handing over more waits for room. A write that fails fails the next hand-over
-    and :meth:`finish`. Leaving the ``with`` block waits for the writes (after an exception they
-    are cancelled, and only the file writes already under way finish) and closes the loop."""
+    (docs/performance.md).
 
-    def __init__(self, limit: int = WRITE_QUEUE) -> None:
+    On their way at once: up to ``limit`` bytes of chunks, or ``writers`` chunks whatever their
+    size (one per Dask thread: as many as the threads wrote at once when each waited for its
+    own); a thread handing over more waits for room. A write that fails fails the next hand-over,
+    :meth:`finish` and the end of the ``with`` block. Leaving the block waits for the writes
+    (after an exception they are cancelled, and only the file writes already under way finish)
+    and closes the loop."""
+
+    def __init__(self, writers: int = 1, limit: int = WRITE_QUEUE) -> None:
         """Nothing runs yet: the loop and its thread start as the ``with`` block is entered."""
+        self._writers = writers
         self._limit = limit
         self._running: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
-        self._changed = threading.Condition()
-        self._on_their_way = 0  # bytes of the chunks handed over and not yet written
+        self._room = threading.Condition()  # notified whenever a write ends
+        self._bytes_on_their_way = 0
         self._writes: set[Future] = set()
         self._error: BaseException | None = None
 
@@ -147,22 +152,22 @@ class ZarrWrites:
         """Start ``write()``, a coroutine of Zarr's asynchronous API (``array.async_array.setitem``,
         say) holding ``nbytes`` until it is done; return without waiting for it."""
         loop, _ = self._entered()
-        with self._changed:
-            self._changed.wait_for(lambda: self._error is not None or not self._on_their_way
-                                   or self._on_their_way + nbytes <= self._limit)
+        with self._room:
+            self._room.wait_for(lambda: self._error is not None or len(self._writes) < self._writers
+                                or self._bytes_on_their_way + nbytes <= self._limit)
             self._raise_error()
-            self._on_their_way += nbytes
             started = asyncio.run_coroutine_threadsafe(write(), loop)
+            self._bytes_on_their_way += nbytes
             self._writes.add(started)
         started.add_done_callback(functools.partial(self._written, nbytes))
 
     def _written(self, nbytes: int, write: Future) -> None:
-        with self._changed:
+        with self._room:
             self._writes.discard(write)
-            self._on_their_way -= nbytes
+            self._bytes_on_their_way -= nbytes
             if not write.cancelled() and write.exception() is not None and self._error is None:
                 self._error = write.exception()
-            self._changed.notify_all()
+            self._room.notify_all()
 
     def _entered(self) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
         """The loop the writes run on and its thread, once the ``with`` block is entered."""
@@ -176,8 +181,8 @@ class ZarrWrites:
 
     def finish(self) -> None:
         """Wait until every chunk handed over is written; raise the first write's error."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._writes)
+        with self._room:
+            self._room.wait_for(lambda: not self._writes)
             self._raise_error()
 
     def __enter__(self) -> ZarrWrites:
@@ -188,17 +193,21 @@ class ZarrWrites:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        with self._changed:
+        loop, thread = self._entered()
+        with self._room:
             writes = list(self._writes)
         if exc_type is not None:
             for write in writes:
                 write.cancel()
-        loop, thread = self._entered()
-        asyncio.run_coroutine_threadsafe(_drained(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
-        self._running = None
+        try:
+            asyncio.run_coroutine_threadsafe(_drained(), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            self._running = None
+        if exc_type is None:
+            self._raise_error()
 
 
 async def _drained() -> None:
@@ -249,6 +258,6 @@ def store_in_zarr(sources: list[da.Array], targets: list[Any]) -> None:
     if current_client() is not None:
         da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)
         return
-    with ZarrWrites() as writes, joined_threads():
+    with ZarrWrites(task_threads()) as writes, joined_threads():
         da.store(sources, [SparseChunks(target, writes) for target in targets], lock=False, compute=True)
         writes.finish()
