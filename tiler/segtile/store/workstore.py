@@ -28,7 +28,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ import zarr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from segtile.engine.cluster import current_client, joined_threads, task_threads
+from segtile.engine.cluster import joined_threads
 from segtile.errors import OutputError
 from segtile.writers.atomic import write_failure
-from segtile.writers.blocks import ZarrWrites
+from segtile.writers.blocks import ZarrWrites, zarr_writes
 from segtile.writers.durable import fsync_folder, temporary_name, write_durably
 from segtile.writers.geotiff import PROBABILITY_SCALE
 from segtile.writers.outputs import Layers
@@ -154,17 +154,12 @@ class WorkStore:
         ``column_groups`` (the engine's stripes) are computed one after another: a
         ``dask.distributed`` scheduler given every stripe at once works on all of them together,
         holding each one's band of batch results (two to three times the memory of one)."""
-        # on the local scheduler the tasks hand their chunks over and go on (ZarrWrites); a
-        # dask.distributed worker, which the writes cannot travel to, writes its own
-        writes = ZarrWrites(task_threads()) if current_client() is None else None  # its loop runs in the with block
         try:
-            markers = self._chunk_writes(arrays, skip, writes)
-            (self.folder / DONE).mkdir(exist_ok=True)  # a done/ deleted by hand: its markers are lost, not the run
-            with writes or nullcontext(), joined_threads():
+            with zarr_writes() as writes, joined_threads():
+                markers = self._chunk_writes(arrays, skip, writes)
+                (self.folder / DONE).mkdir(exist_ok=True)  # a done/ deleted by hand: its markers are lost, not the run
                 for columns in column_groups or (range(markers.shape[1]),):
                     markers[:, columns.start:columns.stop].compute()
-                if writes is not None:
-                    writes.finish()
         except OSError as exc:  # a full disk, a file size limit, a store that cannot be opened
             raise OutputError(f"cannot write the work store in {self.folder.parent}: "
                               f"{write_failure(exc, self.folder.parent)}") from exc

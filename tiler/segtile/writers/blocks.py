@@ -16,6 +16,7 @@ import asyncio
 import functools
 import threading
 from concurrent.futures import Future
+from contextlib import contextmanager
 from itertools import islice
 from typing import Any, Callable, Coroutine, Iterator
 
@@ -255,9 +256,17 @@ def store_in_zarr(sources: list[da.Array], targets: list[Any]) -> None:
     of nothing but the fill value (:class:`SparseChunks`); every chunk is written when this
     returns. On the local scheduler the Dask threads do not wait for the writes
     (:class:`ZarrWrites`); on a ``dask.distributed`` cluster each worker writes its chunks."""
-    if current_client() is not None:
-        da.store(sources, [SparseChunks(target) for target in targets], lock=False, compute=True)
-        return
-    with ZarrWrites(task_threads()) as writes, joined_threads():
+    with zarr_writes() as writes, joined_threads():
         da.store(sources, [SparseChunks(target, writes) for target in targets], lock=False, compute=True)
-        writes.finish()
+
+
+@contextmanager
+def zarr_writes() -> Iterator[ZarrWrites | None]:
+    """The writes of this process's Dask threads, one writer per thread (:class:`ZarrWrites`: every
+    chunk is written, or its error raised, when the block ends); ``None`` on a ``dask.distributed``
+    cluster, whose workers write their own chunks (the writes cannot travel to them)."""
+    if current_client() is not None:
+        yield None
+        return
+    with ZarrWrites(task_threads()) as writes:
+        yield writes
