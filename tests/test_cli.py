@@ -219,6 +219,30 @@ def test_an_interrupt_swallowed_by_a_finaliser_is_raised_again():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def test_the_interrupt_handlers_go_in_only_once_the_rest_of_the_set_up_is_done(monkeypatch):
+    """A Ctrl-C that lands as segtile's handlers appear (what a user, or tests/test_cli_safety.py,
+    sees as "segtile has started") must find main inside the try that makes it exit status 130:
+    with the library messages set up after the handlers, it killed segtile by the signal (-2)
+    under load."""
+    from contextlib import contextmanager
+
+    from segtile.cli import command
+
+    handlers_during_set_up = []
+
+    @contextmanager
+    def recording(shown: bool):
+        handlers_during_set_up.append(signal.getsignal(signal.SIGTERM))
+        yield
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(command, "_library_messages", recording)
+    assert command.main(["--version"]) == 0
+    assert handlers_during_set_up == [before]  # not yet segtile's
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the test process goes on
+    signal.signal(signal.SIGTERM, before)
+
+
 def test_a_reader_that_stops_early_ends_the_run_quietly(tmp_path, data_dir):
     """``segtile eval ... --json | head -c 1``: no traceback and no error line, as cat or gdalinfo."""
     import subprocess

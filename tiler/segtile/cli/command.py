@@ -81,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segtile`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
-    with _signals_as_interrupts() as received, _library_messages(shown=debug):
+    # the handlers go in last, right before the try that turns an interrupt into exit status 130:
+    # a signal landing as they appear must not find a context still being set up outside it
+    with _library_messages(shown=debug), _signals_as_interrupts() as received:
         try:
             try:
                 args = build_parser().parse_args(with_command(argv))
